@@ -1,0 +1,273 @@
+//! Bytes → typed record, or a typed error naming the field and the problem.
+
+use serde::de::DeserializeOwned;
+
+use super::records::{Location, RawTimestamp, wire};
+use super::timestamp::{Micros, parse_timestamp};
+use super::{EmergencyRecord, GpsRecord, Record, Stream, TrafficRecord, VehicleRecord, WeatherRecord};
+
+/// Values of `incident` the producer sends.
+pub const INCIDENTS: [&str; 5] = ["Accident", "Fire", "Medical", "Police", "None"];
+/// Values of `status` the producer sends.
+pub const STATUSES: [&str; 2] = ["Active", "Resolved"];
+/// Values of `weatherCondition` the producer sends.
+pub const WEATHER_CONDITIONS: [&str; 4] = ["sunny", "rainy", "cloudy", "snowy"];
+
+/// How to decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Offset east of UTC, in seconds, of timestamps that carry no zone (0: UTC).
+    pub naive_offset_secs: i32,
+    /// Values larger than this are refused unread (the producer's are ~300 bytes).
+    pub max_value_bytes: usize,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions { naive_offset_secs: 0, max_value_bytes: 1 << 20 }
+    }
+}
+
+/// The class of a decoding failure: a stable, machine-readable word for counting and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// The value is empty (a Kafka tombstone, or an empty payload).
+    Empty,
+    /// The value is larger than [`DecodeOptions::max_value_bytes`].
+    Oversized,
+    /// Not JSON: a syntax error, invalid UTF-8 or nesting too deep.
+    Syntax,
+    /// JSON that ends before it is complete.
+    Truncated,
+    /// Valid JSON, but not an object.
+    NotObject,
+    /// A required field is absent.
+    MissingField,
+    /// A field is present twice.
+    DuplicateField,
+    /// A field has the wrong JSON type (including `null`), or a number that does not fit.
+    WrongType,
+    /// The `timestamp` is not an ISO-8601 timestamp, or names an impossible date.
+    BadTimestamp,
+    /// A field has the right type but a value outside the contract (enum, UUID, range).
+    BadValue,
+}
+
+impl ErrorClass {
+    /// The class's stable name, as written to the dead-letter output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Empty => "empty",
+            ErrorClass::Oversized => "oversized",
+            ErrorClass::Syntax => "syntax",
+            ErrorClass::Truncated => "truncated",
+            ErrorClass::NotObject => "not_object",
+            ErrorClass::MissingField => "missing_field",
+            ErrorClass::DuplicateField => "duplicate_field",
+            ErrorClass::WrongType => "wrong_type",
+            ErrorClass::BadTimestamp => "bad_timestamp",
+            ErrorClass::BadValue => "bad_value",
+        }
+    }
+}
+
+/// Why a value does not fit its stream's schema. Always definite: retrying cannot help, so
+/// the record goes to the dead-letter output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{stream}: {}{}: {detail}", class.as_str(), field.as_ref().map(|f| format!(" in field `{f}`")).unwrap_or_default())]
+pub struct DecodeError {
+    /// The stream the value was read from.
+    pub stream: Stream,
+    /// What kind of problem.
+    pub class: ErrorClass,
+    /// The field at fault, when there is one.
+    pub field: Option<String>,
+    /// A human-readable description.
+    pub detail: String,
+}
+
+/// Decodes one Kafka value of `stream`. Never panics.
+pub fn decode(stream: Stream, bytes: &[u8], opts: &DecodeOptions) -> Result<Record, DecodeError> {
+    let err = |class, field: Option<&str>, detail: String| DecodeError { stream, class, field: field.map(str::to_owned), detail };
+    if bytes.is_empty() {
+        return Err(err(ErrorClass::Empty, None, "empty value".into()));
+    }
+    if bytes.len() > opts.max_value_bytes {
+        return Err(err(ErrorClass::Oversized, None, format!("value of {} bytes exceeds the limit of {} bytes", bytes.len(), opts.max_value_bytes)));
+    }
+    // Serde would accept a JSON array positionally for a struct; the contract is an object.
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        None => return Err(err(ErrorClass::Empty, None, "value is only whitespace".into())),
+        Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() => {
+            return Err(err(ErrorClass::NotObject, None, "value is JSON but not an object".into()));
+        }
+        Some(_) => {}
+    }
+    let v = Validator { stream, opts };
+    match stream {
+        Stream::Vehicle => {
+            let w: wire::Vehicle = parse(stream, bytes)?;
+            Ok(Record::Vehicle(VehicleRecord {
+                id: v.uuid("id", w.id)?,
+                device_id: v.non_empty("deviceId", w.device_id)?,
+                timestamp: v.timestamp(&w.timestamp)?,
+                location: v.location(w.location)?,
+                speed: v.finite("speed", w.speed)?,
+                direction: w.direction,
+                maker: w.maker,
+                model: w.model,
+                year: w.year,
+                fueltype: w.fueltype,
+            }))
+        }
+        Stream::Gps => {
+            let w: wire::Gps = parse(stream, bytes)?;
+            Ok(Record::Gps(GpsRecord {
+                id: v.uuid("id", w.id)?,
+                device_id: v.non_empty("deviceId", w.device_id)?,
+                timestamp: v.timestamp(&w.timestamp)?,
+                speed: v.finite("speed", w.speed)?,
+                direction: w.direction,
+                vehicle_type: w.vehicle_type,
+            }))
+        }
+        Stream::Traffic => {
+            let w: wire::Traffic = parse(stream, bytes)?;
+            Ok(Record::Traffic(TrafficRecord {
+                id: v.uuid("id", w.id)?,
+                device_id: v.non_empty("deviceId", w.device_id)?,
+                camera_id: w.camera_id,
+                location: v.location(w.location)?,
+                timestamp: v.timestamp(&w.timestamp)?,
+                snapshot: w.snapshot,
+            }))
+        }
+        Stream::Weather => {
+            let w: wire::Weather = parse(stream, bytes)?;
+            Ok(Record::Weather(WeatherRecord {
+                id: v.uuid("id", w.id)?,
+                device_id: v.non_empty("deviceId", w.device_id)?,
+                location: v.location(w.location)?,
+                timestamp: v.timestamp(&w.timestamp)?,
+                temperature: v.finite("temperature", w.temperature)?,
+                weather_condition: v.one_of("weatherCondition", w.weather_condition, &WEATHER_CONDITIONS)?,
+                precipitation: v.finite("precipitation", w.precipitation)?,
+                windspeed: v.finite("windspeed", w.windspeed)?,
+                humidity: w.humidity,
+                air_quality_index: v.finite("airQualityIndex", w.air_quality_index)?,
+            }))
+        }
+        Stream::Emergency => {
+            let w: wire::Emergency = parse(stream, bytes)?;
+            Ok(Record::Emergency(EmergencyRecord {
+                id: v.uuid("id", w.id)?,
+                device_id: v.non_empty("deviceId", w.device_id)?,
+                incident_id: v.uuid("incidentId", w.incident_id)?,
+                incident: v.one_of("incident", w.incident, &INCIDENTS)?,
+                timestamp: v.timestamp(&w.timestamp)?,
+                location: v.location(w.location)?,
+                status: v.one_of("status", w.status, &STATUSES)?,
+                description: w.description,
+            }))
+        }
+    }
+}
+
+/// Fast path with `serde_json`; on failure only, a second pass finds the field's path.
+fn parse<T: DeserializeOwned>(stream: Stream, bytes: &[u8]) -> Result<T, DecodeError> {
+    let e = match serde_json::from_slice::<T>(bytes) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let path = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Err(pe) => Some(pe.path().to_string()).filter(|p| p != "." && !p.is_empty() && p != "?"),
+        Ok(_) => None,
+    };
+    let message = e.to_string();
+    let (class, field) = match e.classify() {
+        serde_json::error::Category::Eof => (ErrorClass::Truncated, None),
+        // A number too large for f64 is a syntax error to serde_json, a wrong value to us.
+        serde_json::error::Category::Syntax if message.starts_with("number out of range") => (ErrorClass::WrongType, path.map(|p| top_field(&p))),
+        serde_json::error::Category::Syntax | serde_json::error::Category::Io => (ErrorClass::Syntax, None),
+        serde_json::error::Category::Data => {
+            if let Some(f) = backticked(&message, "missing field `") {
+                (ErrorClass::MissingField, Some(f))
+            } else if let Some(f) = backticked(&message, "duplicate field `") {
+                (ErrorClass::DuplicateField, Some(f))
+            } else if message.starts_with("recursion limit") {
+                (ErrorClass::Syntax, None)
+            } else {
+                (ErrorClass::WrongType, path.map(|p| top_field(&p)))
+            }
+        }
+    };
+    Err(DecodeError { stream, class, field, detail: message })
+}
+
+/// Path of a location element is e.g. `location[1]`: report the field itself.
+fn top_field(path: &str) -> String {
+    path.split(['[', '.']).next().unwrap_or_default().to_owned()
+}
+
+fn backticked(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?;
+    rest.split('`').next().map(str::to_owned)
+}
+
+struct Validator<'a> {
+    stream: Stream,
+    opts: &'a DecodeOptions,
+}
+
+impl Validator<'_> {
+    fn bad(&self, class: ErrorClass, field: &str, detail: String) -> DecodeError {
+        DecodeError { stream: self.stream, class, field: Some(field.to_owned()), detail }
+    }
+
+    fn timestamp(&self, raw: &RawTimestamp) -> Result<Micros, DecodeError> {
+        parse_timestamp(&raw.0, self.opts.naive_offset_secs).map_err(|e| self.bad(ErrorClass::BadTimestamp, "timestamp", e.to_string()))
+    }
+
+    fn uuid(&self, field: &str, s: String) -> Result<String, DecodeError> {
+        let b = s.as_bytes();
+        let ok = b.len() == 36
+            && b.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() });
+        if ok { Ok(s) } else { Err(self.bad(ErrorClass::BadValue, field, format!("not a UUID: {:?}", truncate(&s)))) }
+    }
+
+    fn non_empty(&self, field: &str, s: String) -> Result<String, DecodeError> {
+        if s.is_empty() { Err(self.bad(ErrorClass::BadValue, field, "empty string".into())) } else { Ok(s) }
+    }
+
+    fn finite(&self, field: &str, x: f64) -> Result<f64, DecodeError> {
+        if x.is_finite() { Ok(x) } else { Err(self.bad(ErrorClass::BadValue, field, format!("not a finite number: {x}"))) }
+    }
+
+    fn location(&self, l: Location) -> Result<Location, DecodeError> {
+        if !(-90.0..=90.0).contains(&l.latitude) || !(-180.0..=180.0).contains(&l.longitude) {
+            return Err(self.bad(ErrorClass::BadValue, "location", format!("[{}, {}] is not a [latitude, longitude] on Earth", l.latitude, l.longitude)));
+        }
+        Ok(l)
+    }
+
+    fn one_of(&self, field: &str, s: String, allowed: &[&str]) -> Result<String, DecodeError> {
+        if allowed.contains(&s.as_str()) {
+            Ok(s)
+        } else {
+            Err(self.bad(ErrorClass::BadValue, field, format!("{:?} is not one of {allowed:?}", truncate(&s))))
+        }
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests;

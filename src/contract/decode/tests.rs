@@ -1,0 +1,121 @@
+use super::*;
+
+const UUID: &str = "6f1c1a52-3b0e-4c5d-9f3a-2b7c8d9e0f11";
+
+fn vehicle() -> String {
+    format!(
+        r#"{{"id": "{UUID}", "deviceId": "Vehicle-CodeWithYu-123", "timestamp": "2025-03-01T10:15:42.123456", "location": [51.5074, -0.1278], "speed": 27.3, "direction": "North-East", "maker": "BMW", "model": "C500", "year": 2024, "fueltype": "Hybrid"}}"#
+    )
+}
+
+fn dec(stream: Stream, s: &str) -> Result<Record, DecodeError> {
+    decode(stream, s.as_bytes(), &DecodeOptions::default())
+}
+
+fn class_of(stream: Stream, s: &str) -> (ErrorClass, Option<String>) {
+    let e = dec(stream, s).expect_err(s);
+    (e.class, e.field)
+}
+
+#[test]
+fn decodes_every_stream_in_the_original_shape() {
+    let Record::Vehicle(v) = dec(Stream::Vehicle, &vehicle()).unwrap() else { panic!() };
+    assert_eq!(v.device_id, "Vehicle-CodeWithYu-123");
+    assert_eq!(v.timestamp, 1_740_824_142_123_456);
+    assert_eq!(v.location, Location { latitude: 51.5074, longitude: -0.1278 });
+    assert_eq!((v.speed, v.year, v.maker.as_str(), v.fueltype.as_str()), (27.3, 2024, "BMW", "Hybrid"));
+
+    let gps = format!(r#"{{"id": "{UUID}", "deviceId": "d", "timestamp": "2025-03-01T10:15:42", "speed": 12, "direction": "North-East", "vehicleType": "private"}}"#);
+    let Record::Gps(g) = dec(Stream::Gps, &gps).unwrap() else { panic!() };
+    assert_eq!((g.speed, g.timestamp % 1_000_000), (12.0, 0), "an int where a float is expected");
+
+    let traffic = format!(r#"{{"id": "{UUID}", "deviceId": "d", "cameraId": "Nikon-Cam123", "location": [52, -1.5], "timestamp": "2025-03-01T10:15:42Z", "snapshot": "Base64EncodedString"}}"#);
+    let Record::Traffic(t) = dec(Stream::Traffic, &traffic).unwrap() else { panic!() };
+    assert_eq!((t.camera_id.as_str(), t.location.latitude), ("Nikon-Cam123", 52.0));
+
+    let weather = format!(r#"{{"id": "{UUID}", "deviceId": "d", "location": [52.1, -1.2], "timestamp": "2025-03-01T10:15:42.5+01:00", "temperature": -3.25, "weatherCondition": "snowy", "precipitation": 4, "windspeed": 55.5, "humidity": 81, "airQualityIndex": 120.0}}"#);
+    let Record::Weather(w) = dec(Stream::Weather, &weather).unwrap() else { panic!() };
+    assert_eq!((w.temperature, w.humidity, w.precipitation), (-3.25, 81, 4.0), "temperature is a float");
+    assert_eq!(w.timestamp, 1_740_820_542_500_000);
+
+    let emergency = format!(r#"{{"id": "{UUID}", "deviceId": "d", "incidentId": "{}", "incident": "None", "timestamp": "2025-03-01T10:15:42.000001", "location": [52.1, -1.2], "status": "Resolved", "description": "Description of the incident"}}"#, UUID.to_uppercase());
+    let Record::Emergency(e) = dec(Stream::Emergency, &emergency).unwrap() else { panic!() };
+    assert_eq!((e.incident.as_str(), e.status.as_str()), ("None", "Resolved"));
+}
+
+#[test]
+fn ignores_unknown_fields_and_round_trips_through_json() {
+    let with_extra = vehicle().replace("\"year\": 2024", "\"year\": 2024, \"extra\": {\"nested\": [1, 2, null]}");
+    let r = dec(Stream::Vehicle, &with_extra).unwrap();
+    let again = dec(Stream::Vehicle, std::str::from_utf8(&r.to_json()).unwrap()).unwrap();
+    assert_eq!(r, again);
+    // Field for field, in the producer's order.
+    let json = String::from_utf8(r.to_json()).unwrap();
+    assert!(json.starts_with(&format!(r#"{{"id":"{UUID}","deviceId":"Vehicle-CodeWithYu-123","timestamp":"2025-03-01T10:15:42.123456","location":[51.5074,-0.1278],"speed":27.3"#)), "{json}");
+}
+
+#[test]
+fn refuses_bad_input_with_a_reason_naming_the_field() {
+    let v = vehicle();
+    let cases: Vec<(String, ErrorClass, Option<&str>)> = vec![
+        (String::new(), ErrorClass::Empty, None),
+        ("   ".into(), ErrorClass::Empty, None),
+        (v[..v.len() / 2].to_owned(), ErrorClass::Truncated, None),
+        ("{not json}".into(), ErrorClass::Syntax, None),
+        ("[1, 2, 3]".into(), ErrorClass::NotObject, None),
+        ("\"a string\"".into(), ErrorClass::NotObject, None),
+        (v.replace("\"speed\": 27.3, ", ""), ErrorClass::MissingField, Some("speed")),
+        (v.replace("27.3", "null"), ErrorClass::WrongType, Some("speed")),
+        (v.replace("27.3", "\"fast\""), ErrorClass::WrongType, Some("speed")),
+        (v.replace("2024", "2024.5"), ErrorClass::WrongType, Some("year")),
+        (v.replace("2024", "99999999999"), ErrorClass::WrongType, Some("year")),
+        (v.replace("27.3", "1e400"), ErrorClass::WrongType, Some("speed")),
+        (v.replace("27.3", "NaN"), ErrorClass::Syntax, None),
+        (v.replace("[51.5074, -0.1278]", "[51.5074]"), ErrorClass::WrongType, Some("location")),
+        (v.replace("[51.5074, -0.1278]", "\"(51.5, -0.12)\""), ErrorClass::WrongType, Some("location")),
+        (v.replace("[51.5074, -0.1278]", "[151.5, -0.1278]"), ErrorClass::BadValue, Some("location")),
+        (v.replace("2025-03-01T10:15:42.123456", "2025-02-30T10:15:42"), ErrorClass::BadTimestamp, Some("timestamp")),
+        (v.replace("2025-03-01T10:15:42.123456", "yesterday"), ErrorClass::BadTimestamp, Some("timestamp")),
+        (v.replace("\"2025-03-01T10:15:42.123456\"", "1740824142"), ErrorClass::WrongType, Some("timestamp")),
+        (v.replace(UUID, "not-a-uuid"), ErrorClass::BadValue, Some("id")),
+        (v.replace("\"year\": 2024", "\"year\": 2024, \"year\": 2025"), ErrorClass::DuplicateField, Some("year")),
+        (format!("{}{}", "[".repeat(200), "]".repeat(200)), ErrorClass::NotObject, None),
+        (v.replace("27.3", &format!("{}1{}", "[".repeat(5000), "]".repeat(5000))), ErrorClass::WrongType, Some("speed")),
+    ];
+    for (input, class, field) in cases {
+        let e = dec(Stream::Vehicle, &input).expect_err(&input);
+        assert_eq!((e.class, e.field.as_deref()), (class, field), "{input:.80}: {e}");
+        let text = e.to_string();
+        assert!(text.starts_with("vehicle_data: "), "{text}");
+        if let Some(f) = field {
+            assert!(text.contains(f), "reason names the field: {text}");
+        }
+    }
+    assert_eq!(class_of(Stream::Weather, &format!(r#"{{"id": "{UUID}", "deviceId": "d", "location": [1, 2], "timestamp": "2025-03-01T10:15:42", "temperature": 1.5, "weatherCondition": "foggy", "precipitation": 0, "windspeed": 0, "humidity": 5, "airQualityIndex": 1}}"#)), (ErrorClass::BadValue, Some("weatherCondition".into())));
+    // Deep nesting in an unknown field is skipped without recursion: no stack overflow.
+    let deep = v.replace("\"year\": 2024", &format!("\"year\": 2024, \"x\": {}1{}", "[".repeat(100_000), "]".repeat(100_000)));
+    assert!(dec(Stream::Vehicle, &deep).is_ok());
+    let tiny = DecodeOptions { max_value_bytes: 16, ..DecodeOptions::default() };
+    assert_eq!(decode(Stream::Vehicle, v.as_bytes(), &tiny).unwrap_err().class, ErrorClass::Oversized);
+}
+
+#[test]
+fn never_panics_on_arbitrary_bytes() {
+    // A cheap deterministic sweep; the cargo-fuzz target goes much further.
+    let v = vehicle().into_bytes();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..20_000usize {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut bytes = v.clone();
+        let pos = (x as usize) % bytes.len();
+        bytes[pos] = (x >> 32) as u8;
+        bytes.truncate(bytes.len() - (i % 7));
+        for s in Stream::ALL {
+            let _ = decode(s, &bytes, &DecodeOptions::default());
+        }
+    }
+    assert!(decode(Stream::Gps, &[0xff, 0xfe, b'{'], &DecodeOptions::default()).is_err());
+    assert!(decode(Stream::Gps, b"{\"id\": \"\xff\xfe\"}", &DecodeOptions::default()).is_err());
+}

@@ -1,0 +1,12 @@
+//! # citystream
+//!
+//! Smart-city telemetry from Kafka to a queryable Parquet lake on S3, exactly once, on
+//! timely-dataflow. See `docs/architecture.md` for the design and its reasons.
+//!
+//! Modules, in the order data flows through them:
+//! - [`contract`]: the five streams as the original producer sends them, decoding and schemas.
+//! - [`simulate`]: the fleet simulator (and its Kafka producer).
+#![warn(missing_docs)]
+
+pub mod contract;
+pub mod simulate;
