@@ -8,5 +8,9 @@
 //! - [`simulate`]: the fleet simulator (and its Kafka producer).
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod contract;
+pub mod epoch;
+pub mod ownership;
+pub mod reclock;
 pub mod simulate;

@@ -1,0 +1,76 @@
+//! The command line: clap definitions, then `validate()` into checked configuration.
+//!
+//! Every flag can also be set by a `CITYSTREAM_…` environment variable. Validation happens
+//! before any work starts, and every error names the flag and says what would be accepted.
+
+pub mod simulate;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// citystream: smart-city telemetry from Kafka to a Parquet lake on S3, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "citystream", version, about, disable_help_subcommand = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Simulate the fleet: produce the five telemetry streams into Kafka.
+    Simulate(simulate::SimulateArgs),
+}
+
+/// A configuration error, naming the flag at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {flag}: {problem}")]
+pub struct ConfigError {
+    /// The flag, e.g. `--late-fraction`.
+    pub flag: &'static str,
+    /// What is wrong and what would be accepted.
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// A new error for `flag`.
+    pub fn new(flag: &'static str, problem: impl Into<String>) -> Self {
+        ConfigError { flag, problem: problem.into() }
+    }
+}
+
+/// Parses a human duration such as `60s`, `2m`, `1h30m` or `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 60s, 2m or 1h30m ({e})"))
+}
+
+/// Parses `key=value` (librdkafka passthrough settings).
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not of the form key=value")),
+    }
+}
+
+/// Checks that a fraction lies in [0, 1].
+pub fn check_fraction(flag: &'static str, x: f64) -> Result<f64, ConfigError> {
+    if (0.0..=1.0).contains(&x) { Ok(x) } else { Err(ConfigError::new(flag, format!("{x} is not a fraction between 0 and 1"))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_pairs() {
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("soon").unwrap_err().contains("soon"));
+        assert_eq!(parse_key_value("a.b=c=d").unwrap(), ("a.b".into(), "c=d".into()));
+        assert!(parse_key_value("nokey").is_err());
+        assert!(check_fraction("--late-fraction", 1.5).unwrap_err().to_string().contains("--late-fraction"));
+    }
+}

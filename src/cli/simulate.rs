@@ -1,0 +1,105 @@
+//! `citystream simulate` flags.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{ConfigError, check_fraction, parse_duration, parse_key_value};
+use crate::contract::timestamp::parse_timestamp;
+use crate::simulate::producer::ProduceOptions;
+use crate::simulate::{FleetConfig, KeyMode, parse_place};
+
+/// Produce the five streams of a simulated fleet into Kafka.
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// Kafka bootstrap brokers, host:port[,host:port…].
+    #[arg(long, env = "CITYSTREAM_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Prefix of the five topic names (topic = prefix + stream name).
+    #[arg(long, env = "CITYSTREAM_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// Number of vehicles in the fleet.
+    #[arg(long, env = "CITYSTREAM_VEHICLES", default_value_t = 1)]
+    pub vehicles: u32,
+    /// Total records to produce over the five topics (default: one journey of the fleet).
+    #[arg(long, env = "CITYSTREAM_EVENTS", conflicts_with = "duration")]
+    pub events: Option<u64>,
+    /// Produce for this long instead, e.g. 30s or 5m.
+    #[arg(long, env = "CITYSTREAM_DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Records per second (0: as fast as possible).
+    #[arg(long, env = "CITYSTREAM_RATE", default_value_t = 0)]
+    pub rate: u64,
+    /// Partitions of the topics that are created because they are missing.
+    #[arg(long, env = "CITYSTREAM_PARTITIONS", default_value_t = 6)]
+    pub partitions: i32,
+    /// Kafka key: the device id (keeps a vehicle's records in order) or the record id (the original).
+    #[arg(long, env = "CITYSTREAM_KEY", value_enum, default_value = "device")]
+    pub key: KeyMode,
+    /// Fraction of records to stamp 10–60 minutes in the past (for tests).
+    #[arg(long, env = "CITYSTREAM_LATE_FRACTION", default_value_t = 0.0)]
+    pub late_fraction: f64,
+    /// Fraction of records to corrupt (for tests).
+    #[arg(long, env = "CITYSTREAM_MALFORMED_FRACTION", default_value_t = 0.0)]
+    pub malformed_fraction: f64,
+    /// Seed of every random choice: the same seed gives the same records.
+    #[arg(long, env = "CITYSTREAM_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Where the fleet sets off: a city name or latitude,longitude.
+    #[arg(long, env = "CITYSTREAM_FROM", default_value = "london")]
+    pub from: String,
+    /// Where it goes.
+    #[arg(long, env = "CITYSTREAM_TO", default_value = "birmingham")]
+    pub to: String,
+    /// Event time of the first step, ISO-8601 (naive = UTC).
+    #[arg(long, env = "CITYSTREAM_START", default_value = "2025-03-01T08:00:00.123456")]
+    pub start: String,
+    /// Give up reaching the brokers after this long.
+    #[arg(long, env = "CITYSTREAM_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub connect_timeout: Duration,
+    /// Extra librdkafka producer setting, KEY=VALUE (repeatable).
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+}
+
+impl SimulateArgs {
+    /// Checks the flags and splits them into the fleet's and the producer's configuration.
+    pub fn validate(&self) -> Result<(FleetConfig, ProduceOptions), ConfigError> {
+        if self.vehicles == 0 {
+            return Err(ConfigError::new("--vehicles", "must be at least 1"));
+        }
+        if self.partitions < 1 {
+            return Err(ConfigError::new("--partitions", "must be at least 1"));
+        }
+        if self.brokers.trim().is_empty() {
+            return Err(ConfigError::new("--brokers", "is empty; give host:port"));
+        }
+        let fleet = FleetConfig {
+            vehicles: self.vehicles,
+            seed: self.seed,
+            start: parse_timestamp(&self.start, 0).map_err(|e| ConfigError::new("--start", e.to_string()))?,
+            from: parse_place(&self.from).map_err(|e| ConfigError::new("--from", e))?,
+            to: parse_place(&self.to).map_err(|e| ConfigError::new("--to", e))?,
+            steps_per_journey: 100,
+            late_fraction: check_fraction("--late-fraction", self.late_fraction)?,
+            malformed_fraction: check_fraction("--malformed-fraction", self.malformed_fraction)?,
+            key: self.key,
+        };
+        let events = match (self.events, self.duration) {
+            (None, None) => Some(crate::simulate::Fleet::new(fleet.clone()).journey_records()),
+            (events, _) => events,
+        };
+        let produce = ProduceOptions {
+            brokers: self.brokers.clone(),
+            topic_prefix: self.topic_prefix.clone(),
+            events,
+            duration: self.duration,
+            rate: self.rate,
+            partitions: self.partitions,
+            connect_timeout: self.connect_timeout,
+            extra_config: self.kafka_options.clone(),
+            progress: true,
+        };
+        Ok((fleet, produce))
+    }
+}
