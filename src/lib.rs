@@ -10,7 +10,10 @@
 
 pub mod cli;
 pub mod contract;
+pub mod commit;
 pub mod epoch;
+pub mod lake;
 pub mod ownership;
 pub mod reclock;
 pub mod simulate;
+pub mod sink;

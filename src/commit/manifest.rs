@@ -1,0 +1,187 @@
+//! Manifests: the only truth about what is committed.
+//!
+//! Manifest `n` (`_manifests/<n, 20 digits>.json`) commits the epochs `[lower, upper)`: it lists
+//! every object written for them and, per partition, the [`ResumeState`] from which a restart
+//! continues. Manifest `n + 1` always starts where `n` ended. Each is written with a
+//! create-if-absent PUT, so of two clusters that try to write the same successor exactly one
+//! succeeds: that is the fence against zombies. A *claim* manifest (`lower == upper`, no
+//! files) is written by a cluster when it starts, so that a second cluster on the same output
+//! is detected at its next commit at the latest.
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions};
+
+use crate::contract::Stream;
+use crate::epoch::{Epoch, EpochClock};
+use crate::lake::{FileKind, Lake, LakeError};
+use crate::reclock::ResumeState;
+
+/// Format version written into every manifest.
+pub const FORMAT: u32 = 1;
+
+/// One committed object.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the output root.
+    pub path: String,
+    /// The stream whose rows it holds.
+    pub stream: Stream,
+    /// Data, late or dead letters.
+    pub kind: FileKind,
+    /// The epoch that commits it.
+    pub epoch: Epoch,
+    /// Kafka partition.
+    pub partition: i32,
+    /// Rows.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// Whether a manifest commits epochs or claims the output for a starting cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManifestKind {
+    /// A cluster started here.
+    Claim,
+    /// Epochs `[lower, upper)` are committed.
+    Commit,
+}
+
+/// One manifest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// Position in the chain.
+    pub sequence: u64,
+    /// Claim or commit.
+    pub kind: ManifestKind,
+    /// First epoch committed.
+    pub lower: Epoch,
+    /// One past the last epoch committed.
+    pub upper: Epoch,
+    /// Window and lateness in force (a restart must use the same window).
+    pub clock: EpochClock,
+    /// Kafka topic prefix in force.
+    pub topic_prefix: String,
+    /// The writing cluster's run id.
+    pub run: String,
+    /// Wall-clock time of writing, RFC 3339 (informational only).
+    pub written_at: String,
+    /// Objects committed.
+    pub files: Vec<FileEntry>,
+    /// Where every known partition resumes.
+    pub partitions: Vec<ResumeState>,
+}
+
+/// Errors of committing.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// Someone else wrote this manifest first.
+    #[error("manifest {sequence} already exists at {url}: another citystream cluster is writing to the same output (this cluster stops; run one cluster per output)")]
+    Conflict {
+        /// The contested sequence number.
+        sequence: u64,
+        /// The output.
+        url: String,
+    },
+    /// The manifest is unreadable.
+    #[error("manifest {path} is not valid: {reason}")]
+    Corrupt {
+        /// Its path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+}
+
+impl From<object_store::Error> for ManifestError {
+    fn from(e: object_store::Error) -> Self {
+        ManifestError::Lake(e.into())
+    }
+}
+
+/// Path of manifest `sequence`.
+pub fn manifest_path(sequence: u64) -> Path {
+    Path::from(format!("_manifests/{sequence:020}.json"))
+}
+
+/// Reads the latest manifest, if any.
+pub async fn latest(lake: &Lake) -> Result<Option<Manifest>, ManifestError> {
+    let listed: Vec<_> = lake.store.list(Some(&Path::from("_manifests"))).try_collect().await?;
+    let newest = listed.iter().filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse::<u64>().ok()).max();
+    let Some(sequence) = newest else { return Ok(None) };
+    let path = manifest_path(sequence);
+    let bytes = lake.store.get(&path).await?.bytes().await?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| ManifestError::Corrupt { path: path.to_string(), reason: e.to_string() })?;
+    if manifest.sequence != sequence || manifest.format != FORMAT {
+        return Err(ManifestError::Corrupt { path: path.to_string(), reason: format!("sequence {} / format {} do not match", manifest.sequence, manifest.format) });
+    }
+    Ok(Some(manifest))
+}
+
+/// Writes a manifest if and only if its sequence number is still free.
+pub async fn write(lake: &Lake, manifest: &Manifest) -> Result<(), ManifestError> {
+    let bytes = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
+    let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+    match lake.store.put_opts(&manifest_path(manifest.sequence), bytes.into(), opts).await {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Err(ManifestError::Conflict { sequence: manifest.sequence, url: lake.url.clone() }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Now as RFC 3339 UTC, for the informational `written_at`.
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let micros = now.as_micros() as i64;
+    format!("{}Z", crate::contract::timestamp::format_naive(micros - micros % 1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(sequence: u64) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            sequence,
+            kind: ManifestKind::Commit,
+            lower: 0,
+            upper: 3,
+            clock: EpochClock::new(60_000_000, 120_000_000),
+            topic_prefix: String::new(),
+            run: "r1".into(),
+            written_at: now_rfc3339(),
+            files: vec![],
+            partitions: vec![],
+        }
+    }
+
+    #[test]
+    fn create_if_absent_fences_a_second_writer() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let lake = Lake::open("memory://").unwrap();
+        rt.block_on(async {
+            assert!(latest(&lake).await.unwrap().is_none());
+            write(&lake, &manifest(1)).await.unwrap();
+            write(&lake, &manifest(2)).await.unwrap();
+            let err = write(&lake, &manifest(2)).await.unwrap_err();
+            assert!(matches!(err, ManifestError::Conflict { sequence: 2, .. }));
+            assert!(err.to_string().contains("another citystream cluster"));
+            assert_eq!(latest(&lake).await.unwrap().unwrap(), manifest(2).clone_with_time(&latest(&lake).await.unwrap().unwrap()));
+        });
+    }
+
+    impl Manifest {
+        fn clone_with_time(mut self, other: &Manifest) -> Manifest {
+            self.written_at = other.written_at.clone();
+            self
+        }
+    }
+}

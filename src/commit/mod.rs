@@ -1,0 +1,3 @@
+//! Committing sealed epochs: the manifest chain and the committer operator.
+
+pub mod manifest;

@@ -1,0 +1,204 @@
+//! The output: where the lake lives (`--output`) and how it is laid out.
+//!
+//! `<root>/<stream>/date=YYYY-MM-DD/hour=HH/<name>.parquet` (Hive style, queryable as-is),
+//! manifests under `<root>/_manifests/`, dead letters under `<root>/_dead_letter/<stream>/…`.
+//! Object names carry the epoch that commits them, the Kafka partition and the writer's run
+//! id: `<stream>-e<epoch>-p<partition>[-late]-<run>.parquet`.
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::contract::timestamp::date_hour;
+use crate::contract::{Micros, Stream};
+use crate::epoch::Epoch;
+
+/// Why the output cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    /// The `--output` text is not understood.
+    #[error("invalid --output {spec:?}: {reason}")]
+    Spec {
+        /// What was given.
+        spec: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The store refused access.
+    #[error("cannot use --output {url}: {reason}")]
+    Access {
+        /// The output.
+        url: String,
+        /// What went wrong and what to check.
+        reason: String,
+    },
+    /// A store operation failed (after object_store's retries).
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+}
+
+/// What kind of rows a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// On-time records of one epoch.
+    Data,
+    /// Late records committed with an epoch, stored under their own event-time hour.
+    Late,
+    /// Records that did not decode.
+    DeadLetter,
+}
+
+/// An opened output.
+#[derive(Clone)]
+pub struct Lake {
+    /// The store, rooted at the output prefix.
+    pub store: Arc<dyn ObjectStore>,
+    /// The output as the user named it, for messages.
+    pub url: String,
+}
+
+impl std::fmt::Debug for Lake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lake").field("url", &self.url).finish()
+    }
+}
+
+impl Lake {
+    /// Opens `spec`: a local directory, `file:///abs/dir`, `s3://bucket/prefix` (settings from
+    /// the standard `AWS_*` environment, `AWS_ENDPOINT_URL` included) or `memory://` (tests).
+    pub fn open(spec: &str) -> Result<Lake, LakeError> {
+        let bad = |reason: &str| LakeError::Spec { spec: spec.to_owned(), reason: reason.to_owned() };
+        if spec.trim().is_empty() {
+            return Err(bad("empty; give a directory or s3://bucket/prefix"));
+        }
+        if spec == "memory://" {
+            return Ok(Lake { store: Arc::new(InMemory::new()), url: spec.to_owned() });
+        }
+        if let Some(rest) = spec.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket name after s3://"));
+            }
+            let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(|e| bad(&e.to_string()))?;
+            let store: Arc<dyn ObjectStore> = Arc::new(s3);
+            let prefix = prefix.trim_matches('/');
+            let store = if prefix.is_empty() { store } else { Arc::new(object_store::prefix::PrefixStore::new(store, prefix)) as Arc<dyn ObjectStore> };
+            return Ok(Lake { store, url: spec.to_owned() });
+        }
+        if spec.contains("://") && !spec.starts_with("file://") {
+            return Err(bad("unsupported scheme; use a directory, file:///dir or s3://bucket/prefix"));
+        }
+        let dir = spec.strip_prefix("file://").unwrap_or(spec);
+        std::fs::create_dir_all(dir).map_err(|e| LakeError::Access { url: spec.to_owned(), reason: format!("cannot create directory {dir}: {e}") })?;
+        let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| LakeError::Access { url: spec.to_owned(), reason: e.to_string() })?;
+        Ok(Lake { store: Arc::new(store), url: spec.to_owned() })
+    }
+
+    /// Checks that the output can be listed and written, with an actionable message if not.
+    pub async fn check_access(&self) -> Result<(), LakeError> {
+        let probe = Path::from("_manifests/.citystream-write-check");
+        let access = |e: object_store::Error| {
+            let text = e.to_string();
+            let hint = if text.contains("NoSuchBucket") || text.contains("bucket") && text.contains("not") {
+                format!("the bucket in {} does not exist (create the bucket first)", self.url)
+            } else if text.contains("AccessDenied") || text.contains("403") || text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") {
+                "access denied: check the AWS credentials in the environment and that they may write this bucket and prefix".to_owned()
+            } else {
+                "check the endpoint (AWS_ENDPOINT_URL), the bucket and the credentials".to_owned()
+            };
+            LakeError::Access { url: self.url.clone(), reason: format!("{hint}: {text}") }
+        };
+        self.store.put(&probe, b"ok".to_vec().into()).await.map_err(access)?;
+        self.store.delete(&probe).await.map_err(access)?;
+        Ok(())
+    }
+}
+
+/// The path of a file: stream, kind, the epoch that commits it, the Kafka partition, the
+/// writer's run id, and `hour_of` — the epoch's start for data and dead letters, the late
+/// records' own event-time hour for late files.
+pub fn file_path(stream: Stream, kind: FileKind, epoch: Epoch, partition: i32, run: &str, hour_of: Micros) -> Path {
+    let (date, hour) = date_hour(hour_of);
+    let name = stream.name();
+    match kind {
+        FileKind::Data => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-p{partition:03}-{run}.parquet")),
+        FileKind::Late => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-p{partition:03}-late-{run}.parquet")),
+        FileKind::DeadLetter => Path::from(format!("_dead_letter/{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-p{partition:03}-{run}.parquet")),
+    }
+}
+
+/// The commit epoch encoded in a file name made by [`file_path`].
+pub fn epoch_of_file(path: &Path) -> Option<Epoch> {
+    let name = path.filename()?;
+    let rest = name.split("-e").nth(1)?;
+    rest.split('-').next()?.parse().ok()
+}
+
+/// Deletes data and dead-letter objects that no manifest can have committed: those whose
+/// commit epoch is `≥ committed_below`, left behind by a run that crashed before committing
+/// them. Run only before this cluster writes anything. Returns how many were deleted.
+pub async fn collect_garbage(lake: &Lake, committed_below: Epoch) -> Result<usize, LakeError> {
+    let mut deleted = 0;
+    let mut prefixes: Vec<Path> = Stream::ALL.iter().map(|s| Path::from(s.name())).collect();
+    prefixes.push(Path::from("_dead_letter"));
+    for prefix in prefixes {
+        let objects: Vec<_> = lake.store.list(Some(&prefix)).try_collect().await?;
+        for meta in objects {
+            let is_ours = meta.location.extension() == Some("parquet");
+            if is_ours && epoch_of_file(&meta.location).is_some_and(|e| e >= committed_below) {
+                match lake.store.delete(&meta.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_hive_style_and_parsable() {
+        let t = 1_740_824_142_123_456; // 2025-03-01T10:15:42
+        let p = file_path(Stream::Weather, FileKind::Data, 29_013_735, 4, "ab12cd34", t);
+        assert_eq!(p.as_ref(), "weather_data/date=2025-03-01/hour=10/weather_data-e0029013735-p004-ab12cd34.parquet");
+        assert_eq!(epoch_of_file(&p), Some(29_013_735));
+        let l = file_path(Stream::Gps, FileKind::Late, 12, 0, "r", t);
+        assert!(l.as_ref().ends_with("gps_data-e0000000012-p000-late-r.parquet"));
+        assert_eq!(epoch_of_file(&l), Some(12));
+        let d = file_path(Stream::Gps, FileKind::DeadLetter, 12, 0, "r", t);
+        assert!(d.as_ref().starts_with("_dead_letter/gps_data/date=2025-03-01/hour=10/"));
+    }
+
+    #[test]
+    fn garbage_collection_keeps_committed_epochs() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let lake = Lake::open("memory://").unwrap();
+        rt.block_on(async {
+            for e in [5, 9, 10, 11] {
+                lake.store.put(&file_path(Stream::Gps, FileKind::Data, e, 0, "r", 0), vec![1].into()).await.unwrap();
+            }
+            lake.store.put(&file_path(Stream::Gps, FileKind::DeadLetter, 12, 0, "r", 0), vec![1].into()).await.unwrap();
+            lake.store.put(&Path::from("_manifests/00000000000000000001.json"), vec![1].into()).await.unwrap();
+            assert_eq!(collect_garbage(&lake, 10).await.unwrap(), 3);
+            let left: Vec<_> = lake.store.list(None).try_collect().await.unwrap();
+            assert_eq!(left.len(), 3, "epochs 5 and 9 and the manifest stay");
+        });
+    }
+
+    #[test]
+    fn bad_specs_name_the_flag() {
+        assert!(Lake::open("").unwrap_err().to_string().contains("--output"));
+        assert!(Lake::open("ftp://x").unwrap_err().to_string().contains("--output"));
+        assert!(Lake::open("s3://").unwrap_err().to_string().contains("bucket"));
+    }
+}

@@ -1,0 +1,4 @@
+//! Writing epochs as Parquet objects.
+
+pub mod encode;
+pub mod upload;
