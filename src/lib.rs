@@ -10,10 +10,13 @@
 
 pub mod cli;
 pub mod contract;
+pub mod dataflow;
 pub mod commit;
 pub mod epoch;
 pub mod lake;
 pub mod ownership;
 pub mod reclock;
+pub mod run;
 pub mod simulate;
+pub mod source;
 pub mod sink;

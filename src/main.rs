@@ -34,5 +34,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  injected late: {}, injected malformed: {}", summary.injected_late, summary.injected_malformed);
             Ok(())
         }
+        Command::Run(args) => {
+            let cfg = args.validate()?;
+            let embedded = matches!(cfg.source, citystream::cli::run::SourceConfig::Embedded { .. });
+            let report = citystream::run::run(cfg)?;
+            print_run_report(&report, embedded);
+            Ok(())
+        }
     }
+}
+
+fn print_run_report(r: &citystream::run::RunReport, embedded: bool) {
+    let c = &r.committed;
+    let source = if embedded { "the embedded simulator" } else { "Kafka" };
+    println!("citystream run finished in {:.1} s (source: {source})", r.seconds);
+    if c.manifests == 0 {
+        println!("  nothing new to commit (process 0 reports commits; the output is up to date)");
+    }
+    let total: u64 = c.rows.iter().sum::<u64>() + c.late + c.dead_letters;
+    println!("  records committed: {total} ({:.0} records/s)", total as f64 / r.seconds.max(1e-9));
+    for s in Stream::ALL {
+        println!("    {:<16} {:>10}", s.name(), c.rows[s.index()]);
+    }
+    println!("  late records:     {:>10}", c.late);
+    println!("  dead letters:     {:>10}", c.dead_letters);
+    match c.epochs {
+        Some((a, b)) => println!("  epochs sealed:    {:>10} (epoch = {} of event time; {a}..={b})", c.epochs_with_objects, humantime::format_duration(std::time::Duration::from_micros(r.window_us as u64))),
+        None => println!("  epochs sealed:    {:>10}", 0),
+    }
+    println!("  objects written:  {:>10} ({:.1} MB)", c.objects, c.bytes as f64 / 1e6);
+    println!("  manifests:        {:>10}", c.manifests);
+    if r.garbage_collected > 0 {
+        println!("  uncommitted objects of a crashed run deleted: {}", r.garbage_collected);
+    }
+    println!("  output: {} (manifests in _manifests/, dead letters in _dead_letter/)", r.output);
 }

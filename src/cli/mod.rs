@@ -3,6 +3,7 @@
 //! Every flag can also be set by a `CITYSTREAM_…` environment variable. Validation happens
 //! before any work starts, and every error names the flag and says what would be accepted.
 
+pub mod run;
 pub mod simulate;
 
 use std::time::Duration;
@@ -11,8 +12,11 @@ use clap::{Parser, Subcommand};
 
 /// citystream: smart-city telemetry from Kafka to a Parquet lake on S3, exactly once.
 #[derive(Debug, Parser)]
-#[command(name = "citystream", version, about, disable_help_subcommand = true)]
+#[command(name = "citystream", version, about, disable_help_subcommand = true, disable_help_flag = true)]
 pub struct Cli {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help, global = false)]
+    pub help: Option<bool>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -23,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Simulate the fleet: produce the five telemetry streams into Kafka.
     Simulate(simulate::SimulateArgs),
+    /// Run one process of the cluster: Kafka (or the embedded simulator) → Parquet lake.
+    Run(Box<run::RunArgs>),
 }
 
 /// A configuration error, naming the flag at fault.

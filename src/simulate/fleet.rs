@@ -1,7 +1,7 @@
 //! The fleet: vehicles travelling between two cities, each step producing one record on each
 //! of the five streams, with the original producer's semantics.
 //!
-//! Per step a vehicle moves 1/100 of the way (plus a little jitter), its clock advances
+//! Per step a vehicle moves 1/100 of the way (plus a little jitter), the fleet's clock advances
 //! 30–60 s (event time runs faster than the wall clock, as in the original), and it emits a
 //! vehicle reading, a GPS fix, a traffic-camera snapshot, a weather reading and an emergency
 //! report, all stamped with the same naive ISO timestamp. Vehicles take turns, so records of
@@ -157,6 +157,8 @@ pub struct Fleet {
     rng: Rng,
     vehicles: Vec<Vehicle>,
     turn: usize,
+    /// The fleet's clock: advances 30–60 s each time every vehicle has made a step.
+    clock: Micros,
 }
 
 const DIRECTIONS: &[&str] = &["North-East"];
@@ -170,7 +172,7 @@ impl Fleet {
         let vehicles = (0..cfg.vehicles.max(1))
             .map(|i| Vehicle { device_id: format!("Vehicle-CityStream-{i:05}"), position: cfg.from, clock: cfg.start, step: 0, outbound: true })
             .collect();
-        Fleet { rng: Rng::new(cfg.seed), cfg, vehicles, turn: 0 }
+        Fleet { rng: Rng::new(cfg.seed), clock: cfg.start, cfg, vehicles, turn: 0 }
     }
 
     /// The configuration.
@@ -186,9 +188,13 @@ impl Fleet {
     /// The next vehicle's step: one record per stream, in the producer's order.
     pub fn step(&mut self) -> [SimRecord; 5] {
         let n = self.vehicles.len();
+        let rng = &mut self.rng;
+        if self.turn == 0 {
+            // One step of the whole fleet: event time advances 30–60 s, as in the original.
+            self.clock += rng.int_inclusive(30, 60) * MICROS_PER_SEC;
+        }
         let v = &mut self.vehicles[self.turn];
         self.turn = (self.turn + 1) % n;
-        let rng = &mut self.rng;
         let cfg = &self.cfg;
 
         // Move 1/steps of the way, with the original's ±0.0005° jitter; turn around on arrival.
@@ -203,7 +209,8 @@ impl Fleet {
             v.step = 0;
             v.outbound = !v.outbound;
         }
-        v.clock += rng.int_inclusive(30, 60) * MICROS_PER_SEC;
+        // Vehicles of one fleet step report within the same second, in turn.
+        v.clock = self.clock + rng.int_inclusive(0, MICROS_PER_SEC - 1);
         let (device_id, location, now) = (v.device_id.clone(), v.position, v.clock);
 
         let records = [
@@ -323,7 +330,7 @@ mod tests {
             let step = fleet.step();
             let t = step[0].event_time;
             let advance = t - if last[i % 3] == 0 { fleet.config().start } else { last[i % 3] };
-            assert!((30 * MICROS_PER_SEC..=60 * MICROS_PER_SEC).contains(&advance), "event time advances 30–60 s a step");
+            assert!((29 * MICROS_PER_SEC..=61 * MICROS_PER_SEC).contains(&advance), "event time advances 30–60 s a step");
             last[i % 3] = t;
             for (rec, stream) in step.iter().zip(Stream::ALL) {
                 assert_eq!(rec.stream, stream);

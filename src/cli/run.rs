@@ -1,0 +1,182 @@
+//! `citystream run` flags: timely's cluster flags, the source, the output, the clock.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args};
+
+use super::{ConfigError, check_fraction, parse_duration, parse_key_value};
+use crate::epoch::EpochClock;
+use crate::simulate::FleetConfig;
+use crate::source::kafka::KafkaOptions;
+
+/// One process of a citystream cluster (timely's -w/-n/-p/-h flags; help is --help only).
+#[derive(Debug, Clone, Args)]
+#[command(disable_help_flag = true)]
+pub struct RunArgs {
+    /// Print help.
+    #[arg(long, action = ArgAction::Help)]
+    pub help: Option<bool>,
+    /// Worker threads in this process.
+    #[arg(short = 'w', long = "threads", env = "CITYSTREAM_THREADS", default_value_t = 1)]
+    pub threads: usize,
+    /// Processes in the cluster.
+    #[arg(short = 'n', long = "processes", env = "CITYSTREAM_PROCESSES", default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index, 0..n.
+    #[arg(short = 'p', long = "process", env = "CITYSTREAM_PROCESS", default_value_t = 0)]
+    pub process: usize,
+    /// Hostfile: one host:port per line, line i for process i (needed when -n > 1).
+    #[arg(short = 'h', long = "hostfile", env = "CITYSTREAM_HOSTFILE")]
+    pub hostfile: Option<PathBuf>,
+    /// Kafka bootstrap brokers; without them the embedded simulator is the source.
+    #[arg(long, env = "CITYSTREAM_BROKERS")]
+    pub brokers: Option<String>,
+    /// Prefix of the five topic names.
+    #[arg(long, env = "CITYSTREAM_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// Consumer group that receives committed offsets (for lag monitoring).
+    #[arg(long, env = "CITYSTREAM_GROUP", default_value = "citystream")]
+    pub group: String,
+    /// Output: a directory, file:///dir, or s3://bucket/prefix (AWS_* environment for S3).
+    #[arg(long, env = "CITYSTREAM_OUTPUT", default_value = "./lake")]
+    pub output: String,
+    /// Epoch (window) length in event time.
+    #[arg(long, env = "CITYSTREAM_WINDOW", value_parser = parse_duration, default_value = "60s")]
+    pub window: Duration,
+    /// Allowed lateness: the watermark trails the greatest event time by this much.
+    #[arg(long, env = "CITYSTREAM_LATENESS", value_parser = parse_duration, default_value = "2m")]
+    pub lateness: Duration,
+    /// Read every partition up to its high watermark at start, seal everything, commit, exit.
+    #[arg(long, env = "CITYSTREAM_UNTIL_CAUGHT_UP")]
+    pub until_caught_up: bool,
+    /// Bound on reaching Kafka at start.
+    #[arg(long, env = "CITYSTREAM_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub connect_timeout: Duration,
+    /// Extra librdkafka consumer setting, KEY=VALUE (repeatable).
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+    /// Values larger than this go to the dead-letter output unread.
+    #[arg(long, env = "CITYSTREAM_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
+    pub max_value_bytes: usize,
+    /// Embedded source: vehicles in the simulated fleet (one journey each).
+    #[arg(long, env = "CITYSTREAM_VEHICLES", default_value_t = 200)]
+    pub vehicles: u32,
+    /// Embedded source: virtual partitions per stream.
+    #[arg(long, env = "CITYSTREAM_EMBEDDED_PARTITIONS", default_value_t = 4)]
+    pub embedded_partitions: i32,
+    /// Embedded source: seed.
+    #[arg(long, env = "CITYSTREAM_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Embedded source: fraction of late records.
+    #[arg(long, env = "CITYSTREAM_LATE_FRACTION", default_value_t = 0.002)]
+    pub late_fraction: f64,
+    /// Embedded source: fraction of malformed records.
+    #[arg(long, env = "CITYSTREAM_MALFORMED_FRACTION", default_value_t = 0.001)]
+    pub malformed_fraction: f64,
+}
+
+/// Where records come from.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// A Kafka cluster.
+    Kafka(KafkaOptions),
+    /// The in-process simulator.
+    Embedded {
+        /// The fleet.
+        fleet: FleetConfig,
+        /// Virtual partitions per stream.
+        partitions: i32,
+    },
+}
+
+/// A checked `run` configuration.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Threads per process.
+    pub threads: usize,
+    /// Processes.
+    pub processes: usize,
+    /// This process.
+    pub process: usize,
+    /// host:port of every process (empty for one process).
+    pub addresses: Vec<String>,
+    /// The source.
+    pub source: SourceConfig,
+    /// The output.
+    pub output: String,
+    /// Window and lateness.
+    pub clock: EpochClock,
+    /// Stop at the high watermarks taken at start.
+    pub until_caught_up: bool,
+    /// Decoder limits.
+    pub max_value_bytes: usize,
+}
+
+impl RunArgs {
+    /// Checks every flag; errors name the flag and what would be accepted.
+    pub fn validate(&self) -> Result<RunConfig, ConfigError> {
+        if self.threads == 0 {
+            return Err(ConfigError::new("-w/--threads", "must be at least 1"));
+        }
+        if self.processes == 0 {
+            return Err(ConfigError::new("-n/--processes", "must be at least 1"));
+        }
+        if self.process >= self.processes {
+            return Err(ConfigError::new("-p/--process", format!("{} is not below -n/--processes {}", self.process, self.processes)));
+        }
+        let addresses = match (&self.hostfile, self.processes) {
+            (None, 1) => Vec::new(),
+            (None, n) => return Err(ConfigError::new("-h/--hostfile", format!("is required with -n {n}: a file with one host:port per process"))),
+            (Some(path), n) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new("-h/--hostfile", format!("cannot read {}: {e}", path.display())))?;
+                let lines: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect();
+                if lines.len() < n {
+                    return Err(ConfigError::new("-h/--hostfile", format!("{} has {} addresses but -n is {n}", path.display(), lines.len())));
+                }
+                if let Some(bad) = lines.iter().find(|l| l.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())) {
+                    return Err(ConfigError::new("-h/--hostfile", format!("{bad:?} in {} is not host:port", path.display())));
+                }
+                lines.into_iter().take(n).collect()
+            }
+        };
+        if self.window < Duration::from_millis(1) {
+            return Err(ConfigError::new("--window", "must be at least 1ms"));
+        }
+        let clock = EpochClock::new(self.window.as_micros() as i64, self.lateness.as_micros() as i64);
+        if self.output.trim().is_empty() {
+            return Err(ConfigError::new("--output", "is empty; give a directory or s3://bucket/prefix"));
+        }
+        let source = match &self.brokers {
+            Some(b) if b.trim().is_empty() => return Err(ConfigError::new("--brokers", "is empty; give host:port")),
+            Some(brokers) => SourceConfig::Kafka(KafkaOptions {
+                brokers: brokers.clone(),
+                topic_prefix: self.topic_prefix.clone(),
+                group: self.group.clone(),
+                timeout: self.connect_timeout,
+                extra: self.kafka_options.clone(),
+            }),
+            None => {
+                if self.vehicles == 0 {
+                    return Err(ConfigError::new("--vehicles", "must be at least 1"));
+                }
+                if self.embedded_partitions < 1 {
+                    return Err(ConfigError::new("--embedded-partitions", "must be at least 1"));
+                }
+                SourceConfig::Embedded {
+                    fleet: FleetConfig {
+                        vehicles: self.vehicles,
+                        seed: self.seed,
+                        late_fraction: check_fraction("--late-fraction", self.late_fraction)?,
+                        malformed_fraction: check_fraction("--malformed-fraction", self.malformed_fraction)?,
+                        ..FleetConfig::default()
+                    },
+                    partitions: self.embedded_partitions,
+                }
+            }
+        };
+        // The embedded journey is bounded: it always runs until caught up.
+        let until_caught_up = self.until_caught_up || matches!(source, SourceConfig::Embedded { .. });
+        Ok(RunConfig { threads: self.threads, processes: self.processes, process: self.process, addresses, source, output: self.output.clone(), clock, until_caught_up, max_value_bytes: self.max_value_bytes })
+    }
+}

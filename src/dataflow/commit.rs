@@ -1,0 +1,189 @@
+//! `commit`: sealed epochs → manifests, in order, exactly once.
+//!
+//! In: every worker's reports, exchanged to worker 0 — object lists at the epoch they commit
+//! and partition resume states at the epoch they are valid for. Guarantee: when the input
+//! frontier passes `e`, every object of every epoch `≤ e` is durable and every worker has
+//! handed out resume states for `e`; the committer then writes the next manifest of the chain
+//! for `[lower, frontier)` with a create-if-absent PUT (one in flight at a time, so commits
+//! batch up when the store is slower than the epochs), and only after it is durable commits
+//! the consumer-group offsets. A lost create race means another cluster writes this output:
+//! the process stops with that message.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::{Scope, Stream};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use super::Report;
+use crate::commit::manifest::{self, FORMAT, FileEntry, Manifest, ManifestError, ManifestKind};
+use crate::epoch::{Epoch, EpochClock};
+use crate::lake::{FileKind, Lake};
+use crate::ownership::PartitionId;
+use crate::reclock::ResumeState;
+use crate::source::kafka::OffsetCommitter;
+
+/// Everything the committer needs.
+pub struct CommitSpec {
+    /// Where manifests go.
+    pub lake: Lake,
+    /// Runs the manifest writes.
+    pub rt: Handle,
+    /// This cluster's run id.
+    pub run: String,
+    /// Window and lateness in force.
+    pub clock: EpochClock,
+    /// Topic prefix in force.
+    pub topic_prefix: String,
+    /// The latest manifest at start (the cluster's claim).
+    pub previous: Option<Manifest>,
+    /// Commits consumer-group offsets after each manifest (Kafka only).
+    pub offsets: Option<OffsetCommitter>,
+    /// Filled in as manifests become durable.
+    pub summary: Rc<RefCell<CommitSummary>>,
+}
+
+/// What this run committed.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CommitSummary {
+    /// Manifests written.
+    pub manifests: u64,
+    /// Least and greatest epoch that committed an object.
+    pub epochs: Option<(Epoch, Epoch)>,
+    /// Distinct epochs that committed objects.
+    pub epochs_with_objects: u64,
+    /// Objects committed.
+    pub objects: u64,
+    /// On-time rows per stream (in `Stream::ALL` order).
+    pub rows: [u64; 5],
+    /// Late rows.
+    pub late: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Seconds from "frontier passed the epoch" to "manifest durable", per manifest.
+    pub seal_latencies: Vec<f64>,
+}
+
+impl CommitSummary {
+    fn add(&mut self, m: &Manifest, latency: f64) {
+        self.manifests += 1;
+        self.seal_latencies.push(latency);
+        let mut epochs: Vec<Epoch> = m.files.iter().map(|f| f.epoch).collect();
+        epochs.sort_unstable();
+        epochs.dedup();
+        self.epochs_with_objects += epochs.len() as u64;
+        if let (Some(&lo), Some(&hi)) = (epochs.first(), epochs.last()) {
+            self.epochs = Some(self.epochs.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
+        }
+        for f in &m.files {
+            self.objects += 1;
+            self.bytes += f.bytes;
+            match f.kind {
+                FileKind::Data => self.rows[f.stream.index()] += f.rows,
+                FileKind::Late => self.late += f.rows,
+                FileKind::DeadLetter => self.dead_letters += f.rows,
+            }
+        }
+    }
+}
+
+/// Builds the committer. Only the worker that receives reports (worker 0) writes anything.
+pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
+    let scope: Scope<'s, Epoch> = reports.scope();
+    let mut builder = OperatorBuilder::new("Commit".to_owned(), scope);
+    let activator = scope.activator_for(builder.operator_info().address.clone());
+    let mut input = builder.new_input(reports, Pipeline);
+
+    builder.build_reschedule(move |_caps| {
+        let CommitSpec { lake, rt, run, clock, topic_prefix, previous, offsets, summary } = spec;
+        let mut lower = previous.as_ref().map_or(0, |m| m.upper);
+        let mut sequence = previous.as_ref().map_or(0, |m| m.sequence);
+        let mut states: BTreeMap<PartitionId, ResumeState> = previous.map(|m| m.partitions.into_iter().map(|s| (s.id, s)).collect()).unwrap_or_default();
+        let mut files: BTreeMap<Epoch, Vec<FileEntry>> = BTreeMap::new();
+        let mut resume: BTreeMap<Epoch, Vec<ResumeState>> = BTreeMap::new();
+        let mut max_seen: Option<Epoch> = None;
+        let mut in_flight: Option<(JoinHandle<Result<(), ManifestError>>, Manifest, std::time::Instant)> = None;
+
+        move |frontiers| {
+            input.for_each(|cap, data| {
+                let Some(&t) = cap.least() else { return };
+                max_seen = Some(max_seen.map_or(t, |m| m.max(t)));
+                for report in data.drain(..) {
+                    match report {
+                        Report::Files(f) => files.entry(t).or_default().extend(f),
+                        Report::Resume(s) => resume.entry(t).or_default().extend(s),
+                    }
+                }
+            });
+
+            if let Some((handle, _, _)) = &in_flight {
+                if !handle.is_finished() {
+                    activator.activate_after(Duration::from_millis(2));
+                    return true;
+                }
+                let (handle, m, started) = in_flight.take().expect("checked above");
+                match rt.block_on(handle) {
+                    Ok(Ok(())) => {
+                        tracing::info!(sequence = m.sequence, lower = m.lower, upper = m.upper, objects = m.files.len(), "manifest committed");
+                        summary.borrow_mut().add(&m, started.elapsed().as_secs_f64());
+                        lower = m.upper;
+                        sequence = m.sequence;
+                        if let Some(committer) = &offsets {
+                            let offs: Vec<(PartitionId, i64)> = m.partitions.iter().map(|s| (s.id, s.position.offset)).collect();
+                            committer.commit(&offs);
+                        }
+                    }
+                    Ok(Err(e)) => super::fatal(&format!("committing epochs [{}, {}): {e}", m.lower, m.upper)),
+                    Err(e) => super::fatal(&format!("manifest task failed: {e}")),
+                }
+            }
+
+            // Everything below `upper` is sealed and durable.
+            let frontier = frontiers[0].frontier();
+            let upper = match frontier.first() {
+                Some(&f) => f,
+                None => max_seen.map_or(lower, |m| m + 1).max(lower),
+            };
+            let anything = files.range(..upper).next().is_some() || resume.range(..upper).next().is_some();
+            if upper > lower && anything {
+                let mut committed: Vec<FileEntry> = Vec::new();
+                for (_, f) in files.range(..upper) {
+                    committed.extend(f.iter().cloned());
+                }
+                files = files.split_off(&upper);
+                for (_, s) in resume.range(..upper) {
+                    for state in s {
+                        states.insert(state.id, state.clone());
+                    }
+                }
+                resume = resume.split_off(&upper);
+                let m = Manifest {
+                    format: FORMAT,
+                    sequence: sequence + 1,
+                    kind: ManifestKind::Commit,
+                    lower,
+                    upper,
+                    clock,
+                    topic_prefix: topic_prefix.clone(),
+                    run: run.clone(),
+                    written_at: manifest::now_rfc3339(),
+                    files: committed,
+                    partitions: states.values().cloned().collect(),
+                };
+                let lake = lake.clone();
+                let to_write = m.clone();
+                let handle = rt.spawn(async move { manifest::write(&lake, &to_write).await });
+                in_flight = Some((handle, m, std::time::Instant::now()));
+                activator.activate_after(Duration::from_millis(2));
+            }
+            in_flight.is_some() || !files.is_empty() || !resume.is_empty()
+        }
+    });
+}

@@ -1,0 +1,209 @@
+//! `parquet_sink`: rows at their epochs → Parquet objects, finished when the epoch is sealed.
+//!
+//! In: rows stamped with the epoch that commits them. Out: at epoch `e`, the list of objects
+//! written for `e` ([`Report::Files`]), sent only once every one of them is complete in the
+//! store. Guarantees: one object per (epoch, stream, kind, partition[, event hour for late
+//! rows]); rows stream out as row groups and upload parts while the epoch is open, so memory
+//! per open file is bounded by the batch, row-group and part sizes, not by the epoch's size;
+//! the operator holds a capability for `e` until its objects are durable, so the committer's
+//! frontier passing `e` means "every object of `e` exists".
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::{Scope, Stream};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use super::{Report, Row};
+use crate::commit::manifest::FileEntry;
+use crate::contract::schema::{BatchBuilder, DeadLetterBuilder, DeadLetterRow, Provenance, dead_letter_schema, schema};
+use crate::contract::timestamp::{MICROS_PER_SEC, format_naive};
+use crate::contract::{Micros, Stream as DataStream};
+use crate::epoch::{Epoch, EpochClock};
+use crate::lake::{FileKind, Lake, file_path};
+use crate::sink::encode::{EncodeOptions, ParquetEncoder};
+use crate::sink::upload::ObjectUpload;
+
+/// Everything the sink needs.
+#[derive(Clone)]
+pub struct SinkSpec {
+    /// Where objects go.
+    pub lake: Lake,
+    /// Runs the uploads.
+    pub rt: Handle,
+    /// This process's run id, part of every object name.
+    pub run: String,
+    /// Epoch arithmetic (for paths and metadata).
+    pub clock: EpochClock,
+    /// Parquet settings.
+    pub encode: EncodeOptions,
+    /// Multipart part size (S3 needs ≥ 5 MiB).
+    pub part_size: usize,
+    /// Rows buffered per file before they are encoded.
+    pub batch_rows: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct FileKey {
+    stream: DataStream,
+    kind: FileKind,
+    partition: i32,
+    hour: Micros,
+}
+
+enum Rows {
+    Data(BatchBuilder),
+    Dead(DeadLetterBuilder),
+}
+
+struct OpenFile {
+    entry: FileEntry,
+    rows: Rows,
+    encoder: ParquetEncoder,
+    upload: ObjectUpload,
+}
+
+const HOUR: Micros = 3600 * MICROS_PER_SEC;
+
+impl OpenFile {
+    fn new(spec: &SinkSpec, epoch: Epoch, key: FileKey) -> Self {
+        let path = file_path(key.stream, key.kind, epoch, key.partition, &spec.run, key.hour);
+        let (rows, schema) = match key.kind {
+            FileKind::DeadLetter => (Rows::Dead(DeadLetterBuilder::default()), dead_letter_schema()),
+            _ => (Rows::Data(BatchBuilder::new(key.stream, true)), schema(key.stream, true)),
+        };
+        let encoder = ParquetEncoder::new(schema, &spec.encode).unwrap_or_else(|e| super::fatal(&format!("cannot start a Parquet file: {e}")));
+        let entry = FileEntry { path: path.to_string(), stream: key.stream, kind: key.kind, epoch, partition: key.partition, rows: 0, bytes: 0 };
+        OpenFile { entry, rows, encoder, upload: ObjectUpload::new(spec.lake.store.clone(), path, spec.part_size) }
+    }
+
+    fn pending(&self) -> usize {
+        match &self.rows {
+            Rows::Data(b) => b.len(),
+            Rows::Dead(b) => b.len(),
+        }
+    }
+
+    /// Encodes buffered rows and passes finished bytes on to the upload.
+    fn flush(&mut self, rt: &Handle) {
+        if self.pending() > 0 {
+            let batch = match &mut self.rows {
+                Rows::Data(b) => b.finish(),
+                Rows::Dead(b) => b.finish(),
+            };
+            let batch = batch.unwrap_or_else(|e| super::fatal(&format!("building a batch for {}: {e}", self.entry.path)));
+            self.encoder.write(&batch).unwrap_or_else(|e| super::fatal(&format!("encoding {}: {e}", self.entry.path)));
+        }
+        let bytes = self.encoder.take_bytes();
+        if !bytes.is_empty() {
+            self.upload.write(rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {}: {e}", self.entry.path)));
+        }
+    }
+
+    fn close(mut self, spec: &SinkSpec) -> (FileEntry, JoinHandle<Result<u64, object_store::Error>>) {
+        self.flush(&spec.rt);
+        let e = self.entry.epoch;
+        let metadata = vec![
+            ("citystream.epoch".to_owned(), e.to_string()),
+            ("citystream.epoch_start".to_owned(), format_naive(spec.clock.start_of(e)).to_string()),
+            ("citystream.watermark".to_owned(), format_naive(spec.clock.start_of(e + 1)).to_string()),
+            ("citystream.kind".to_owned(), format!("{:?}", self.entry.kind).to_lowercase()),
+            ("citystream.stream".to_owned(), self.entry.stream.name().to_owned()),
+            ("citystream.partition".to_owned(), self.entry.partition.to_string()),
+        ];
+        self.entry.rows = self.encoder.rows();
+        let bytes = self.encoder.close(metadata).unwrap_or_else(|e| super::fatal(&format!("finishing {}: {e}", self.entry.path)));
+        self.upload.write(&spec.rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {}: {e}", self.entry.path)));
+        (self.entry, self.upload.finish(&spec.rt))
+    }
+}
+
+/// Builds the sink operator; its output carries the objects of each sealed epoch.
+pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> Stream<'s, Epoch, Vec<Report>> {
+    let scope: Scope<'s, Epoch> = rows.scope();
+    let mut builder = OperatorBuilder::new("ParquetSink".to_owned(), scope);
+    let activator = scope.activator_for(builder.operator_info().address.clone());
+    let mut input = builder.new_input(rows, Pipeline);
+    let (output, reports) = builder.new_output();
+    let mut output: OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Report>>> = OutputBuilder::from(output);
+
+    builder.build_reschedule(move |_caps| {
+        let mut open: BTreeMap<Epoch, (Capability<Epoch>, HashMap<FileKey, OpenFile>)> = BTreeMap::new();
+        type Sealing = (Capability<Epoch>, Vec<(FileEntry, JoinHandle<Result<u64, object_store::Error>>)>);
+        let mut sealing: BTreeMap<Epoch, Sealing> = BTreeMap::new();
+
+        move |frontiers| {
+            input.for_each(|cap, data| {
+                let Some(&t) = cap.least() else { return };
+                let (_, files) = open.entry(t).or_insert_with(|| (cap.retain_least(0).expect("a stamped message"), HashMap::new()));
+                for row in data.drain(..) {
+                    let key = route(&row, t, &spec.clock);
+                    let file = files.entry(key).or_insert_with(|| OpenFile::new(&spec, t, key));
+                    match (&mut file.rows, &row) {
+                        (Rows::Data(b), Row::Record { record, partition, offset, late }) => b.append(record, Some(Provenance { partition: *partition, offset: *offset, late: *late })),
+                        (Rows::Dead(b), Row::Dead { stream, partition, offset, class, reason, raw }) => {
+                            let topic = stream.name();
+                            b.append(&DeadLetterRow { topic, partition: *partition, offset: *offset, class: class.as_str(), reason, raw });
+                        }
+                        _ => unreachable!("rows are routed to files of their kind"),
+                    }
+                    if file.pending() >= spec.batch_rows {
+                        file.flush(&spec.rt);
+                    }
+                }
+            });
+
+            // Seal every epoch the frontier has passed: finish its objects in the background.
+            let frontier = &frontiers[0];
+            while let Some((&e, _)) = open.first_key_value() {
+                if frontier.less_equal(&e) {
+                    break;
+                }
+                let (cap, files) = open.remove(&e).expect("first key exists");
+                let mut files: Vec<(FileKey, OpenFile)> = files.into_iter().collect();
+                files.sort_by_key(|(k, _)| *k);
+                let uploads = files.into_iter().map(|(_, f)| f.close(&spec)).collect();
+                sealing.insert(e, (cap, uploads));
+            }
+
+            // Report epochs whose objects are all durable.
+            let done: Vec<Epoch> = sealing.iter().filter(|(_, (_, ups))| ups.iter().all(|(_, h)| h.is_finished())).map(|(e, _)| *e).collect();
+            for e in done {
+                let (cap, uploads) = sealing.remove(&e).expect("listed above");
+                let mut entries = Vec::with_capacity(uploads.len());
+                for (mut entry, handle) in uploads {
+                    match spec.rt.block_on(handle) {
+                        Ok(Ok(bytes)) => entry.bytes = bytes,
+                        Ok(Err(err)) => super::fatal(&format!("writing {} to {} failed after retries: {err}", entry.path, spec.lake.url)),
+                        Err(err) => super::fatal(&format!("upload task for {} failed: {err}", entry.path)),
+                    }
+                    entries.push(entry);
+                }
+                output.activate().session(&cap).give(Report::Files(entries));
+            }
+            if !sealing.is_empty() {
+                activator.activate_after(Duration::from_millis(2));
+            }
+            !sealing.is_empty()
+        }
+    });
+    reports
+}
+
+/// The file a row belongs to at epoch `t`.
+fn route(row: &Row, t: Epoch, clock: &EpochClock) -> FileKey {
+    let epoch_hour = clock.start_of(t) - clock.start_of(t).rem_euclid(HOUR);
+    match row {
+        Row::Record { record, partition, late: false, .. } => FileKey { stream: record.stream(), kind: FileKind::Data, partition: *partition, hour: epoch_hour },
+        Row::Record { record, partition, late: true, .. } => {
+            let ts = record.timestamp();
+            FileKey { stream: record.stream(), kind: FileKind::Late, partition: *partition, hour: ts - ts.rem_euclid(HOUR) }
+        }
+        Row::Dead { stream, partition, .. } => FileKey { stream: *stream, kind: FileKind::DeadLetter, partition: *partition, hour: epoch_hour },
+    }
+}

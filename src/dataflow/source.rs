@@ -1,0 +1,242 @@
+//! `reclock_source`: Kafka partitions → records stamped with their epoch.
+//!
+//! In: a [`Reader`] over the partitions this worker owns, their [`PartitionClock`]s (resumed
+//! from the latest manifest), and the other workers' announcements of their least active
+//! epoch. Out: rows at their epoch, resume states for the committer, and this worker's own
+//! announcements. Guarantees: the data output's capability sits at the least epoch of the
+//! owned partitions that are still active, so the cluster frontier *is* the watermark; idle
+//! partitions follow the cluster's least active epoch (recorded as idle advances) so they never
+//! stall it; each time the capability advances past `e`, the resume states for committing `e`
+//! are sent; when every owned partition is finished (stop offset reached: `--until-caught-up`
+//! or shutdown), final states are sent and all capabilities dropped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::{Scope, Stream};
+
+use super::{Announce, Report, Row};
+use crate::contract::{DecodeOptions, decode};
+use crate::epoch::Epoch;
+use crate::ownership::PartitionId;
+use crate::reclock::{Class, PartitionClock};
+use crate::source::{Event, Reader};
+
+/// One owned partition: its clock and where reading stops (if anywhere).
+pub struct OwnedPartition {
+    /// Reclocking state.
+    pub clock: PartitionClock,
+    /// Stop before this offset (`--until-caught-up`: the high watermark at start).
+    pub stop: Option<i64>,
+}
+
+/// Everything the source operator needs.
+pub struct SourceSpec {
+    /// This worker's index.
+    pub worker: usize,
+    /// Epochs below this are committed; nothing is sent below it.
+    pub committed_below: Epoch,
+    /// The owned partitions.
+    pub partitions: Vec<OwnedPartition>,
+    /// Where records come from.
+    pub reader: Box<dyn Reader>,
+    /// How values are decoded.
+    pub decode: DecodeOptions,
+    /// Set on SIGTERM/SIGINT: stop reading, seal and commit what was read.
+    pub shutdown: Arc<AtomicBool>,
+    /// Events read per activation before yielding to other operators.
+    pub budget: usize,
+}
+
+struct Part {
+    clock: PartitionClock,
+    stop: Option<i64>,
+    caught_up: bool,
+    finished: bool,
+}
+
+impl Part {
+    fn check_finished(&mut self) -> bool {
+        if !self.finished && self.stop.is_some_and(|s| self.clock.next_offset() >= s) {
+            self.finished = true;
+            return true;
+        }
+        false
+    }
+}
+
+/// Builds the source operator. Returns (rows, resume-state reports, announcements).
+pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcements: Stream<'s, Epoch, Vec<Announce>>) -> (Stream<'s, Epoch, Vec<Row>>, Stream<'s, Epoch, Vec<Report>>, Stream<'s, Epoch, Vec<Announce>>) {
+    let mut builder = OperatorBuilder::new("ReclockSource".to_owned(), scope);
+    let info = builder.operator_info();
+    let activator = scope.activator_for(info.address.clone());
+    let mut input = builder.new_input(announcements, Pipeline);
+    let (rows_out, rows) = builder.new_output();
+    let (reports_out, reports) = builder.new_output();
+    let (announce_out, announced) = builder.new_output();
+    let mut rows_out: OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Row>>> = OutputBuilder::from(rows_out);
+    let mut reports_out: OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Report>>> = OutputBuilder::from(reports_out);
+    let mut announce_out: OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Announce>>> = OutputBuilder::from(announce_out);
+
+    builder.build(move |mut caps| {
+        let SourceSpec { worker, committed_below, partitions, mut reader, decode: decode_opts, shutdown, budget } = spec;
+        let mut announce_cap = caps.pop();
+        let mut report_cap = caps.pop();
+        let mut data_cap = caps.pop();
+        for c in [&mut data_cap, &mut report_cap, &mut announce_cap].into_iter().flatten() {
+            c.downgrade(&committed_below);
+        }
+        let mut parts: Vec<Part> = partitions.into_iter().map(|p| Part { clock: p.clock, stop: p.stop, caught_up: false, finished: false }).collect();
+        let index: HashMap<PartitionId, usize> = parts.iter().enumerate().map(|(i, p)| (p.clock.id(), i)).collect();
+        for p in &mut parts {
+            if p.check_finished() {
+                reader.pause(p.clock.id());
+            }
+        }
+        let mut others: HashMap<usize, (u64, Option<Epoch>)> = HashMap::new();
+        let mut announce_seq: u64 = 0;
+        let mut last_announced: Option<Option<Epoch>> = None;
+        let mut max_sent: Epoch = committed_below;
+        let mut pending: BTreeMap<Epoch, Vec<Row>> = BTreeMap::new();
+        let mut stopping = false;
+
+        move |_frontiers| {
+            // Announcements of the other workers: keep the newest per worker.
+            input.for_each(|_cap, data| {
+                for a in data.drain(..) {
+                    if a.worker != worker && others.get(&a.worker).is_none_or(|(seq, _)| a.seq > *seq) {
+                        others.insert(a.worker, (a.seq, a.active));
+                    }
+                }
+            });
+            let Some(cap) = data_cap.as_ref().map(|c| *c.time()) else { return };
+
+            if !stopping && shutdown.load(Ordering::Relaxed) {
+                stopping = true;
+                tracing::info!(worker, "shutdown requested: sealing what was read");
+                for p in &mut parts {
+                    p.stop = Some(p.stop.map_or(p.clock.next_offset(), |s| s.min(p.clock.next_offset())));
+                    p.check_finished();
+                }
+            }
+
+            // Read.
+            let started = Instant::now();
+            let mut read = 0;
+            if !stopping {
+                let result = reader.poll(budget, &mut |event| match event {
+                    Event::Record { id, offset, payload } => {
+                        let Some(&i) = index.get(&id) else { return };
+                        let p = &mut parts[i];
+                        if p.finished || p.stop.is_some_and(|s| offset >= s) {
+                            return;
+                        }
+                        p.caught_up = false;
+                        // A partition that was idle may be behind the capability: lift it first.
+                        if p.clock.epoch() < cap {
+                            p.clock.advance_idle(cap);
+                        }
+                        let decoded = decode(id.stream, payload, &decode_opts);
+                        let event_time = decoded.as_ref().ok().map(|r| r.timestamp());
+                        if let Some(class) = p.clock.observe(offset, event_time) {
+                            let row = match (decoded, class) {
+                                (Ok(record), Class::Late(_)) => Row::Record { record, partition: id.partition, offset, late: true },
+                                (Ok(record), _) => Row::Record { record, partition: id.partition, offset, late: false },
+                                (Err(e), _) => Row::Dead { stream: id.stream, partition: id.partition, offset, class: e.class, reason: e.to_string(), raw: payload.to_vec() },
+                            };
+                            max_sent = max_sent.max(class.epoch());
+                            pending.entry(class.epoch()).or_default().push(row);
+                        }
+                        p.check_finished();
+                    }
+                    Event::Caught { id } => {
+                        if let Some(&i) = index.get(&id) {
+                            let p = &mut parts[i];
+                            p.caught_up = true;
+                            // At the end of the partition, a stop offset taken earlier is reached
+                            // even if the last offsets held no records (transaction markers).
+                            if p.stop.is_some() {
+                                p.finished = true;
+                            }
+                        }
+                    }
+                });
+                match result {
+                    Ok(n) => read = n,
+                    Err(e) => super::fatal(&format!("worker {worker}: reading failed: {e}")),
+                }
+            }
+            for p in &mut parts {
+                if p.finished && p.stop.is_some() && !p.caught_up {
+                    p.caught_up = true;
+                    reader.pause(p.clock.id());
+                }
+            }
+
+            // Send what was read, at its epochs.
+            if let Some(c) = data_cap.as_ref() {
+                let mut out = rows_out.activate();
+                for (t, mut rows) in std::mem::take(&mut pending) {
+                    let at = c.delayed(&t);
+                    out.session(&at).give_container(&mut rows);
+                }
+            }
+
+            // Idle partitions follow the least epoch of the active ones, cluster-wide.
+            let active = |p: &Part| !p.caught_up && !p.finished;
+            let local_active = parts.iter().filter(|p| active(p)).map(|p| p.clock.epoch()).min();
+            let global_active = others.values().filter_map(|(_, a)| *a).chain(local_active).min();
+            if let Some(g) = global_active {
+                for p in parts.iter_mut().filter(|p| p.caught_up && !p.finished) {
+                    p.clock.advance_idle(g);
+                }
+            }
+
+            // Advance the capability to the least epoch of the unfinished partitions.
+            let all_finished = parts.iter().all(|p| p.finished);
+            let new_cap = if all_finished { max_sent.max(cap) } else { parts.iter().filter(|p| !p.finished).map(|p| p.clock.epoch()).min().unwrap_or(cap).max(cap) };
+            if new_cap > cap || all_finished {
+                // Resume states valid once everything before `e` is committed.
+                let e = if all_finished { new_cap } else { new_cap - 1 };
+                let states = parts.iter().map(|p| p.clock.resume_state(e)).collect::<Vec<_>>();
+                for p in &mut parts {
+                    p.clock.prune(e);
+                }
+                if let Some(rc) = report_cap.as_ref() {
+                    let at = rc.delayed(&e);
+                    reports_out.activate().session(&at).give(Report::Resume(states));
+                }
+                if all_finished {
+                    tracing::debug!(worker, epoch = e, "all partitions finished");
+                    data_cap = None;
+                    report_cap = None;
+                    announce_cap = None;
+                    return;
+                }
+                for c in [&mut data_cap, &mut report_cap, &mut announce_cap].into_iter().flatten() {
+                    c.downgrade(&new_cap);
+                }
+            }
+
+            if last_announced != Some(local_active)
+                && let Some(ac) = announce_cap.as_ref()
+            {
+                announce_seq += 1;
+                announce_out.activate().session(ac).give(Announce { worker, seq: announce_seq, active: local_active });
+                last_announced = Some(local_active);
+            }
+
+            if read > 0 || started.elapsed() > Duration::from_millis(50) {
+                activator.activate();
+            } else {
+                activator.activate_after(Duration::from_millis(20));
+            }
+        }
+    });
+    (rows, reports, announced)
+}

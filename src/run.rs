@@ -1,0 +1,219 @@
+//! `citystream run`: one process of the cluster, from flags to exit code.
+//!
+//! Before any worker starts: open the output and check access, read the latest manifest
+//! (the only truth on resume), discover the partitions, take the stop offsets if asked to,
+//! and — in process 0 only — claim the output with a manifest and delete what a crashed run
+//! left uncommitted. Then timely runs the dataflow on every worker until the sources finish
+//! (`--until-caught-up`, the embedded journey, or SIGTERM/SIGINT).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::cli::run::{RunConfig, SourceConfig};
+use crate::commit::manifest::{self, FORMAT, Manifest, ManifestKind};
+use crate::contract::DecodeOptions;
+use crate::dataflow::commit::{CommitSpec, CommitSummary};
+use crate::dataflow::sink::SinkSpec;
+use crate::dataflow::source::{OwnedPartition, SourceSpec};
+use crate::epoch::Epoch;
+use crate::lake::{self, Lake};
+use crate::ownership::{self, PartitionId};
+use crate::reclock::PartitionClock;
+use crate::sink::encode::EncodeOptions;
+use crate::source::Reader;
+use crate::source::embedded::{self, EmbeddedReader};
+use crate::source::kafka::{KafkaReader, OffsetCommitter};
+
+/// Exit code of a process stopped by an error the cluster cannot continue after.
+pub const FATAL_EXIT_CODE: i32 = 3;
+
+/// What a finished run reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunReport {
+    /// What was committed (complete in process 0; empty elsewhere).
+    pub committed: CommitSummary,
+    /// Objects of crashed runs deleted at start.
+    pub garbage_collected: usize,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// The output.
+    pub output: String,
+    /// First epoch of this run.
+    pub first_epoch: Epoch,
+    /// Epoch length, microseconds.
+    pub window_us: i64,
+}
+
+/// A short random id for this process's object names.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let mut rng = crate::simulate::rng::Rng::new(nanos ^ (u64::from(std::process::id()) << 32));
+    format!("{:08x}", rng.next_u64() as u32)
+}
+
+/// Runs one process of the cluster to completion.
+pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("citystream-io").build().context("starting the I/O runtime")?;
+    let lake = Lake::open(&cfg.output)?;
+    rt.block_on(lake.check_access())?;
+    let previous = rt.block_on(manifest::latest(&lake))?;
+    let prefix = match &cfg.source {
+        SourceConfig::Kafka(k) => k.topic_prefix.clone(),
+        SourceConfig::Embedded { .. } => String::new(),
+    };
+    if let Some(m) = &previous {
+        if m.clock.window_us != cfg.clock.window_us {
+            bail!("invalid --window: the output {} was written with --window {:?}; epochs would not line up (use the same window or a new --output)", lake.url, Duration::from_micros(m.clock.window_us as u64));
+        }
+        if m.topic_prefix != prefix {
+            bail!("invalid --topic-prefix: the output {} holds topics with prefix {:?}, not {:?} (use a new --output per set of topics)", lake.url, m.topic_prefix, prefix);
+        }
+    }
+    let first_epoch = previous.as_ref().map_or(0, |m| m.upper);
+
+    // Partitions and where each stops.
+    let (all, stops): (Vec<PartitionId>, HashMap<PartitionId, i64>) = match &cfg.source {
+        SourceConfig::Kafka(k) => {
+            let all = k.discover()?;
+            let stops = if cfg.until_caught_up { k.high_watermarks(&all)? } else { HashMap::new() };
+            (all, stops)
+        }
+        SourceConfig::Embedded { fleet, partitions } => (embedded::all_partitions(*partitions), EmbeddedReader::journey_ends(fleet, *partitions)),
+    };
+
+    let run = run_id();
+    // Process 0 claims the output and clears what crashed runs left uncommitted.
+    let mut garbage_collected = 0;
+    let mut claim = previous.clone();
+    if cfg.process == 0 {
+        let m = Manifest {
+            format: FORMAT,
+            sequence: previous.as_ref().map_or(0, |m| m.sequence) + 1,
+            kind: ManifestKind::Claim,
+            lower: first_epoch,
+            upper: first_epoch,
+            clock: cfg.clock,
+            topic_prefix: prefix.clone(),
+            run: run.clone(),
+            written_at: manifest::now_rfc3339(),
+            files: Vec::new(),
+            partitions: previous.as_ref().map(|m| m.partitions.clone()).unwrap_or_default(),
+        };
+        rt.block_on(manifest::write(&lake, &m))?;
+        garbage_collected = rt.block_on(lake::collect_garbage(&lake, first_epoch))?;
+        if garbage_collected > 0 {
+            tracing::info!(objects = garbage_collected, "deleted objects a crashed run left uncommitted");
+        }
+        claim = Some(m);
+    }
+
+    // SIGTERM / SIGINT: stop reading, seal, commit, exit 0.
+    let shutdown = Arc::new(AtomicBool::new(false));
+    {
+        let flag = shutdown.clone();
+        rt.spawn(async move {
+            #[cfg(unix)]
+            {
+                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("signal received: finishing");
+            flag.store(true, Ordering::Relaxed);
+        });
+    }
+
+    // A panic anywhere (including timely's network threads when a peer dies) ends the
+    // process promptly with a non-zero code, so that the supervisor restarts the cluster.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("error: citystream process stopping after a panic (a peer may have died); restart the cluster");
+        std::process::exit(FATAL_EXIT_CODE);
+    }));
+
+    let communication = if cfg.processes > 1 {
+        timely::CommunicationConfig::Cluster { threads: cfg.threads, process: cfg.process, addresses: cfg.addresses.clone(), report: false, zerocopy: false }
+    } else if cfg.threads > 1 {
+        timely::CommunicationConfig::Process(cfg.threads)
+    } else {
+        timely::CommunicationConfig::Thread
+    };
+    let config = timely::Config { communication, worker: timely::WorkerConfig::default() };
+
+    let states: Arc<HashMap<PartitionId, crate::reclock::ResumeState>> = Arc::new(previous.as_ref().map(|m| m.partitions.iter().map(|s| (s.id, s.clone())).collect()).unwrap_or_default());
+    let all = Arc::new(all);
+    let stops = Arc::new(stops);
+    let handle = rt.handle().clone();
+    let cfg2 = cfg.clone();
+    let lake2 = lake.clone();
+    let guards = timely::execute(config, move |worker| {
+        let cfg = &cfg2;
+        let (index, peers) = (worker.index(), worker.peers());
+        let owned = ownership::owned(&all, index, peers);
+        let partitions: Vec<OwnedPartition> = owned
+            .iter()
+            .map(|id| OwnedPartition {
+                clock: PartitionClock::resume(*id, cfg.clock, states.get(id), 0, first_epoch),
+                stop: if cfg.until_caught_up { Some(stops.get(id).copied().unwrap_or(0)) } else { None },
+            })
+            .collect();
+        let reader: Box<dyn Reader> = match &cfg.source {
+            SourceConfig::Kafka(k) => {
+                let starts: Vec<(PartitionId, Option<i64>)> = owned.iter().map(|id| (*id, states.get(id).map(|s| s.position.offset))).collect();
+                match KafkaReader::new(k, &starts, &format!("citystream-{}-w{index}", cfg.process)) {
+                    Ok(r) => Box::new(r),
+                    Err(e) => crate::dataflow::fatal(&format!("worker {index}: {e}")),
+                }
+            }
+            SourceConfig::Embedded { fleet, partitions: p } => {
+                let starts: Vec<(PartitionId, i64)> = owned.iter().map(|id| (*id, states.get(id).map_or(0, |s| s.position.offset))).collect();
+                Box::new(EmbeddedReader::new(fleet.clone(), *p, &starts))
+            }
+        };
+        let offsets = match (&cfg.source, index) {
+            (SourceConfig::Kafka(k), 0) => OffsetCommitter::new(k).map_err(|e| tracing::warn!(error = %e, "no consumer-group offset commits")).ok(),
+            _ => None,
+        };
+        let summary = Rc::new(RefCell::new(CommitSummary::default()));
+        let source = SourceSpec {
+            worker: index,
+            committed_below: first_epoch,
+            partitions,
+            reader,
+            decode: DecodeOptions { max_value_bytes: cfg.max_value_bytes, ..DecodeOptions::default() },
+            shutdown: shutdown.clone(),
+            budget: 4096,
+        };
+        let sink = SinkSpec { lake: lake2.clone(), rt: handle.clone(), run: format!("{run}{index:02x}"), clock: cfg.clock, encode: EncodeOptions::default(), part_size: 8 << 20, batch_rows: 8192 };
+        let committer = CommitSpec { lake: lake2.clone(), rt: handle.clone(), run: run.clone(), clock: cfg.clock, topic_prefix: prefix.clone(), previous: claim.clone(), offsets, summary: summary.clone() };
+        worker.dataflow::<Epoch, _, _>(|scope| crate::dataflow::build(scope, source, sink, committer));
+        while worker.step_or_park(Some(Duration::from_millis(100))) {}
+        summary.borrow().clone()
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the cluster (check -h/--hostfile addresses and that the port of process {} is free): {e}", cfg.process))?;
+    let mut committed = CommitSummary::default();
+    for (i, result) in guards.join().into_iter().enumerate() {
+        match result {
+            Ok(s) if i == 0 => committed = s,
+            Ok(_) => {}
+            Err(e) => bail!("worker {i} failed: {e}"),
+        }
+    }
+    drop(rt);
+    Ok(RunReport { committed, garbage_collected, seconds: started.elapsed().as_secs_f64(), output: lake.url.clone(), first_epoch, window_us: cfg.clock.window_us })
+}

@@ -1,0 +1,206 @@
+//! The Kafka source: one consumer per worker, manually assigned to the partitions the worker
+//! owns, at the offsets the latest manifest says. No consumer-group rebalancing: ownership is
+//! decided by [`crate::ownership`], and offsets are committed to the group only for
+//! monitoring, after the manifest that makes them true is durable.
+//!
+//! Each partition gets its own queue (librdkafka's `split_partition_queue`), polled in turn,
+//! so that a busy partition cannot starve the others and an end-of-partition event can be
+//! attributed to its topic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Event, Reader, SourceError};
+use crate::contract::Stream;
+use crate::ownership::PartitionId;
+
+/// How to reach Kafka.
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    /// Bootstrap brokers.
+    pub brokers: String,
+    /// Topic = prefix + stream name.
+    pub topic_prefix: String,
+    /// Consumer group that receives committed offsets.
+    pub group: String,
+    /// Bound on metadata and watermark requests.
+    pub timeout: Duration,
+    /// Extra librdkafka settings, applied last (TLS, SASL, tuning).
+    pub extra: Vec<(String, String)>,
+}
+
+impl KafkaOptions {
+    /// The topic of a stream.
+    pub fn topic(&self, stream: Stream) -> String {
+        format!("{}{}", self.topic_prefix, stream.name())
+    }
+
+    /// Settings shared by every client we create.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("group.id", &self.group)
+            // Offsets go to the group only after a manifest is durable, by us, never by a timer.
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // A partition no manifest knows starts at its beginning; an offset lost to retention
+            // also restarts at the earliest one still there (librdkafka logs it).
+            .set("auto.offset.reset", "earliest")
+            // Tell us when a partition is caught up: that is how idle partitions are detected.
+            .set("enable.partition.eof", "true")
+            // Only committed transactional data (the default, stated because it matters).
+            .set("isolation.level", "read_committed")
+            // Bound prefetch memory per partition (librdkafka's default is 64 MiB each).
+            .set("queued.max.messages.kbytes", "16384")
+            // Large fetches for throughput, but answer within 100 ms when data is sparse.
+            .set("fetch.wait.max.ms", "100")
+            .set("fetch.max.bytes", "52428800")
+            // Don't hammer a broker that is down; librdkafka keeps reconnecting by itself.
+            .set("reconnect.backoff.max.ms", "5000");
+        for (k, v) in &self.extra {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// Every partition of the five topics; fails clearly if the brokers or a topic are missing.
+    pub fn discover(&self) -> Result<Vec<PartitionId>, SourceError> {
+        let consumer: BaseConsumer = self.client_config().create()?;
+        let metadata = consumer.fetch_metadata(None, self.timeout).map_err(|e| SourceError::Unreachable { brokers: self.brokers.clone(), seconds: self.timeout.as_secs(), reason: e.to_string() })?;
+        let mut out = Vec::new();
+        for stream in Stream::ALL {
+            let topic = self.topic(stream);
+            let found = metadata.topics().iter().find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+            let Some(t) = found else {
+                return Err(SourceError::UnknownTopic { topic, brokers: self.brokers.clone() });
+            };
+            out.extend(t.partitions().iter().map(|p| PartitionId { stream, partition: p.id() }));
+        }
+        Ok(out)
+    }
+
+    /// High watermarks (next offset to be written) of `partitions`.
+    pub fn high_watermarks(&self, partitions: &[PartitionId]) -> Result<HashMap<PartitionId, i64>, SourceError> {
+        let consumer: BaseConsumer = self.client_config().create()?;
+        let mut out = HashMap::new();
+        for p in partitions {
+            let (_, high) = consumer.fetch_watermarks(&self.topic(p.stream), p.partition, self.timeout).map_err(|e| SourceError::Unreachable { brokers: self.brokers.clone(), seconds: self.timeout.as_secs(), reason: e.to_string() })?;
+            out.insert(*p, high);
+        }
+        Ok(out)
+    }
+}
+
+/// Reads one worker's partitions.
+pub struct KafkaReader {
+    consumer: Arc<BaseConsumer>,
+    queues: Vec<(PartitionId, String, PartitionQueue<DefaultConsumerContext>)>,
+    next_queue: usize,
+}
+
+impl KafkaReader {
+    /// Assigns `owned` partitions at their start offsets (`None`: the beginning).
+    pub fn new(opts: &KafkaOptions, owned: &[(PartitionId, Option<i64>)], client_id: &str) -> Result<Self, SourceError> {
+        let consumer: Arc<BaseConsumer> = Arc::new(opts.client_config().set("client.id", client_id).create()?);
+        let mut tpl = TopicPartitionList::new();
+        for (id, start) in owned {
+            let offset = start.map_or(Offset::Beginning, Offset::Offset);
+            tpl.add_partition_offset(&opts.topic(id.stream), id.partition, offset)?;
+        }
+        consumer.assign(&tpl)?;
+        let mut queues = Vec::new();
+        for (id, _) in owned {
+            let topic = opts.topic(id.stream);
+            let q = consumer.split_partition_queue(&topic, id.partition).ok_or_else(|| SourceError::Kafka(KafkaError::Subscription(format!("no queue for {topic}/{}", id.partition))))?;
+            queues.push((*id, topic, q));
+        }
+        Ok(KafkaReader { consumer, queues, next_queue: 0 })
+    }
+}
+
+impl Reader for KafkaReader {
+    fn poll(&mut self, budget: usize, f: &mut dyn FnMut(Event<'_>)) -> Result<usize, SourceError> {
+        // The main queue carries errors and statistics; it must be served too.
+        if let Some(Err(e)) = self.consumer.poll(Duration::ZERO) {
+            tracing::warn!(error = %e, "kafka consumer event");
+        }
+        let mut delivered = 0;
+        let n = self.queues.len();
+        let per_queue = (budget / n.max(1)).max(64);
+        for _ in 0..n {
+            let (id, _, queue) = &self.queues[self.next_queue];
+            self.next_queue = (self.next_queue + 1) % n;
+            let mut taken = 0;
+            while taken < per_queue {
+                match queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(m)) => {
+                        f(Event::Record { id: *id, offset: m.offset(), payload: m.payload().unwrap_or_default() });
+                        taken += 1;
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) => {
+                        f(Event::Caught { id: *id });
+                        taken += 1;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        // Fetch errors are transient: librdkafka retries; we report and go on.
+                        tracing::warn!(partition = %id, error = %e, "kafka fetch error");
+                        break;
+                    }
+                }
+            }
+            delivered += taken;
+            if delivered >= budget {
+                break;
+            }
+        }
+        Ok(delivered)
+    }
+
+    fn pause(&mut self, id: PartitionId) {
+        if let Some((_, topic, _)) = self.queues.iter().find(|(q, _, _)| *q == id) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, id.partition);
+            if let Err(e) = self.consumer.pause(&tpl) {
+                tracing::warn!(partition = %id, error = %e, "pausing a finished partition failed; its further records are ignored");
+            }
+        }
+    }
+}
+
+/// Commits consumer-group offsets for monitoring, after a manifest is durable. Failures are
+/// warnings: the manifest, not the group offset, is the truth.
+pub struct OffsetCommitter {
+    consumer: BaseConsumer,
+    opts: KafkaOptions,
+}
+
+impl OffsetCommitter {
+    /// A client for committing offsets of `opts.group`.
+    pub fn new(opts: &KafkaOptions) -> Result<Self, SourceError> {
+        Ok(OffsetCommitter { consumer: opts.client_config().create()?, opts: opts.clone() })
+    }
+
+    /// Commits `offset` (the next to read) for each partition, asynchronously.
+    pub fn commit(&self, offsets: &[(PartitionId, i64)]) {
+        let mut tpl = TopicPartitionList::new();
+        for (id, offset) in offsets {
+            if tpl.add_partition_offset(&self.opts.topic(id.stream), id.partition, Offset::Offset(*offset)).is_err() {
+                return;
+            }
+        }
+        if let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
+            tracing::warn!(error = %e, "committing consumer-group offsets failed (the manifest is unaffected)");
+        }
+        let _ = self.consumer.poll(Duration::ZERO);
+    }
+}
