@@ -67,15 +67,17 @@ pub enum Report {
     Resume(Vec<ResumeState>),
 }
 
-/// A worker's least epoch among its active (not caught-up) partitions.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// A worker's view of its partitions, for idle partitions elsewhere to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Announce {
     /// The worker.
     pub worker: usize,
     /// Increases with every announcement of that worker.
     pub seq: u64,
-    /// `None`: it has no active partition.
+    /// Least epoch among its active (not caught-up) partitions; `None`: it has none.
     pub active: Option<Epoch>,
+    /// Least epoch among its caught-up partitions that have a watermark (have seen data).
+    pub idle: Option<Epoch>,
 }
 
 /// Ends the process on an error the cluster cannot continue after. Timely has no partial

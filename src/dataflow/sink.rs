@@ -46,6 +46,8 @@ pub struct SinkSpec {
     pub part_size: usize,
     /// Rows buffered per file before they are encoded.
     pub batch_rows: usize,
+    /// Kafka topic prefix, for the dead-letter `topic` column.
+    pub topic_prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,8 +149,8 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
                     match (&mut file.rows, &row) {
                         (Rows::Data(b), Row::Record { record, partition, offset, late }) => b.append(record, Some(Provenance { partition: *partition, offset: *offset, late: *late })),
                         (Rows::Dead(b), Row::Dead { stream, partition, offset, class, reason, raw }) => {
-                            let topic = stream.name();
-                            b.append(&DeadLetterRow { topic, partition: *partition, offset: *offset, class: class.as_str(), reason, raw });
+                            let topic = format!("{}{}", spec.topic_prefix, stream.name());
+                            b.append(&DeadLetterRow { topic: &topic, partition: *partition, offset: *offset, class: class.as_str(), reason, raw });
                         }
                         _ => unreachable!("rows are routed to files of their kind"),
                     }

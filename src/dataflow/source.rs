@@ -98,9 +98,9 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                 reader.pause(p.clock.id());
             }
         }
-        let mut others: HashMap<usize, (u64, Option<Epoch>)> = HashMap::new();
+        let mut others: HashMap<usize, Announce> = HashMap::new();
         let mut announce_seq: u64 = 0;
-        let mut last_announced: Option<Option<Epoch>> = None;
+        let mut last_announced: Option<(Option<Epoch>, Option<Epoch>)> = None;
         let mut max_sent: Epoch = committed_below;
         let mut pending: BTreeMap<Epoch, Vec<Row>> = BTreeMap::new();
         let mut stopping = false;
@@ -109,8 +109,8 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
             // Announcements of the other workers: keep the newest per worker.
             input.for_each(|_cap, data| {
                 for a in data.drain(..) {
-                    if a.worker != worker && others.get(&a.worker).is_none_or(|(seq, _)| a.seq > *seq) {
-                        others.insert(a.worker, (a.seq, a.active));
+                    if a.worker != worker && others.get(&a.worker).is_none_or(|o| a.seq > o.seq) {
+                        others.insert(a.worker, a);
                     }
                 }
             });
@@ -187,11 +187,14 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                 }
             }
 
-            // Idle partitions follow the least epoch of the active ones, cluster-wide.
-            let active = |p: &Part| !p.caught_up && !p.finished;
-            let local_active = parts.iter().filter(|p| active(p)).map(|p| p.clock.epoch()).min();
-            let global_active = others.values().filter_map(|(_, a)| *a).chain(local_active).min();
-            if let Some(g) = global_active {
+            // Idle partitions follow the least epoch of the active ones, cluster-wide; when
+            // every partition is idle, the least epoch of those that have seen data (an empty
+            // partition has no watermark of its own and must not hold anything back).
+            let local_active = parts.iter().filter(|p| !p.caught_up && !p.finished).map(|p| p.clock.epoch()).min();
+            let local_idle = parts.iter().filter(|p| p.caught_up && !p.finished && p.clock.watermark().is_some()).map(|p| p.clock.epoch()).min();
+            let global_active = others.values().filter_map(|o| o.active).chain(local_active).min();
+            let global_idle = others.values().filter_map(|o| o.idle).chain(local_idle).min();
+            if let Some(g) = global_active.or(global_idle) {
                 for p in parts.iter_mut().filter(|p| p.caught_up && !p.finished) {
                     p.clock.advance_idle(g);
                 }
@@ -223,12 +226,12 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                 }
             }
 
-            if last_announced != Some(local_active)
+            if last_announced != Some((local_active, local_idle))
                 && let Some(ac) = announce_cap.as_ref()
             {
                 announce_seq += 1;
-                announce_out.activate().session(ac).give(Announce { worker, seq: announce_seq, active: local_active });
-                last_announced = Some(local_active);
+                announce_out.activate().session(ac).give(Announce { worker, seq: announce_seq, active: local_active, idle: local_idle });
+                last_announced = Some((local_active, local_idle));
             }
 
             if read > 0 || started.elapsed() > Duration::from_millis(50) {

@@ -1,0 +1,175 @@
+//! Shared helpers of the integration tests: the real services' addresses, the binary, child
+//! processes that are always stopped, and the independent lake check (pyarrow).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_citystream")
+}
+
+/// The broker address, from the environment `scripts/services.sh env` sets.
+pub fn brokers() -> String {
+    std::env::var("CITYSTREAM_BROKERS").expect("CITYSTREAM_BROKERS is not set: run the tests with scripts/test.sh, which starts Kafka and S3")
+}
+
+/// The S3 bucket of the test server.
+pub fn bucket() -> String {
+    std::env::var("CITYSTREAM_S3_BUCKET").unwrap_or_else(|_| "citystream".into())
+}
+
+/// The project's Python (with pyarrow, duckdb, confluent-kafka).
+pub fn python() -> PathBuf {
+    std::env::var_os("CITYSTREAM_PYTHON").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")))
+}
+
+/// A name no other test run uses.
+pub fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{tag}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs the simulator and asserts it succeeded.
+pub fn simulate(prefix: &str, args: &[&str]) {
+    let out = Command::new(bin()).args(["simulate", "--brokers", &brokers(), "--topic-prefix", prefix]).args(args).output().unwrap();
+    assert!(out.status.success(), "simulate failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A child process that is killed when dropped; its output goes to files in `dir`.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `citystream <args>` with logs in `dir/<name>.log`.
+    pub fn start(dir: &Path, name: &str, args: &[String], env_remove: &[&str]) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(args).stdout(file.try_clone().unwrap()).stderr(file).stdin(Stdio::null()).env("RUST_LOG", "info,rdkafka=warn");
+        for k in env_remove {
+            cmd.env_remove(k);
+        }
+        Proc { child: cmd.spawn().unwrap(), name: name.into(), log }
+    }
+
+    /// Waits up to `limit` for exit; panics (after killing it) on timeout.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!("{} did not finish within {limit:?}; log:\n{}", self.name, self.output());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What it printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM.
+    pub fn term(&self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The flags of process `p` of an `n`-process cluster with `w` threads each.
+pub fn cluster_args(n: usize, w: usize, p: usize, hostfile: &Path, rest: &[String]) -> Vec<String> {
+    let mut a: Vec<String> = vec!["run".into(), "-w".into(), w.to_string(), "-n".into(), n.to_string(), "-p".into(), p.to_string()];
+    if n > 1 {
+        a.extend(["-h".into(), hostfile.display().to_string()]);
+    }
+    a.extend(rest.iter().cloned());
+    a
+}
+
+/// Writes a hostfile with `n` free local ports.
+pub fn hostfile(dir: &Path, n: usize) -> PathBuf {
+    let path = dir.join(format!("hosts-{}", unique("h")));
+    let lines: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+/// Starts a whole cluster.
+pub fn start_cluster(dir: &Path, tag: &str, n: usize, w: usize, rest: &[String]) -> Vec<Proc> {
+    let hosts = hostfile(dir, n);
+    (0..n).map(|p| Proc::start(dir, &format!("{tag}-p{p}"), &cluster_args(n, w, p, &hosts, rest), &[])).collect()
+}
+
+/// The independent check's summary.
+#[derive(Debug, serde::Deserialize)]
+pub struct Check {
+    pub kafka_records: u64,
+    pub data_rows: u64,
+    pub late_rows: u64,
+    pub dead_letters: u64,
+    pub files: u64,
+    pub manifests: u64,
+}
+
+/// Runs tests/python/lake_check.py (pyarrow + confluent-kafka) and asserts it found no problem.
+pub fn lake_check(output: &str, prefix: &str, expect_records: u64) -> Check {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/lake_check.py");
+    let out = Command::new(python()).args([script, "--output", output, "--brokers", &brokers(), "--prefix", prefix, "--expect-records", &expect_records.to_string()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "lake check failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let check: Check = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(check.data_rows + check.late_rows + check.dead_letters, check.kafka_records);
+    check
+}
+
+/// Manifests written so far in a local output (claims included).
+pub fn manifests(dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir.join("_manifests")) {
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "json")
+                && let Ok(text) = std::fs::read_to_string(e.path())
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                out.push(v);
+            }
+        }
+    }
+    out.sort_by_key(|m| m["sequence"].as_u64());
+    out
+}
+
+/// Waits until `pred` holds, up to `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut pred: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !pred() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

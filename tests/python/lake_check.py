@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Independent check of a citystream lake against the Kafka topics it was built from.
+
+Reads every record of the five topics with confluent-kafka, lists the output the way Athena
+would (every *.parquet under each stream's folder and under _dead_letter/) and reads it with
+pyarrow, then asserts the exactly-once invariant: every (topic, partition, offset) in Kafka
+appears exactly once across data, late and dead-letter files, nothing else appears, values
+and types equal the produced JSON, and the manifests account for exactly the listed files.
+
+Prints a JSON summary on stdout; exits 1 with the problems on stderr if anything is wrong.
+"""
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from confluent_kafka import Consumer, TopicPartition
+
+STREAMS = ["vehicle_data", "gps_data", "traffic_data", "weather_data", "emergency_data"]
+FIELDS = {
+    "vehicle_data": ["id", "deviceId", "timestamp", "location", "speed", "direction", "maker", "model", "year", "fueltype"],
+    "gps_data": ["id", "deviceId", "timestamp", "speed", "direction", "vehicleType"],
+    "traffic_data": ["id", "deviceId", "cameraId", "location", "timestamp", "snapshot"],
+    "weather_data": ["id", "deviceId", "location", "timestamp", "temperature", "weatherCondition", "precipitation", "windspeed", "humidity", "airQualityIndex"],
+    "emergency_data": ["id", "deviceId", "incidentId", "incident", "timestamp", "location", "status", "description"],
+}
+INT_FIELDS = {"year", "humidity"}
+STR_FIELDS = {"id", "deviceId", "direction", "maker", "model", "fueltype", "vehicleType", "cameraId", "snapshot", "weatherCondition", "incidentId", "incident", "status", "description"}
+
+
+def read_kafka(brokers, prefix, timeout_s=120):
+    c = Consumer({"bootstrap.servers": brokers, "group.id": "lake-check", "enable.auto.commit": False, "enable.partition.eof": False})
+    records = {}
+    try:
+        for s in STREAMS:
+            topic = prefix + s
+            md = c.list_topics(topic, timeout=30)
+            parts = md.topics[topic].partitions
+            for p in parts:
+                low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+                if high <= low:
+                    continue
+                c.assign([TopicPartition(topic, p, low)])
+                deadline = dt.datetime.now() + dt.timedelta(seconds=timeout_s)
+                while True:
+                    m = c.poll(1.0)
+                    if m is None:
+                        if dt.datetime.now() > deadline:
+                            raise SystemExit(f"timeout reading {topic}/{p}")
+                        continue
+                    if m.error():
+                        raise SystemExit(f"kafka error on {topic}/{p}: {m.error()}")
+                    records[(topic, p, m.offset())] = m.value() or b""
+                    if m.offset() >= high - 1:
+                        break
+    finally:
+        c.close()
+    return records
+
+
+def filesystem(output):
+    if output.startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        scheme = "http" if endpoint and endpoint.startswith("http://") else "https"
+        fs = pafs.S3FileSystem(
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            region=os.environ.get("AWS_REGION", "us-east-1"),
+            endpoint_override=endpoint.split("://", 1)[1] if endpoint else None,
+            scheme=scheme,
+        )
+        return fs, output[len("s3://"):].rstrip("/")
+    path = output[len("file://"):] if output.startswith("file://") else output
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def list_files(fs, root, sub):
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(f"{root}/{sub}", recursive=True, allow_not_found=True))
+    except FileNotFoundError:
+        return []
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet"))
+
+
+def parse_ts(text):
+    t = dt.datetime.fromisoformat(text.replace(" ", "T"))
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--output", required=True)
+    ap.add_argument("--brokers", default=os.environ.get("CITYSTREAM_BROKERS", "127.0.0.1:9092"))
+    ap.add_argument("--prefix", default="")
+    ap.add_argument("--expect-records", type=int)
+    args = ap.parse_args()
+
+    problems = []
+    kafka = read_kafka(args.brokers, args.prefix)
+    fs, root = filesystem(args.output)
+
+    seen = {}
+    counts = {"data": 0, "late": 0, "dead": 0}
+    files = []
+    expected_types = {"timestamp": pa.timestamp("us", tz="UTC"), "latitude": pa.float64(), "longitude": pa.float64(), "year": pa.int32(), "humidity": pa.int32(), "temperature": pa.float64(), "_partition": pa.int32(), "_offset": pa.int64(), "_late": pa.bool_()}
+    for s in STREAMS:
+        topic = args.prefix + s
+        for path in list_files(fs, root, s):
+            files.append(path)
+            table = pq.read_table(path, filesystem=fs)
+            for name, typ in expected_types.items():
+                if name in table.schema.names and table.schema.field(name).type != typ:
+                    problems.append(f"{path}: column {name} is {table.schema.field(name).type}, expected {typ}")
+            for row in table.to_pylist():
+                key = (topic, row["_partition"], row["_offset"])
+                if key in seen:
+                    problems.append(f"duplicate {key} in {path} and {seen[key]}")
+                    continue
+                seen[key] = path
+                counts["late" if row["_late"] else "data"] += 1
+                raw = kafka.get(key)
+                if raw is None:
+                    problems.append(f"{key} in {path} is not in Kafka")
+                    continue
+                src = json.loads(raw)
+                for f in FIELDS[s]:
+                    if f == "location":
+                        got, want = [row["latitude"], row["longitude"]], [float(x) for x in src[f]]
+                    elif f == "timestamp":
+                        got, want = row["timestamp"], parse_ts(src[f])
+                    elif f in INT_FIELDS:
+                        got, want = row[f], int(src[f])
+                    elif f in STR_FIELDS:
+                        got, want = row[f], src[f]
+                    else:
+                        got, want = row[f], float(src[f])
+                    if got != want:
+                        problems.append(f"{key} field {f}: lake {got!r} != kafka {want!r}")
+                        break
+    for path in list_files(fs, root, "_dead_letter"):
+        files.append(path)
+        for row in pq.read_table(path, filesystem=fs).to_pylist():
+            key = (row["topic"], row["_partition"], row["_offset"])
+            if key in seen:
+                problems.append(f"duplicate {key} in {path} and {seen[key]}")
+                continue
+            seen[key] = path
+            counts["dead"] += 1
+            if kafka.get(key) != row["raw"]:
+                problems.append(f"dead letter {key}: raw bytes differ from Kafka")
+            if not row["reason"] or not row["error_class"]:
+                problems.append(f"dead letter {key} has no reason")
+
+    missing = [k for k in kafka if k not in seen]
+    if missing:
+        problems.append(f"{len(missing)} Kafka records are in no output, e.g. {missing[:5]}")
+    if args.expect_records is not None and len(kafka) != args.expect_records:
+        problems.append(f"Kafka holds {len(kafka)} records, expected {args.expect_records}")
+
+    # Manifests: every listed file is committed, every committed file is listed.
+    manifests = []
+    for info in fs.get_file_info(pafs.FileSelector(f"{root}/_manifests", allow_not_found=True)):
+        if info.path.endswith(".json"):
+            with fs.open_input_stream(info.path) as f:
+                manifests.append(json.loads(f.read()))
+    manifests.sort(key=lambda m: m["sequence"])
+    committed = {}
+    upper = None
+    for m in manifests:
+        if upper is not None and m["lower"] != upper:
+            problems.append(f"manifest {m['sequence']} starts at {m['lower']}, previous ended at {upper}")
+        upper = m["upper"]
+        for f in m["files"]:
+            if f["path"] in committed:
+                problems.append(f"{f['path']} committed twice")
+            committed[f["path"]] = f["rows"]
+    listed = {p[len(root) + 1:] for p in files}
+    if set(committed) != listed:
+        problems.append(f"files not committed: {sorted(listed - set(committed))[:5]}; committed but absent: {sorted(set(committed) - listed)[:5]}")
+    if sum(committed.values()) != len(seen):
+        problems.append(f"manifests count {sum(committed.values())} rows, files hold {len(seen)}")
+
+    summary = {"kafka_records": len(kafka), "data_rows": counts["data"], "late_rows": counts["late"], "dead_letters": counts["dead"], "files": len(files), "manifests": len(manifests), "problems": len(problems)}
+    print(json.dumps(summary))
+    if problems:
+        for p in problems[:50]:
+            print("PROBLEM:", p, file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
