@@ -102,21 +102,27 @@ impl Lake {
 
     /// Checks that the output can be listed and written, with an actionable message if not.
     pub async fn check_access(&self) -> Result<(), LakeError> {
-        let probe = Path::from("_manifests/.citystream-write-check");
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        let probe = Path::from(format!("_manifests/.write-check-{}-{nanos}", std::process::id()));
+        let s3 = self.url.starts_with("s3://");
         let access = |e: object_store::Error| {
             let text = e.to_string();
             let hint = if text.contains("NoSuchBucket") || text.contains("bucket") && text.contains("not") {
                 format!("the bucket in {} does not exist (create the bucket first)", self.url)
             } else if text.contains("AccessDenied") || text.contains("403") || text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") {
                 "access denied: check the AWS credentials in the environment and that they may write this bucket and prefix".to_owned()
-            } else {
+            } else if s3 {
                 "check the endpoint (AWS_ENDPOINT_URL), the bucket and the credentials".to_owned()
+            } else {
+                "check that the directory is writable".to_owned()
             };
             LakeError::Access { url: self.url.clone(), reason: format!("{hint}: {text}") }
         };
         self.store.put(&probe, b"ok".to_vec().into()).await.map_err(access)?;
-        self.store.delete(&probe).await.map_err(access)?;
-        Ok(())
+        match self.store.delete(&probe).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(access(e)),
+        }
     }
 }
 

@@ -137,13 +137,15 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                             return;
                         }
                         p.caught_up = false;
-                        // A partition that was idle may be behind the capability: lift it first.
-                        if p.clock.epoch() < cap {
-                            p.clock.advance_idle(cap);
-                        }
                         let decoded = decode(id.stream, payload, &decode_opts);
                         let event_time = decoded.as_ref().ok().map(|r| r.timestamp());
                         if let Some(class) = p.clock.observe(offset, event_time) {
+                            // Idle partitions were lifted to at least the capability, and after a
+                            // restart everything below it is skipped as committed: a time below
+                            // the capability would be a bug that breaks exactly-once. Stop.
+                            if class.epoch() < cap {
+                                super::fatal(&format!("internal error: {id} offset {offset} classified at epoch {} below the capability {cap}", class.epoch()));
+                            }
                             let row = match (decoded, class) {
                                 (Ok(record), Class::Late(_)) => Row::Record { record, partition: id.partition, offset, late: true },
                                 (Ok(record), _) => Row::Record { record, partition: id.partition, offset, late: false },
