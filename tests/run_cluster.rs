@@ -203,3 +203,37 @@ print(total + d.num_rows)
     assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
     assert_eq!(String::from_utf8_lossy(&py.stdout).trim(), "100000");
 }
+
+#[test]
+fn launcher_restarts_the_whole_cluster_after_a_crash() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("{}.", unique("launch"));
+    simulate(&prefix, &["--vehicles", "100", "--events", "150000", "--partitions", "4", "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", "18"]);
+    let out = dir.path().join("lake");
+    let out_s = out.display().to_string();
+    let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/workers/launch.sh");
+    let log = std::fs::File::create(dir.path().join("launch.log")).unwrap();
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args([launcher, "-n", "2", "-w", "1", "--bin", bin(), "--"]).args(run_flags(&prefix, &out_s, &["--until-caught-up", "--window", "1m"]));
+    cmd.env("CITYSTREAM_LAUNCH_LOGS", dir.path().join("logs")).stdout(log.try_clone().unwrap()).stderr(log);
+    let mut launcher = cmd.spawn().unwrap();
+    wait_until(LONG, "two commits", || manifests(&out).iter().filter(|m| m["kind"] == "commit").count() >= 2);
+    // Kill one worker process (not the launcher) with SIGKILL.
+    let children = std::process::Command::new("pgrep").args(["-P", &launcher.id().to_string(), "-f", "citystream run"]).output().unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&children.stdout).split_whitespace().map(str::to_owned).collect();
+    assert_eq!(pids.len(), 2, "two worker processes: {pids:?}");
+    assert!(std::process::Command::new("kill").args(["-KILL", &pids[0]]).status().unwrap().success());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = launcher.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < LONG, "launcher did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = std::fs::read_to_string(dir.path().join("launch.log")).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("restarting the whole cluster"), "{log}");
+    lake_check(&out_s, &prefix, 150_000);
+}
