@@ -64,6 +64,11 @@ fn print_run_report(r: &citystream::run::RunReport, embedded: bool) {
     }
     println!("  objects written:  {:>10} ({:.1} MB)", c.objects, c.bytes as f64 / 1e6);
     println!("  manifests:        {:>10}", c.manifests);
+    let mut lat = c.seal_latencies.clone();
+    lat.sort_by(f64::total_cmp);
+    if let (Some(max), false) = (lat.last(), lat.is_empty()) {
+        println!("  seal latency:     median {:.0} ms, max {:.0} ms (frontier passed an epoch → its manifest durable)", lat[lat.len() / 2] * 1e3, max * 1e3);
+    }
     if r.garbage_collected > 0 {
         println!("  uncommitted objects of a crashed run deleted: {}", r.garbage_collected);
     }

@@ -199,7 +199,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             shutdown: shutdown.clone(),
             budget: 4096,
         };
-        let sink = SinkSpec { lake: lake2.clone(), rt: handle.clone(), run: format!("{run}{index:02x}"), clock: cfg.clock, encode: EncodeOptions::default(), part_size: 8 << 20, batch_rows: 8192, topic_prefix: prefix.clone() };
+        let sink = SinkSpec { lake: lake2.clone(), rt: handle.clone(), run: format!("{run}{index:02x}"), clock: cfg.clock, encode: EncodeOptions::default(), part_size: 8 << 20, batch_rows: 1024, topic_prefix: prefix.clone() };
         let committer = CommitSpec { lake: lake2.clone(), rt: handle.clone(), run: run.clone(), clock: cfg.clock, topic_prefix: prefix.clone(), previous: claim.clone(), offsets, summary: summary.clone() };
         worker.dataflow::<Epoch, _, _>(|scope| crate::dataflow::build(scope, source, sink, committer));
         while worker.step_or_park(Some(Duration::from_millis(100))) {}

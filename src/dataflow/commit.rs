@@ -67,14 +67,15 @@ pub struct CommitSummary {
     pub dead_letters: u64,
     /// Bytes written.
     pub bytes: u64,
-    /// Seconds from "frontier passed the epoch" to "manifest durable", per manifest.
+    /// Seconds from "the sink saw the frontier pass the manifest's first epoch" to "manifest
+    /// durable", per manifest that committed objects.
     pub seal_latencies: Vec<f64>,
 }
 
 impl CommitSummary {
-    fn add(&mut self, m: &Manifest, latency: f64) {
+    fn add(&mut self, m: &Manifest, latency: Option<f64>) {
         self.manifests += 1;
-        self.seal_latencies.push(latency);
+        self.seal_latencies.extend(latency);
         let mut epochs: Vec<Epoch> = m.files.iter().map(|f| f.epoch).collect();
         epochs.sort_unstable();
         epochs.dedup();
@@ -107,9 +108,10 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
         let mut sequence = previous.as_ref().map_or(0, |m| m.sequence);
         let mut states: BTreeMap<PartitionId, ResumeState> = previous.map(|m| m.partitions.into_iter().map(|s| (s.id, s)).collect()).unwrap_or_default();
         let mut files: BTreeMap<Epoch, Vec<FileEntry>> = BTreeMap::new();
+        let mut sealed_at: BTreeMap<Epoch, i64> = BTreeMap::new();
         let mut resume: BTreeMap<Epoch, Vec<ResumeState>> = BTreeMap::new();
         let mut max_seen: Option<Epoch> = None;
-        let mut in_flight: Option<(JoinHandle<Result<(), ManifestError>>, Manifest, std::time::Instant)> = None;
+        let mut in_flight: Option<(JoinHandle<Result<(), ManifestError>>, Manifest, Option<i64>)> = None;
 
         move |frontiers| {
             input.for_each(|cap, data| {
@@ -117,7 +119,11 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                 max_seen = Some(max_seen.map_or(t, |m| m.max(t)));
                 for report in data.drain(..) {
                     match report {
-                        Report::Files(f) => files.entry(t).or_default().extend(f),
+                        Report::Files { files: f, sealed_at_us } => {
+                            files.entry(t).or_default().extend(f);
+                            let at = sealed_at.entry(t).or_insert(sealed_at_us);
+                            *at = (*at).min(sealed_at_us);
+                        }
                         Report::Resume(s) => resume.entry(t).or_default().extend(s),
                     }
                 }
@@ -128,11 +134,12 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                     activator.activate_after(Duration::from_millis(2));
                     return true;
                 }
-                let (handle, m, started) = in_flight.take().expect("checked above");
+                let (handle, m, first_sealed) = in_flight.take().expect("checked above");
                 match rt.block_on(handle) {
                     Ok(Ok(())) => {
                         tracing::info!(sequence = m.sequence, lower = m.lower, upper = m.upper, objects = m.files.len(), "manifest committed");
-                        summary.borrow_mut().add(&m, started.elapsed().as_secs_f64());
+                        let latency = first_sealed.map(|t| (super::sink::now_us() - t) as f64 / 1e6);
+                        summary.borrow_mut().add(&m, latency);
                         lower = m.upper;
                         sequence = m.sequence;
                         if let Some(committer) = &offsets {
@@ -158,6 +165,8 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                     committed.extend(f.iter().cloned());
                 }
                 files = files.split_off(&upper);
+                let first_sealed = sealed_at.range(..upper).map(|(_, t)| *t).min();
+                sealed_at = sealed_at.split_off(&upper);
                 for (_, s) in resume.range(..upper) {
                     for state in s {
                         states.insert(state.id, state.clone());
@@ -180,7 +189,7 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                 let lake = lake.clone();
                 let to_write = m.clone();
                 let handle = rt.spawn(async move { manifest::write(&lake, &to_write).await });
-                in_flight = Some((handle, m, std::time::Instant::now()));
+                in_flight = Some((handle, m, first_sealed));
                 activator.activate_after(Duration::from_millis(2));
             }
             in_flight.is_some() || !files.is_empty() || !resume.is_empty()

@@ -62,7 +62,12 @@ pub enum Row {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Report {
     /// Objects durable for the epoch of the message.
-    Files(Vec<FileEntry>),
+    Files {
+        /// The objects.
+        files: Vec<FileEntry>,
+        /// Wall clock (µs since the Unix epoch) when the sink saw the frontier pass the epoch.
+        sealed_at_us: i64,
+    },
     /// Resume states valid once epochs up to the message's epoch are committed.
     Resume(Vec<ResumeState>),
 }

@@ -136,7 +136,7 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
 
     builder.build_reschedule(move |_caps| {
         let mut open: BTreeMap<Epoch, (Capability<Epoch>, HashMap<FileKey, OpenFile>)> = BTreeMap::new();
-        type Sealing = (Capability<Epoch>, Vec<(FileEntry, JoinHandle<Result<u64, object_store::Error>>)>);
+        type Sealing = (Capability<Epoch>, Vec<(FileEntry, JoinHandle<Result<u64, object_store::Error>>)>, i64);
         let mut sealing: BTreeMap<Epoch, Sealing> = BTreeMap::new();
 
         move |frontiers| {
@@ -170,13 +170,13 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
                 let mut files: Vec<(FileKey, OpenFile)> = files.into_iter().collect();
                 files.sort_by_key(|(k, _)| *k);
                 let uploads = files.into_iter().map(|(_, f)| f.close(&spec)).collect();
-                sealing.insert(e, (cap, uploads));
+                sealing.insert(e, (cap, uploads, now_us()));
             }
 
             // Report epochs whose objects are all durable.
-            let done: Vec<Epoch> = sealing.iter().filter(|(_, (_, ups))| ups.iter().all(|(_, h)| h.is_finished())).map(|(e, _)| *e).collect();
+            let done: Vec<Epoch> = sealing.iter().filter(|(_, (_, ups, _))| ups.iter().all(|(_, h)| h.is_finished())).map(|(e, _)| *e).collect();
             for e in done {
-                let (cap, uploads) = sealing.remove(&e).expect("listed above");
+                let (cap, uploads, sealed_at_us) = sealing.remove(&e).expect("listed above");
                 let mut entries = Vec::with_capacity(uploads.len());
                 for (mut entry, handle) in uploads {
                     match spec.rt.block_on(handle) {
@@ -186,7 +186,7 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
                     }
                     entries.push(entry);
                 }
-                output.activate().session(&cap).give(Report::Files(entries));
+                output.activate().session(&cap).give(Report::Files { files: entries, sealed_at_us });
             }
             if !sealing.is_empty() {
                 activator.activate_after(Duration::from_millis(2));
@@ -195,6 +195,11 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
         }
     });
     reports
+}
+
+/// Wall clock, microseconds since the Unix epoch (for latency measurements only).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
 }
 
 /// The file a row belongs to at epoch `t`.

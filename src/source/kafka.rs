@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -58,11 +59,16 @@ impl KafkaOptions {
             .set("enable.partition.eof", "true")
             // Only committed transactional data (the default, stated because it matters).
             .set("isolation.level", "read_committed")
-            // Bound prefetch memory per partition (librdkafka's default is 64 MiB each).
-            .set("queued.max.messages.kbytes", "16384")
-            // Large fetches for throughput, but answer within 100 ms when data is sparse.
+            // Bound prefetch memory: librdkafka keeps up to this much per partition queue (its
+            // default, 64 MiB and 100k messages per partition, is what makes consumers of many
+            // partitions large). 1 MiB per partition (one fetch) keeps the decoder fed; measured.
+            .set("queued.max.messages.kbytes", "1024")
+            .set("queued.min.messages", "20000")
+            // Fetch up to 1 MiB per partition and 16 MiB per request; answer within 100 ms
+            // when data is sparse.
+            .set("max.partition.fetch.bytes", "1048576")
+            .set("fetch.max.bytes", "16777216")
             .set("fetch.wait.max.ms", "100")
-            .set("fetch.max.bytes", "52428800")
             // Don't hammer a broker that is down; librdkafka keeps reconnecting by itself.
             .set("reconnect.backoff.max.ms", "5000");
         for (k, v) in &self.extra {
@@ -73,7 +79,7 @@ impl KafkaOptions {
 
     /// Every partition of the five topics; fails clearly if the brokers or a topic are missing.
     pub fn discover(&self) -> Result<Vec<PartitionId>, SourceError> {
-        let consumer: BaseConsumer = self.client_config().create()?;
+        let consumer: BaseConsumer<Quiet> = self.client_config().create_with_context(Quiet)?;
         let metadata = consumer.fetch_metadata(None, self.timeout).map_err(|e| SourceError::Unreachable { brokers: self.brokers.clone(), seconds: self.timeout.as_secs(), reason: e.to_string() })?;
         let mut out = Vec::new();
         for stream in Stream::ALL {
@@ -89,7 +95,7 @@ impl KafkaOptions {
 
     /// High watermarks (next offset to be written) of `partitions`.
     pub fn high_watermarks(&self, partitions: &[PartitionId]) -> Result<HashMap<PartitionId, i64>, SourceError> {
-        let consumer: BaseConsumer = self.client_config().create()?;
+        let consumer: BaseConsumer<Quiet> = self.client_config().create_with_context(Quiet)?;
         let mut out = HashMap::new();
         for p in partitions {
             let (_, high) = consumer.fetch_watermarks(&self.topic(p.stream), p.partition, self.timeout).map_err(|e| SourceError::Unreachable { brokers: self.brokers.clone(), seconds: self.timeout.as_secs(), reason: e.to_string() })?;
@@ -99,17 +105,34 @@ impl KafkaOptions {
     }
 }
 
+/// Our client context: librdkafka's end-of-partition notices are expected (we ask for them to
+/// detect idle partitions), so they are not logged as errors; everything else is a warning,
+/// because librdkafka retries transient errors itself.
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)) {
+            tracing::trace!(%reason, "end of partition");
+        } else {
+            tracing::warn!(%error, %reason, "kafka client");
+        }
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
 /// Reads one worker's partitions.
 pub struct KafkaReader {
-    consumer: Arc<BaseConsumer>,
-    queues: Vec<(PartitionId, String, PartitionQueue<DefaultConsumerContext>)>,
+    consumer: Arc<BaseConsumer<Quiet>>,
+    queues: Vec<(PartitionId, String, PartitionQueue<Quiet>)>,
     next_queue: usize,
 }
 
 impl KafkaReader {
     /// Assigns `owned` partitions at their start offsets (`None`: the beginning).
     pub fn new(opts: &KafkaOptions, owned: &[(PartitionId, Option<i64>)], client_id: &str) -> Result<Self, SourceError> {
-        let consumer: Arc<BaseConsumer> = Arc::new(opts.client_config().set("client.id", client_id).create()?);
+        let consumer: Arc<BaseConsumer<Quiet>> = Arc::new(opts.client_config().set("client.id", client_id).create_with_context(Quiet)?);
         let mut tpl = TopicPartitionList::new();
         for (id, start) in owned {
             let offset = start.map_or(Offset::Beginning, Offset::Offset);
@@ -180,14 +203,14 @@ impl Reader for KafkaReader {
 /// Commits consumer-group offsets for monitoring, after a manifest is durable. Failures are
 /// warnings: the manifest, not the group offset, is the truth.
 pub struct OffsetCommitter {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<Quiet>,
     opts: KafkaOptions,
 }
 
 impl OffsetCommitter {
     /// A client for committing offsets of `opts.group`.
     pub fn new(opts: &KafkaOptions) -> Result<Self, SourceError> {
-        Ok(OffsetCommitter { consumer: opts.client_config().create()?, opts: opts.clone() })
+        Ok(OffsetCommitter { consumer: opts.client_config().create_with_context(Quiet)?, opts: opts.clone() })
     }
 
     /// Commits `offset` (the next to read) for each partition, asynchronously.
