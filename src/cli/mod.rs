@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Simulate the fleet: produce the five telemetry streams into Kafka.
-    Simulate(simulate::SimulateArgs),
+    Simulate(Box<simulate::SimulateArgs>),
     /// Run one process of the cluster: Kafka (or the embedded simulator) → Parquet lake.
     Run(Box<run::RunArgs>),
 }

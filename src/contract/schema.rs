@@ -176,22 +176,54 @@ impl BatchBuilder {
         let mut c = Cursor(self.cols.iter_mut());
         match record {
             Record::Vehicle(r) => {
-                (c.s(&r.id), c.s(&r.device_id), c.t(r.timestamp), c.loc(&r.location), c.f(r.speed));
-                (c.s(&r.direction), c.s(&r.maker), c.s(&r.model), c.i(r.year), c.s(&r.fueltype));
+                c.s(&r.id);
+                c.s(&r.device_id);
+                c.t(r.timestamp);
+                c.loc(&r.location);
+                c.f(r.speed);
+                c.s(&r.direction);
+                c.s(&r.maker);
+                c.s(&r.model);
+                c.i(r.year);
+                c.s(&r.fueltype);
             }
             Record::Gps(r) => {
-                (c.s(&r.id), c.s(&r.device_id), c.t(r.timestamp), c.f(r.speed), c.s(&r.direction), c.s(&r.vehicle_type));
+                c.s(&r.id);
+                c.s(&r.device_id);
+                c.t(r.timestamp);
+                c.f(r.speed);
+                c.s(&r.direction);
+                c.s(&r.vehicle_type);
             }
             Record::Traffic(r) => {
-                (c.s(&r.id), c.s(&r.device_id), c.s(&r.camera_id), c.loc(&r.location), c.t(r.timestamp), c.s(&r.snapshot));
+                c.s(&r.id);
+                c.s(&r.device_id);
+                c.s(&r.camera_id);
+                c.loc(&r.location);
+                c.t(r.timestamp);
+                c.s(&r.snapshot);
             }
             Record::Weather(r) => {
-                (c.s(&r.id), c.s(&r.device_id), c.loc(&r.location), c.t(r.timestamp), c.f(r.temperature), c.s(&r.weather_condition));
-                (c.f(r.precipitation), c.f(r.windspeed), c.i(r.humidity), c.f(r.air_quality_index));
+                c.s(&r.id);
+                c.s(&r.device_id);
+                c.loc(&r.location);
+                c.t(r.timestamp);
+                c.f(r.temperature);
+                c.s(&r.weather_condition);
+                c.f(r.precipitation);
+                c.f(r.windspeed);
+                c.i(r.humidity);
+                c.f(r.air_quality_index);
             }
             Record::Emergency(r) => {
-                (c.s(&r.id), c.s(&r.device_id), c.s(&r.incident_id), c.s(&r.incident), c.t(r.timestamp), c.loc(&r.location));
-                (c.s(&r.status), c.s(&r.description));
+                c.s(&r.id);
+                c.s(&r.device_id);
+                c.s(&r.incident_id);
+                c.s(&r.incident);
+                c.t(r.timestamp);
+                c.loc(&r.location);
+                c.s(&r.status);
+                c.s(&r.description);
             }
         }
         if let Some((part, off, late)) = &mut self.provenance {

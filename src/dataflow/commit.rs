@@ -111,7 +111,9 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
         let mut sealed_at: BTreeMap<Epoch, i64> = BTreeMap::new();
         let mut resume: BTreeMap<Epoch, Vec<ResumeState>> = BTreeMap::new();
         let mut max_seen: Option<Epoch> = None;
-        let mut in_flight: Option<(JoinHandle<Result<(), ManifestError>>, Manifest, Option<i64>)> = None;
+        // The manifest being written, with when its first epoch was sealed.
+        type InFlight = (JoinHandle<Result<(), ManifestError>>, Manifest, Option<i64>);
+        let mut in_flight: Option<InFlight> = None;
 
         move |frontiers| {
             input.for_each(|cap, data| {

@@ -59,8 +59,8 @@ struct FileKey {
 }
 
 enum Rows {
-    Data(BatchBuilder),
-    Dead(DeadLetterBuilder),
+    Data(Box<BatchBuilder>),
+    Dead(Box<DeadLetterBuilder>),
 }
 
 struct OpenFile {
@@ -76,8 +76,8 @@ impl OpenFile {
     fn new(spec: &SinkSpec, epoch: Epoch, key: FileKey) -> Self {
         let path = file_path(key.stream, key.kind, epoch, key.partition, &spec.run, key.hour);
         let (rows, schema) = match key.kind {
-            FileKind::DeadLetter => (Rows::Dead(DeadLetterBuilder::default()), dead_letter_schema()),
-            _ => (Rows::Data(BatchBuilder::new(key.stream, true)), schema(key.stream, true)),
+            FileKind::DeadLetter => (Rows::Dead(Box::default()), dead_letter_schema()),
+            _ => (Rows::Data(Box::new(BatchBuilder::new(key.stream, true))), schema(key.stream, true)),
         };
         let encoder = ParquetEncoder::new(schema, &spec.encode).unwrap_or_else(|e| super::fatal(&format!("cannot start a Parquet file: {e}")));
         let entry = FileEntry { path: path.to_string(), stream: key.stream, kind: key.kind, epoch, partition: key.partition, rows: 0, bytes: 0 };

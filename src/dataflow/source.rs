@@ -70,8 +70,11 @@ impl Part {
     }
 }
 
-/// Builds the source operator. Returns (rows, resume-state reports, announcements).
-pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcements: Stream<'s, Epoch, Vec<Announce>>) -> (Stream<'s, Epoch, Vec<Row>>, Stream<'s, Epoch, Vec<Report>>, Stream<'s, Epoch, Vec<Announce>>) {
+/// The source's outputs: rows, resume-state reports, announcements.
+pub type SourceOutputs<'s> = (Stream<'s, Epoch, Vec<Row>>, Stream<'s, Epoch, Vec<Report>>, Stream<'s, Epoch, Vec<Announce>>);
+
+/// Builds the source operator.
+pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcements: Stream<'s, Epoch, Vec<Announce>>) -> SourceOutputs<'s> {
     let mut builder = OperatorBuilder::new("ReclockSource".to_owned(), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address.clone());
