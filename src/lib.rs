@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod contract;
 pub mod dataflow;
+pub mod ddl;
 pub mod commit;
 pub mod epoch;
 pub mod lake;

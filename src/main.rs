@@ -34,6 +34,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  injected late: {}, injected malformed: {}", summary.injected_late, summary.injected_malformed);
             Ok(())
         }
+        Command::Ddl(args) => {
+            print!("{}", citystream::ddl::statements(&args.output, &args.database));
+            Ok(())
+        }
         Command::Run(args) => {
             let cfg = args.validate()?;
             let embedded = matches!(cfg.source, citystream::cli::run::SourceConfig::Embedded { .. });

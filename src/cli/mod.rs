@@ -29,6 +29,19 @@ pub enum Command {
     Simulate(Box<simulate::SimulateArgs>),
     /// Run one process of the cluster: Kafka (or the embedded simulator) → Parquet lake.
     Run(Box<run::RunArgs>),
+    /// Print Athena/Glue CREATE EXTERNAL TABLE statements for the lake's layout.
+    Ddl(DdlArgs),
+}
+
+/// `citystream ddl` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DdlArgs {
+    /// The lake's location, e.g. s3://bucket/prefix.
+    #[arg(long, env = "CITYSTREAM_OUTPUT")]
+    pub output: String,
+    /// Glue/Athena database name.
+    #[arg(long, env = "CITYSTREAM_DATABASE", default_value = "citystream")]
+    pub database: String,
 }
 
 /// A configuration error, naming the flag at fault.
