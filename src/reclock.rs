@@ -53,6 +53,11 @@ pub struct ResumeState {
     pub position: Position,
     /// Idle advances at or after `position.offset`, to replay at their offsets.
     pub advances: Vec<Advance>,
+    /// No record at or after this offset was committed. Where the partition's own epoch was
+    /// still `≤ e` (it was idle or finished), records from here on would be classified below
+    /// the committed epochs; the watermark floor is lifted to the first uncommitted epoch at
+    /// this offset, so that they are neither skipped nor sent behind the frontier.
+    pub committed_until: i64,
 }
 
 /// How a record was classified, with the epoch it is sent at.
@@ -90,18 +95,22 @@ pub struct PartitionClock {
     /// Per epoch `> ` last pruned, the position before its first on-time record.
     open: BTreeMap<Epoch, Position>,
     committed_below: Epoch,
+    /// From the manifest: at this offset, lift the floor to `committed_below` (see
+    /// [`ResumeState::committed_until`]); `None` once done.
+    lift_at: Option<i64>,
 }
 
 impl PartitionClock {
     /// Starts a partition from a manifest's state (or from `start_offset` if it has none);
     /// records with an epoch `< committed_below` are already committed and will be skipped.
     pub fn resume(id: PartitionId, clock: EpochClock, state: Option<&ResumeState>, start_offset: i64, committed_below: Epoch) -> Self {
-        let (pos, advances) = match state {
-            Some(s) => (s.position.clone(), s.advances.clone()),
-            None => (Position { offset: start_offset, max_event_time: None, floor: None }, Vec::new()),
+        let (pos, advances, lift_at) = match state {
+            Some(s) => (s.position.clone(), s.advances.clone(), Some(s.committed_until)),
+            None => (Position { offset: start_offset, max_event_time: None, floor: None }, Vec::new(), None),
         };
-        let mut pc = PartitionClock { id, clock, pos, pending: advances.iter().copied().collect(), advances, crossings: VecDeque::new(), open: BTreeMap::new(), committed_below };
+        let mut pc = PartitionClock { id, clock, pos, pending: advances.iter().copied().collect(), advances, crossings: VecDeque::new(), open: BTreeMap::new(), committed_below, lift_at };
         pc.apply_pending(pc.pos.offset);
+        pc.lift(pc.pos.offset);
         pc.crossings.push_back((pc.epoch(), pc.pos.clone()));
         pc
     }
@@ -136,6 +145,20 @@ impl PartitionClock {
         }
     }
 
+    /// Lifts the floor to the first uncommitted epoch once reading reaches `lift_at`.
+    fn lift(&mut self, upto: i64) {
+        let Some(at) = self.lift_at else { return };
+        if at > upto {
+            return;
+        }
+        self.lift_at = None;
+        let floor = self.clock.start_of(self.committed_below);
+        if self.clock.epoch_of_watermark(self.watermark()) < self.committed_below {
+            self.pos.floor = Some(self.pos.floor.map_or(floor, |f| f.max(floor)));
+            self.advances.push(Advance { offset: at, floor });
+        }
+    }
+
     fn note_crossing(&mut self, before: Epoch) {
         let now = self.epoch();
         if now > before {
@@ -148,6 +171,9 @@ impl PartitionClock {
     pub fn observe(&mut self, offset: i64, event_time: Option<Micros>) -> Option<Class> {
         debug_assert!(offset >= self.pos.offset, "offsets go forward");
         self.apply_pending(offset);
+        let before_lift = self.epoch();
+        self.lift(offset);
+        self.note_crossing(before_lift);
         let a = self.epoch();
         let wm = self.watermark();
         let before = Position { offset, ..self.pos.clone() };
@@ -170,6 +196,9 @@ impl PartitionClock {
     /// advance for the manifest. Returns whether anything changed.
     pub fn advance_idle(&mut self, to: Epoch) -> bool {
         self.apply_pending(self.pos.offset);
+        let before_lift = self.epoch();
+        self.lift(self.pos.offset);
+        self.note_crossing(before_lift);
         let a = self.epoch();
         if to <= a {
             return false;
@@ -181,20 +210,12 @@ impl PartitionClock {
         true
     }
 
-    /// Moves past offsets that hold no record (compaction, transaction markers).
-    pub fn skip_to(&mut self, offset: i64) {
-        if offset > self.pos.offset {
-            self.apply_pending(offset);
-            self.pos.offset = offset;
-        }
-    }
-
     /// The state that lets a restart resume exactly, once epochs `≤ e` are committed.
     pub fn resume_state(&self, e: Epoch) -> ResumeState {
         let crossing = self.crossings.iter().find(|(a, _)| *a > e).map(|(_, p)| p).unwrap_or(&self.pos);
         let position = self.open.range(e + 1..).map(|(_, p)| p).chain(std::iter::once(crossing)).min_by_key(|p| p.offset).expect("at least the crossing").clone();
         let advances = self.advances.iter().chain(self.pending.iter()).filter(|a| a.offset >= position.offset).copied().collect();
-        ResumeState { id: self.id, position, advances }
+        ResumeState { id: self.id, position, advances, committed_until: crossing.offset }
     }
 
     /// Forgets what no later resume state can need, once a state for `e` was handed out.

@@ -41,6 +41,13 @@ fn one_process_two_threads_local_output_exactly_once() {
     assert!(again.wait(LONG).success(), "{}", again.output());
     let check2 = lake_check(&out_s, &prefix, 100_000);
     assert_eq!(check2.files, check.files);
+    // More data after the final commit — from the same start, so it lies behind every
+    // committed epoch — is committed too, none of it taken for already committed.
+    simulate(&prefix, &["--vehicles", "50", "--events", "20000", "--partitions", "4", "--seed", "19"]);
+    let mut third = Proc::start(dir.path(), "third", &cluster_args(1, 2, 0, dir.path(), &run_flags(&prefix, &out_s, &["--until-caught-up", "--window", "5m"])), &[]);
+    assert!(third.wait(LONG).success(), "{}", third.output());
+    let check3 = lake_check(&out_s, &prefix, 120_000);
+    assert!(check3.late_rows >= check.late_rows + 15_000, "old event times arrive late: {check3:?}");
 }
 
 #[test]

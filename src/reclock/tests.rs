@@ -39,6 +39,20 @@ fn idle_advance_moves_the_epoch_and_is_recorded() {
 }
 
 #[test]
+fn new_data_after_a_final_commit_is_not_skipped() {
+    // A partition whose watermark lags: its epoch is 8 while epoch 10 was committed.
+    let mut p = PartitionClock::resume(id(), clock(), None, 0, 0);
+    p.observe(0, Some(10 * MIN));
+    let s = p.resume_state(10);
+    assert_eq!((s.position.offset, s.committed_until), (1, 1));
+    let mut q = PartitionClock::resume(id(), clock(), Some(&s), 0, 11);
+    assert_eq!(q.epoch(), 11, "lifted to the first uncommitted epoch");
+    assert_eq!(q.observe(1, Some(9 * MIN)), Some(Class::Late(11)));
+    assert_eq!(q.observe(2, Some(12 * MIN)), Some(Class::OnTime(12)));
+    assert_eq!(q.resume_state(11).position.floor, Some(11 * MIN), "the lift is part of later states");
+}
+
+#[test]
 fn resume_state_holds_back_for_open_epochs() {
     let mut p = PartitionClock::resume(id(), clock(), None, 0, 0);
     p.observe(0, Some(10 * MIN)); // on time, epoch 10, a = 0 before
@@ -116,6 +130,15 @@ fn replay_from_any_commit_is_exactly_once() {
             // Up to where the state was taken, the replay classifies exactly alike; after it,
             // idle advances made later in the first run may differ, but only for records that
             // were not committed (their epochs stay > e either way).
+            // Records that arrive after everything above was read (new data after a restart)
+            // are never taken for committed ones, and never fall behind the frontier.
+            let mut off = offset + 1;
+            for _ in 0..20 {
+                let et = Some(100 * MIN + rng.int_inclusive(-60, 600) * MIN);
+                let c = replay.observe(off, et).unwrap_or_else(|| panic!("seed {seed}, commit through {e}: new record at {off} skipped"));
+                assert!(c.epoch() > e, "seed {seed}: new record at epoch {} ≤ committed {e}", c.epoch());
+                off += 1;
+            }
             for (o, c) in &again {
                 assert!(c.epoch() > e);
                 if *o < emitted_at {
