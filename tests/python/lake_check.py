@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--brokers", default=os.environ.get("CITYSTREAM_BROKERS", "127.0.0.1:9092"))
     ap.add_argument("--prefix", default="")
     ap.add_argument("--expect-records", type=int)
+    ap.add_argument("--expect-group", help="consumer group whose committed offsets must equal the end of every partition")
     args = ap.parse_args()
 
     problems = []
@@ -185,6 +186,19 @@ def main():
         problems.append(f"files not committed: {sorted(listed - set(committed))[:5]}; committed but absent: {sorted(set(committed) - listed)[:5]}")
     if sum(committed.values()) != len(seen):
         problems.append(f"manifests count {sum(committed.values())} rows, files hold {len(seen)}")
+
+    if args.expect_group:
+        c = Consumer({"bootstrap.servers": args.brokers, "group.id": args.expect_group, "enable.auto.commit": False})
+        try:
+            for s_ in STREAMS:
+                topic = args.prefix + s_
+                parts = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=30).topics[topic].partitions]
+                for tp in c.committed(parts, timeout=30):
+                    _, high = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30)
+                    if high > 0 and tp.offset != high:
+                        problems.append(f"group {args.expect_group}: committed offset of {tp.topic}/{tp.partition} is {tp.offset}, end is {high}")
+        finally:
+            c.close()
 
     summary = {"kafka_records": len(kafka), "data_rows": counts["data"], "late_rows": counts["late"], "dead_letters": counts["dead"], "files": len(files), "manifests": len(manifests), "problems": len(problems)}
     print(json.dumps(summary))
