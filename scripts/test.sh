@@ -20,7 +20,9 @@ SCRIPT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)/$(basename -- "${B
 REPO_ROOT=$(cd -- "$(dirname -- "$SCRIPT")/.." && pwd -P)
 cd "$REPO_ROOT"
 
-T0=$EPOCHREALTIME
+# Section headers show seconds since the start (kept across the re-run under with-services).
+export CITYSTREAM_TEST_T0=${CITYSTREAM_TEST_T0:-$EPOCHREALTIME}
+T0=$CITYSTREAM_TEST_T0
 section() { printf '\n==> %s  [%s s]\n' "$*" "$(awk -v s="$T0" -v e="$EPOCHREALTIME" 'BEGIN { printf "%.0f", e - s }')"; }
 die() { printf 'test.sh: error: %s\n' "$*" >&2; exit 1; }
 

@@ -37,7 +37,14 @@ pub fn statements(output: &str, database: &str) -> String {
         out.push('\n');
     }
     for s in Stream::ALL {
-        let cols = vec![("topic".to_owned(), "string"), ("_partition".to_owned(), "int"), ("_offset".to_owned(), "bigint"), ("error_class".to_owned(), "string"), ("reason".to_owned(), "string"), ("raw".to_owned(), "binary")];
+        let cols = vec![
+            ("topic".to_owned(), "string"),
+            ("_partition".to_owned(), "int"),
+            ("_offset".to_owned(), "bigint"),
+            ("error_class".to_owned(), "string"),
+            ("reason".to_owned(), "string"),
+            ("raw".to_owned(), "binary"),
+        ];
         out.push_str(&table(database, &format!("dead_letter_{}", s.name()), &format!("{root}/_dead_letter/{}", s.name()), &cols));
         out.push('\n');
     }

@@ -9,15 +9,15 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod commit;
 pub mod contract;
 pub mod dataflow;
 pub mod ddl;
-pub mod commit;
 pub mod epoch;
 pub mod lake;
 pub mod ownership;
 pub mod reclock;
 pub mod run;
 pub mod simulate;
-pub mod source;
 pub mod sink;
+pub mod source;

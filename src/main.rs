@@ -3,9 +3,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use citystream::cli::{Cli, Command};
 use citystream::contract::Stream;
+use clap::Parser;
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -27,7 +27,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(args) => {
             let (fleet, produce) = args.validate()?;
             let summary = citystream::simulate::producer::produce(fleet, &produce)?;
-            println!("simulated {} records in {:.2} s ({:.0} records/s, {:.1} MB/s)", summary.delivered, summary.seconds, summary.rate(), summary.bytes as f64 / summary.seconds.max(1e-9) / 1e6);
+            println!(
+                "simulated {} records in {:.2} s ({:.0} records/s, {:.1} MB/s)",
+                summary.delivered,
+                summary.seconds,
+                summary.rate(),
+                summary.bytes as f64 / summary.seconds.max(1e-9) / 1e6
+            );
             for s in Stream::ALL {
                 println!("  {}{:<16} {:>10}", produce.topic_prefix, s.name(), summary.per_stream[s.index()]);
             }
@@ -63,7 +69,11 @@ fn print_run_report(r: &citystream::run::RunReport, embedded: bool) {
     println!("  late records:     {:>10}", c.late);
     println!("  dead letters:     {:>10}", c.dead_letters);
     match c.epochs {
-        Some((a, b)) => println!("  epochs sealed:    {:>10} (epoch = {} of event time; {a}..={b})", c.epochs_with_objects, humantime::format_duration(std::time::Duration::from_micros(r.window_us as u64))),
+        Some((a, b)) => println!(
+            "  epochs sealed:    {:>10} (epoch = {} of event time; {a}..={b})",
+            c.epochs_with_objects,
+            humantime::format_duration(std::time::Duration::from_micros(r.window_us as u64))
+        ),
         None => println!("  epochs sealed:    {:>10}", 0),
     }
     println!("  objects written:  {:>10} ({:.1} MB)", c.objects, c.bytes as f64 / 1e6);

@@ -108,7 +108,17 @@ impl PartitionClock {
             Some(s) => (s.position.clone(), s.advances.clone(), Some(s.committed_until)),
             None => (Position { offset: start_offset, max_event_time: None, floor: None }, Vec::new(), None),
         };
-        let mut pc = PartitionClock { id, clock, pos, pending: advances.iter().copied().collect(), advances, crossings: VecDeque::new(), open: BTreeMap::new(), committed_below, lift_at };
+        let mut pc = PartitionClock {
+            id,
+            clock,
+            pos,
+            pending: advances.iter().copied().collect(),
+            advances,
+            crossings: VecDeque::new(),
+            open: BTreeMap::new(),
+            committed_below,
+            lift_at,
+        };
         pc.apply_pending(pc.pos.offset);
         pc.lift(pc.pos.offset);
         pc.crossings.push_back((pc.epoch(), pc.pos.clone()));
@@ -213,7 +223,8 @@ impl PartitionClock {
     /// The state that lets a restart resume exactly, once epochs `≤ e` are committed.
     pub fn resume_state(&self, e: Epoch) -> ResumeState {
         let crossing = self.crossings.iter().find(|(a, _)| *a > e).map(|(_, p)| p).unwrap_or(&self.pos);
-        let position = self.open.range(e + 1..).map(|(_, p)| p).chain(std::iter::once(crossing)).min_by_key(|p| p.offset).expect("at least the crossing").clone();
+        let position =
+            self.open.range(e + 1..).map(|(_, p)| p).chain(std::iter::once(crossing)).min_by_key(|p| p.offset).expect("at least the crossing").clone();
         let advances = self.advances.iter().chain(self.pending.iter()).filter(|a| a.offset >= position.offset).copied().collect();
         ResumeState { id: self.id, position, advances, committed_until: crossing.offset }
     }

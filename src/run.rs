@@ -60,7 +60,8 @@ fn run_id() -> String {
 /// Runs one process of the cluster to completion.
 pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     let started = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("citystream-io").build().context("starting the I/O runtime")?;
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("citystream-io").build().context("starting the I/O runtime")?;
     let lake = Lake::open(&cfg.output)?;
     rt.block_on(lake.check_access())?;
     let previous = rt.block_on(manifest::latest(&lake))?;
@@ -70,10 +71,19 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     };
     if let Some(m) = &previous {
         if m.clock.window_us != cfg.clock.window_us {
-            bail!("invalid --window: the output {} was written with --window {:?}; epochs would not line up (use the same window or a new --output)", lake.url, Duration::from_micros(m.clock.window_us as u64));
+            bail!(
+                "invalid --window: the output {} was written with --window {:?}; epochs would not line up (use the same window or a new --output)",
+                lake.url,
+                Duration::from_micros(m.clock.window_us as u64)
+            );
         }
         if m.topic_prefix != prefix {
-            bail!("invalid --topic-prefix: the output {} holds topics with prefix {:?}, not {:?} (use a new --output per set of topics)", lake.url, m.topic_prefix, prefix);
+            bail!(
+                "invalid --topic-prefix: the output {} holds topics with prefix {:?}, not {:?} (use a new --output per set of topics)",
+                lake.url,
+                m.topic_prefix,
+                prefix
+            );
         }
     }
     let first_epoch = previous.as_ref().map_or(0, |m| m.upper);
@@ -155,7 +165,8 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     };
     let config = timely::Config { communication, worker: timely::WorkerConfig::default() };
 
-    let states: Arc<HashMap<PartitionId, crate::reclock::ResumeState>> = Arc::new(previous.as_ref().map(|m| m.partitions.iter().map(|s| (s.id, s.clone())).collect()).unwrap_or_default());
+    let states: Arc<HashMap<PartitionId, crate::reclock::ResumeState>> =
+        Arc::new(previous.as_ref().map(|m| m.partitions.iter().map(|s| (s.id, s.clone())).collect()).unwrap_or_default());
     let all = Arc::new(all);
     let stops = Arc::new(stops);
     let handle = rt.handle().clone();
@@ -199,8 +210,26 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             shutdown: shutdown.clone(),
             budget: 4096,
         };
-        let sink = SinkSpec { lake: lake2.clone(), rt: handle.clone(), run: format!("{run}{index:02x}"), clock: cfg.clock, encode: EncodeOptions::default(), part_size: 8 << 20, batch_rows: 1024, topic_prefix: prefix.clone() };
-        let committer = CommitSpec { lake: lake2.clone(), rt: handle.clone(), run: run.clone(), clock: cfg.clock, topic_prefix: prefix.clone(), previous: claim.clone(), offsets, summary: summary.clone() };
+        let sink = SinkSpec {
+            lake: lake2.clone(),
+            rt: handle.clone(),
+            run: format!("{run}{index:02x}"),
+            clock: cfg.clock,
+            encode: EncodeOptions::default(),
+            part_size: 8 << 20,
+            batch_rows: 1024,
+            topic_prefix: prefix.clone(),
+        };
+        let committer = CommitSpec {
+            lake: lake2.clone(),
+            rt: handle.clone(),
+            run: run.clone(),
+            clock: cfg.clock,
+            topic_prefix: prefix.clone(),
+            previous: claim.clone(),
+            offsets,
+            summary: summary.clone(),
+        };
         worker.dataflow::<Epoch, _, _>(|scope| crate::dataflow::build(scope, source, sink, committer));
         while worker.step_or_park(Some(Duration::from_millis(100))) {}
         summary.borrow().clone()
@@ -215,5 +244,12 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         }
     }
     drop(rt);
-    Ok(RunReport { committed, garbage_collected, seconds: started.elapsed().as_secs_f64(), output: lake.url.clone(), first_epoch, window_us: cfg.clock.window_us })
+    Ok(RunReport {
+        committed,
+        garbage_collected,
+        seconds: started.elapsed().as_secs_f64(),
+        output: lake.url.clone(),
+        first_epoch,
+        window_us: cfg.clock.window_us,
+    })
 }

@@ -26,7 +26,10 @@ fn one_process_two_threads_local_output_exactly_once() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{}.", unique("one"));
-    simulate(&prefix, &["--vehicles", "100", "--events", "100000", "--partitions", "4", "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", "11"]);
+    simulate(
+        &prefix,
+        &["--vehicles", "100", "--events", "100000", "--partitions", "4", "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", "11"],
+    );
     let out = dir.path().join("lake");
     let out_s = out.display().to_string();
     let mut p = Proc::start(dir.path(), "run", &cluster_args(1, 2, 0, dir.path(), &run_flags(&prefix, &out_s, &["--until-caught-up", "--window", "5m"])), &[]);
@@ -37,14 +40,16 @@ fn one_process_two_threads_local_output_exactly_once() {
     let check = lake_check(&out_s, &prefix, 100_000);
     assert!(check.late_rows > 100 && check.dead_letters > 100, "{check:?}");
     // A second run finds nothing new and changes nothing.
-    let mut again = Proc::start(dir.path(), "again", &cluster_args(1, 2, 0, dir.path(), &run_flags(&prefix, &out_s, &["--until-caught-up", "--window", "5m"])), &[]);
+    let mut again =
+        Proc::start(dir.path(), "again", &cluster_args(1, 2, 0, dir.path(), &run_flags(&prefix, &out_s, &["--until-caught-up", "--window", "5m"])), &[]);
     assert!(again.wait(LONG).success(), "{}", again.output());
     let check2 = lake_check(&out_s, &prefix, 100_000);
     assert_eq!(check2.files, check.files);
     // More data after the final commit — from the same start, so it lies behind every
     // committed epoch — is committed too, none of it taken for already committed.
     simulate(&prefix, &["--vehicles", "50", "--events", "20000", "--partitions", "4", "--seed", "19"]);
-    let mut third = Proc::start(dir.path(), "third", &cluster_args(1, 2, 0, dir.path(), &run_flags(&prefix, &out_s, &["--until-caught-up", "--window", "5m"])), &[]);
+    let mut third =
+        Proc::start(dir.path(), "third", &cluster_args(1, 2, 0, dir.path(), &run_flags(&prefix, &out_s, &["--until-caught-up", "--window", "5m"])), &[]);
     assert!(third.wait(LONG).success(), "{}", third.output());
     let check3 = lake_check(&out_s, &prefix, 120_000);
     assert!(check3.late_rows >= check.late_rows + 15_000, "old event times arrive late: {check3:?}");
@@ -55,7 +60,10 @@ fn two_processes_on_s3_exactly_once() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{}.", unique("two"));
-    simulate(&prefix, &["--vehicles", "60", "--events", "60000", "--partitions", "4", "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", "12"]);
+    simulate(
+        &prefix,
+        &["--vehicles", "60", "--events", "60000", "--partitions", "4", "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", "12"],
+    );
     let output = format!("s3://{}/{}", bucket(), prefix.trim_end_matches('.'));
     let mut procs = start_cluster(dir.path(), "s3", 2, 2, &run_flags(&prefix, &output, &["--until-caught-up", "--window", "5m"]));
     for p in &mut procs {
@@ -73,12 +81,17 @@ fn two_processes_on_s3_exactly_once() {
 fn crash_and_restart(tag: &str, n2: usize, w2: usize) {
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{}.", unique(tag));
-    simulate(&prefix, &["--vehicles", "100", "--events", "150000", "--partitions", "4", "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", "13"]);
+    simulate(
+        &prefix,
+        &["--vehicles", "100", "--events", "150000", "--partitions", "4", "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", "13"],
+    );
     let out = dir.path().join("lake");
     let out_s = out.display().to_string();
     let flags = run_flags(&prefix, &out_s, &["--until-caught-up", "--window", "1m"]);
     let mut procs = start_cluster(dir.path(), "first", 2, 1, &flags);
-    wait_until(LONG, "two commits", || manifests(&out).iter().filter(|m| m["kind"] == "commit").count() >= 2 || procs.iter_mut().any(|p| p.child.try_wait().unwrap().is_some()));
+    wait_until(LONG, "two commits", || {
+        manifests(&out).iter().filter(|m| m["kind"] == "commit").count() >= 2 || procs.iter_mut().any(|p| p.child.try_wait().unwrap().is_some())
+    });
     assert!(procs.iter_mut().all(|p| p.child.try_wait().unwrap().is_none()), "the run ended before the crash could be injected: make it longer");
     let victim = (std::process::id() % 2) as usize;
     procs[victim].kill9();
@@ -184,7 +197,8 @@ fn a_second_cluster_on_the_same_output_is_fenced() {
 fn embedded_defaults_run_the_whole_pipeline() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(bin()).arg("run").current_dir(dir.path()).env_remove("CITYSTREAM_BROKERS").env_remove("CITYSTREAM_OUTPUT").output().unwrap();
+    let out =
+        std::process::Command::new(bin()).arg("run").current_dir(dir.path()).env_remove("CITYSTREAM_BROKERS").env_remove("CITYSTREAM_OUTPUT").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("records committed: 100000"), "{stdout}");
@@ -217,7 +231,10 @@ fn launcher_restarts_the_whole_cluster_after_a_crash() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{}.", unique("launch"));
-    simulate(&prefix, &["--vehicles", "100", "--events", "150000", "--partitions", "4", "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", "18"]);
+    simulate(
+        &prefix,
+        &["--vehicles", "100", "--events", "150000", "--partitions", "4", "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", "18"],
+    );
     let out = dir.path().join("lake");
     let out_s = out.display().to_string();
     let launcher = concat!(env!("CARGO_MANIFEST_DIR"), "/workers/launch.sh");

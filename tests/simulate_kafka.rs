@@ -44,10 +44,7 @@ fn brokers() -> String {
 
 /// A topic prefix no other run has used: `it-<pid>-<nanos>-<tag>.`
 fn unique_prefix(tag: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_nanos();
     format!("it-{}-{nanos}-{tag}.", std::process::id())
 }
 
@@ -60,26 +57,17 @@ struct Topics {
 
 impl Topics {
     fn new(brokers: &str, prefix: &str) -> Self {
-        Topics {
-            brokers: brokers.to_owned(),
-            prefix: prefix.to_owned(),
-        }
+        Topics { brokers: brokers.to_owned(), prefix: prefix.to_owned() }
     }
 
     fn names(&self) -> Vec<String> {
-        Stream::ALL
-            .iter()
-            .map(|s| format!("{}{}", self.prefix, s.name()))
-            .collect()
+        Stream::ALL.iter().map(|s| format!("{}{}", self.prefix, s.name())).collect()
     }
 }
 
 impl Drop for Topics {
     fn drop(&mut self) {
-        let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
-        {
+        let admin: AdminClient<DefaultClientContext> = match ClientConfig::new().set("bootstrap.servers", &self.brokers).create() {
             Ok(a) => a,
             Err(e) => return eprintln!("warning: cannot delete topics {}*: {e}", self.prefix),
         };
@@ -103,10 +91,7 @@ impl Drop for Topics {
 /// it (and failing) after `timeout`.
 fn citystream(args: &[&str], timeout: Duration) -> (Output, Duration) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_citystream"));
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("CITYSTREAM_") {
             cmd.env_remove(k);
@@ -132,20 +117,12 @@ fn citystream(args: &[&str], timeout: Duration) -> (Output, Duration) {
             let _ = child.kill();
             let _ = child.wait();
             let stderr = err.join().unwrap_or_default();
-            panic!(
-                "`citystream {}` did not finish within {timeout:?}; killed it. stderr:\n{}",
-                args.join(" "),
-                String::from_utf8_lossy(&stderr)
-            );
+            panic!("`citystream {}` did not finish within {timeout:?}; killed it. stderr:\n{}", args.join(" "), String::from_utf8_lossy(&stderr));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let elapsed = start.elapsed();
-    let output = Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    };
+    let output = Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() };
     (output, elapsed)
 }
 
@@ -198,30 +175,16 @@ fn consume_all(brokers: &str, prefix: &str, expect_partitions: usize) -> Vec<Con
     let mut remaining: HashMap<(String, i32), i64> = HashMap::new();
     for stream in Stream::ALL {
         let topic = format!("{prefix}{}", stream.name());
-        let md = consumer
-            .fetch_metadata(Some(&topic), timeout)
-            .unwrap_or_else(|e| panic!("metadata of {topic}: {e}"));
-        let t = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .unwrap_or_else(|| panic!("topic {topic} missing"));
+        let md = consumer.fetch_metadata(Some(&topic), timeout).unwrap_or_else(|e| panic!("metadata of {topic}: {e}"));
+        let t = md.topics().iter().find(|t| t.name() == topic).unwrap_or_else(|| panic!("topic {topic} missing"));
         assert!(t.error().is_none(), "topic {topic}: {:?}", t.error());
-        assert_eq!(
-            t.partitions().len(),
-            expect_partitions,
-            "partitions of {topic}"
-        );
+        assert_eq!(t.partitions().len(), expect_partitions, "partitions of {topic}");
         for p in t.partitions() {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, p.id(), timeout)
-                .unwrap_or_else(|e| panic!("watermarks of {topic}/{}: {e}", p.id()));
+            let (low, high) = consumer.fetch_watermarks(&topic, p.id(), timeout).unwrap_or_else(|e| panic!("watermarks of {topic}/{}: {e}", p.id()));
             assert_eq!(low, 0, "{topic}/{} starts at offset 0", p.id());
             if high > low {
                 remaining.insert((topic.clone(), p.id()), high);
-                assignment
-                    .add_partition_offset(&topic, p.id(), Offset::Beginning)
-                    .expect("add partition");
+                assignment.add_partition_offset(&topic, p.id(), Offset::Beginning).expect("add partition");
             }
         }
     }
@@ -231,10 +194,7 @@ fn consume_all(brokers: &str, prefix: &str, expect_partitions: usize) -> Vec<Con
     let start = Instant::now();
     while !remaining.is_empty() {
         if start.elapsed() > CONSUME_TIMEOUT {
-            let mut left: Vec<_> = remaining
-                .iter()
-                .map(|((t, p), h)| format!("{t}/{p} (high watermark {h})"))
-                .collect();
+            let mut left: Vec<_> = remaining.iter().map(|((t, p), h)| format!("{t}/{p} (high watermark {h})")).collect();
             left.sort();
             panic!(
                 "timed out after {CONSUME_TIMEOUT:?} reading back {prefix}*: read {} records, \
@@ -247,13 +207,10 @@ fn consume_all(brokers: &str, prefix: &str, expect_partitions: usize) -> Vec<Con
             continue;
         };
         let msg = msg.unwrap_or_else(|e| panic!("consuming {prefix}*: {e}"));
-        let stream = Stream::from_topic(msg.topic(), prefix)
-            .unwrap_or_else(|| panic!("unexpected topic {}", msg.topic()));
-        let injected = msg.headers().and_then(|hs| {
-            hs.iter()
-                .find(|h| h.key == INJECTED_HEADER)
-                .map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
-        });
+        let stream = Stream::from_topic(msg.topic(), prefix).unwrap_or_else(|| panic!("unexpected topic {}", msg.topic()));
+        let injected = msg
+            .headers()
+            .and_then(|hs| hs.iter().find(|h| h.key == INJECTED_HEADER).map(|h| String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()));
         let id = (msg.topic().to_owned(), msg.partition());
         if let Some(&high) = remaining.get(&id) {
             if msg.offset() + 1 >= high {
@@ -323,22 +280,8 @@ fn original_shape(stream: Stream) -> &'static [(&'static str, Kind)] {
             ("year", Int),
             ("fueltype", Str),
         ],
-        Stream::Gps => &[
-            ("id", Uuid),
-            ("deviceId", Str),
-            ("timestamp", Ts),
-            ("speed", Float),
-            ("direction", Str),
-            ("vehicleType", Str),
-        ],
-        Stream::Traffic => &[
-            ("id", Uuid),
-            ("deviceId", Str),
-            ("cameraId", Str),
-            ("location", Loc),
-            ("timestamp", Ts),
-            ("snapshot", Str),
-        ],
+        Stream::Gps => &[("id", Uuid), ("deviceId", Str), ("timestamp", Ts), ("speed", Float), ("direction", Str), ("vehicleType", Str)],
+        Stream::Traffic => &[("id", Uuid), ("deviceId", Str), ("cameraId", Str), ("location", Loc), ("timestamp", Ts), ("snapshot", Str)],
         Stream::Weather => &[
             ("id", Uuid),
             ("deviceId", Str),
@@ -368,36 +311,19 @@ fn original_shape(stream: Stream) -> &'static [(&'static str, Kind)] {
 fn is_naive_iso(s: &str) -> bool {
     let b = s.as_bytes();
     let pattern = b"dddd-dd-ddTdd:dd:dd";
-    let head_ok = b.len() >= pattern.len()
-        && pattern.iter().zip(b).all(|(p, c)| {
-            if *p == b'd' {
-                c.is_ascii_digit()
-            } else {
-                p == c
-            }
-        });
+    let head_ok = b.len() >= pattern.len() && pattern.iter().zip(b).all(|(p, c)| if *p == b'd' { c.is_ascii_digit() } else { p == c });
     let tail = &b[pattern.len().min(b.len())..];
-    head_ok
-        && (tail.is_empty()
-            || (tail.len() == 7 && tail[0] == b'.' && tail[1..].iter().all(u8::is_ascii_digit)))
+    head_ok && (tail.is_empty() || (tail.len() == 7 && tail[0] == b'.' && tail[1..].iter().all(u8::is_ascii_digit)))
 }
 
 fn is_uuid(s: &str) -> bool {
-    s.len() == 36
-        && s.bytes().enumerate().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                c == b'-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        })
+    s.len() == 36 && s.bytes().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == b'-' } else { c.is_ascii_hexdigit() })
 }
 
 /// Checks that a clean value is field for field the original producer's JSON; returns its
 /// `deviceId`.
 fn check_original_shape(stream: Stream, value: &[u8]) -> Result<String, String> {
-    let obj: OrderedObject =
-        serde_json::from_slice(value).map_err(|e| format!("not a JSON object: {e}"))?;
+    let obj: OrderedObject = serde_json::from_slice(value).map_err(|e| format!("not a JSON object: {e}"))?;
     let want = original_shape(stream);
     let keys: Vec<&str> = obj.0.iter().map(|(k, _)| k.as_str()).collect();
     let want_keys: Vec<&str> = want.iter().map(|(k, _)| *k).collect();
@@ -409,9 +335,7 @@ fn check_original_shape(stream: Stream, value: &[u8]) -> Result<String, String> 
             Kind::Uuid => v.as_str().is_some_and(is_uuid),
             Kind::Str => v.as_str().is_some_and(|s| !s.is_empty()),
             Kind::Ts => v.as_str().is_some_and(is_naive_iso),
-            Kind::Loc => v
-                .as_array()
-                .is_some_and(|a| a.len() == 2 && a.iter().all(Value::is_number)),
+            Kind::Loc => v.as_array().is_some_and(|a| a.len() == 2 && a.iter().all(Value::is_number)),
             Kind::Float => v.is_f64(),
             Kind::Int => v.is_i64() || v.is_u64(),
         };
@@ -430,21 +354,13 @@ fn simulate_into_real_kafka_and_read_back() {
     simulate(&brokers, &prefix, 50_000);
     let records = consume_all(&brokers, &prefix, 4);
 
-    assert_eq!(
-        records.len(),
-        50_000,
-        "records read back over the five topics"
-    );
+    assert_eq!(records.len(), 50_000, "records read back over the five topics");
     let mut per_stream: BTreeMap<&str, u64> = BTreeMap::new();
     for r in &records {
         *per_stream.entry(r.stream.name()).or_default() += 1;
     }
     for s in Stream::ALL {
-        assert_eq!(
-            per_stream.get(s.name()).copied().unwrap_or(0),
-            10_000,
-            "records in {prefix}{s}; all: {per_stream:?}"
-        );
+        assert_eq!(per_stream.get(s.name()).copied().unwrap_or(0), 10_000, "records in {prefix}{s}; all: {per_stream:?}");
     }
 
     let opts = DecodeOptions::default();
@@ -454,43 +370,27 @@ fn simulate_into_real_kafka_and_read_back() {
     let mut failures = Vec::new();
     for r in &records {
         let at = format!("{prefix}{}/{}@{}", r.stream, r.partition, r.offset);
-        let key = r
-            .key
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default()
-            .into_owned();
+        let key = r.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
         let decoded = decode(r.stream, &r.value, &opts);
         match r.injected.as_deref() {
             None => {
                 clean += 1;
                 match decoded {
                     Ok(rec) if rec.device_id() == key => {}
-                    Ok(rec) => failures.push(format!(
-                        "{at}: key {key:?} is not the deviceId {:?}",
-                        rec.device_id()
-                    )),
+                    Ok(rec) => failures.push(format!("{at}: key {key:?} is not the deviceId {:?}", rec.device_id())),
                     Err(e) => failures.push(format!("{at}: clean record does not decode: {e}")),
                 }
                 match check_original_shape(r.stream, &r.value) {
                     Ok(device) if device == key => {}
-                    Ok(device) => failures.push(format!(
-                        "{at}: key {key:?} is not the JSON deviceId {device:?}"
-                    )),
-                    Err(e) => failures.push(format!(
-                        "{at}: not the original shape: {e}: {}",
-                        String::from_utf8_lossy(&r.value)
-                    )),
+                    Ok(device) => failures.push(format!("{at}: key {key:?} is not the JSON deviceId {device:?}")),
+                    Err(e) => failures.push(format!("{at}: not the original shape: {e}: {}", String::from_utf8_lossy(&r.value))),
                 }
             }
             Some("late") => {
                 late += 1;
                 match decoded {
                     Ok(rec) if rec.device_id() == key => {}
-                    Ok(rec) => failures.push(format!(
-                        "{at}: key {key:?} is not the deviceId {:?}",
-                        rec.device_id()
-                    )),
+                    Ok(rec) => failures.push(format!("{at}: key {key:?} is not the deviceId {:?}", rec.device_id())),
                     Err(e) => failures.push(format!("{at}: late record does not decode: {e}")),
                 }
                 if let Err(e) = check_original_shape(r.stream, &r.value) {
@@ -503,14 +403,8 @@ fn simulate_into_real_kafka_and_read_back() {
                     *malformed_classes.entry(class.to_owned()).or_default() += 1;
                     match decoded {
                         Err(e) if e.class.as_str() == class => {}
-                        Err(e) => failures.push(format!(
-                            "{at}: header says {class}, decoding failed with {}: {e}",
-                            e.class.as_str()
-                        )),
-                        Ok(_) => failures.push(format!(
-                            "{at}: header says {class}, but it decodes: {}",
-                            String::from_utf8_lossy(&r.value)
-                        )),
+                        Err(e) => failures.push(format!("{at}: header says {class}, decoding failed with {}: {e}", e.class.as_str())),
+                        Ok(_) => failures.push(format!("{at}: header says {class}, but it decodes: {}", String::from_utf8_lossy(&r.value))),
                     }
                 }
                 None => failures.push(format!("{at}: unknown {INJECTED_HEADER} header {h:?}")),
@@ -521,28 +415,14 @@ fn simulate_into_real_kafka_and_read_back() {
         }
         devices.insert(key);
     }
-    assert!(
-        failures.is_empty(),
-        "{} problems, first ones:\n{}",
-        failures.len(),
-        failures[..failures.len().min(20)].join("\n")
-    );
+    assert!(failures.is_empty(), "{} problems, first ones:\n{}", failures.len(), failures[..failures.len().min(20)].join("\n"));
     assert_eq!(clean + late + malformed, 50_000);
-    assert!(
-        malformed > 0,
-        "--malformed-fraction 0.01 injected no malformed records"
-    );
+    assert!(malformed > 0, "--malformed-fraction 0.01 injected no malformed records");
     assert!(late > 0, "--late-fraction 0.01 injected no late records");
     // 1% of 50,000 each: ~500, far from 0 and from 5,000.
-    assert!(
-        (200..1_000).contains(&malformed) && (200..1_000).contains(&late),
-        "late {late}, malformed {malformed}"
-    );
+    assert!((200..1_000).contains(&malformed) && (200..1_000).contains(&late), "late {late}, malformed {malformed}");
     assert_eq!(devices.len(), 40, "one key per vehicle");
-    eprintln!(
-        "read back {} records: clean {clean}, late {late}, malformed {malformed} {malformed_classes:?}",
-        records.len()
-    );
+    eprintln!("read back {} records: clean {clean}, late {late}, malformed {malformed} {malformed_classes:?}", records.len());
 }
 
 #[test]
@@ -558,22 +438,13 @@ fn same_seed_same_values() {
     let by_partition = |records: Vec<Consumed>| {
         let mut m = Sequences::new();
         for r in records {
-            m.entry((r.stream, r.partition))
-                .or_default()
-                .push((r.key, r.value, r.injected));
+            m.entry((r.stream, r.partition)).or_default().push((r.key, r.value, r.injected));
         }
         m
     };
-    let (ra, rb) = (
-        by_partition(consume_all(&brokers, &a, 4)),
-        by_partition(consume_all(&brokers, &b, 4)),
-    );
+    let (ra, rb) = (by_partition(consume_all(&brokers, &a, 4)), by_partition(consume_all(&brokers, &b, 4)));
     assert_eq!(ra.values().map(Vec::len).sum::<usize>(), 10_000);
-    assert_eq!(
-        ra.keys().collect::<Vec<_>>(),
-        rb.keys().collect::<Vec<_>>(),
-        "the same partitions hold records"
-    );
+    assert_eq!(ra.keys().collect::<Vec<_>>(), rb.keys().collect::<Vec<_>>(), "the same partitions hold records");
     for (k, va) in &ra {
         let vb = &rb[k];
         assert_eq!(va.len(), vb.len(), "records in {:?}", k);
@@ -591,46 +462,19 @@ fn same_seed_same_values() {
 
 #[test]
 fn unreachable_broker_fails_fast_naming_the_address() {
-    let (out, elapsed) = citystream(
-        &[
-            "simulate",
-            "--brokers",
-            "127.0.0.1:1",
-            "--connect-timeout",
-            "3s",
-            "--events",
-            "10",
-        ],
-        Duration::from_secs(30),
-    );
+    let (out, elapsed) = citystream(&["simulate", "--brokers", "127.0.0.1:1", "--connect-timeout", "3s", "--events", "10"], Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "simulate against 127.0.0.1:1 succeeded?\n{stderr}"
-    );
-    assert!(
-        stderr.contains("127.0.0.1:1"),
-        "stderr does not name the address:\n{stderr}"
-    );
+    assert!(!out.status.success(), "simulate against 127.0.0.1:1 succeeded?\n{stderr}");
+    assert!(stderr.contains("127.0.0.1:1"), "stderr does not name the address:\n{stderr}");
     assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
-    eprintln!(
-        "unreachable broker reported after {elapsed:?}: {}",
-        stderr.lines().last().unwrap_or_default()
-    );
+    eprintln!("unreachable broker reported after {elapsed:?}: {}", stderr.lines().last().unwrap_or_default());
 }
 
 #[test]
 fn naive_iso_pattern() {
     assert!(is_naive_iso("2025-03-01T10:15:42.123456"));
     assert!(is_naive_iso("2025-03-01T10:15:42"));
-    for bad in [
-        "2025-03-01T10:15:42.123",
-        "2025-03-01 10:15:42",
-        "2025-03-01T10:15:42Z",
-        "2025-03-01T10:15:42.123456+00:00",
-        "2025-3-01T10:15:42",
-        "",
-    ] {
+    for bad in ["2025-03-01T10:15:42.123", "2025-03-01 10:15:42", "2025-03-01T10:15:42Z", "2025-03-01T10:15:42.123456+00:00", "2025-3-01T10:15:42", ""] {
         assert!(!is_naive_iso(bad), "{bad}");
     }
 }
@@ -638,35 +482,16 @@ fn naive_iso_pattern() {
 #[test]
 fn shape_check_rejects_deviations() {
     let good = r#"{"id":"0b8e7d4c-2f1a-4c3b-9d5e-6f7a8b9c0d1e","deviceId":"Vehicle-CityStream-00001","timestamp":"2025-03-01T08:00:30.123456","speed":12.5,"direction":"North-East","vehicleType":"private"}"#;
-    assert_eq!(
-        check_original_shape(Stream::Gps, good.as_bytes()).as_deref(),
-        Ok("Vehicle-CityStream-00001")
-    );
-    let swapped = good.replace(
-        r#""speed":12.5,"direction":"North-East""#,
-        r#""direction":"North-East","speed":12.5"#,
-    );
+    assert_eq!(check_original_shape(Stream::Gps, good.as_bytes()).as_deref(), Ok("Vehicle-CityStream-00001"));
+    let swapped = good.replace(r#""speed":12.5,"direction":"North-East""#, r#""direction":"North-East","speed":12.5"#);
     let int_speed = good.replace("12.5", "12");
     let zoned = good.replace(".123456", ".123456Z");
-    let extra = good.replace(
-        r#""vehicleType":"private""#,
-        r#""vehicleType":"private","x":1"#,
-    );
+    let extra = good.replace(r#""vehicleType":"private""#, r#""vehicleType":"private","x":1"#);
     for bad in [swapped, int_speed, zoned, extra] {
-        assert!(
-            check_original_shape(Stream::Gps, bad.as_bytes()).is_err(),
-            "{bad}"
-        );
+        assert!(check_original_shape(Stream::Gps, bad.as_bytes()).is_err(), "{bad}");
     }
     let loc = r#"{"id":"0b8e7d4c-2f1a-4c3b-9d5e-6f7a8b9c0d1e","deviceId":"d","cameraId":"c","location":"51.5,-0.1","timestamp":"2025-03-01T08:00:30","snapshot":"s"}"#;
-    assert!(
-        check_original_shape(Stream::Traffic, loc.as_bytes())
-            .unwrap_err()
-            .contains("location")
-    );
+    assert!(check_original_shape(Stream::Traffic, loc.as_bytes()).unwrap_err().contains("location"));
     let loc = loc.replace(r#""51.5,-0.1""#, "[51.5,-0.1]");
-    assert!(
-        check_original_shape(Stream::Traffic, loc.as_bytes()).is_ok(),
-        "{loc}"
-    );
+    assert!(check_original_shape(Stream::Traffic, loc.as_bytes()).is_ok(), "{loc}");
 }

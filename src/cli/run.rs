@@ -177,6 +177,16 @@ impl RunArgs {
         };
         // The embedded journey is bounded: it always runs until caught up.
         let until_caught_up = self.until_caught_up || matches!(source, SourceConfig::Embedded { .. });
-        Ok(RunConfig { threads: self.threads, processes: self.processes, process: self.process, addresses, source, output: self.output.clone(), clock, until_caught_up, max_value_bytes: self.max_value_bytes })
+        Ok(RunConfig {
+            threads: self.threads,
+            processes: self.processes,
+            process: self.process,
+            addresses,
+            source,
+            output: self.output.clone(),
+            clock,
+            until_caught_up,
+            max_value_bytes: self.max_value_bytes,
+        })
     }
 }

@@ -80,7 +80,9 @@ pub struct Manifest {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// Someone else wrote this manifest first.
-    #[error("manifest {sequence} already exists at {url}: another citystream cluster is writing to the same output (this cluster stops; run one cluster per output)")]
+    #[error(
+        "manifest {sequence} already exists at {url}: another citystream cluster is writing to the same output (this cluster stops; run one cluster per output)"
+    )]
     Conflict {
         /// The contested sequence number.
         sequence: u64,
@@ -120,7 +122,10 @@ pub async fn latest(lake: &Lake) -> Result<Option<Manifest>, ManifestError> {
     let bytes = lake.store.get(&path).await?.bytes().await?;
     let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| ManifestError::Corrupt { path: path.to_string(), reason: e.to_string() })?;
     if manifest.sequence != sequence || manifest.format != FORMAT {
-        return Err(ManifestError::Corrupt { path: path.to_string(), reason: format!("sequence {} / format {} do not match", manifest.sequence, manifest.format) });
+        return Err(ManifestError::Corrupt {
+            path: path.to_string(),
+            reason: format!("sequence {} / format {} do not match", manifest.sequence, manifest.format),
+        });
     }
     Ok(Some(manifest))
 }
@@ -131,7 +136,9 @@ pub async fn write(lake: &Lake, manifest: &Manifest) -> Result<(), ManifestError
     let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
     match lake.store.put_opts(&manifest_path(manifest.sequence), bytes.into(), opts).await {
         Ok(_) => Ok(()),
-        Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => Err(ManifestError::Conflict { sequence: manifest.sequence, url: lake.url.clone() }),
+        Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+            Err(ManifestError::Conflict { sequence: manifest.sequence, url: lake.url.clone() })
+        }
         Err(e) => Err(e.into()),
     }
 }

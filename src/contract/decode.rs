@@ -233,8 +233,7 @@ impl Validator<'_> {
 
     fn uuid(&self, field: &str, s: String) -> Result<String, DecodeError> {
         let b = s.as_bytes();
-        let ok = b.len() == 36
-            && b.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() });
+        let ok = b.len() == 36 && b.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() });
         if ok { Ok(s) } else { Err(self.bad(ErrorClass::BadValue, field, format!("not a UUID: {:?}", truncate(&s)))) }
     }
 
@@ -254,11 +253,7 @@ impl Validator<'_> {
     }
 
     fn one_of(&self, field: &str, s: String, allowed: &[&str]) -> Result<String, DecodeError> {
-        if allowed.contains(&s.as_str()) {
-            Ok(s)
-        } else {
-            Err(self.bad(ErrorClass::BadValue, field, format!("{:?} is not one of {allowed:?}", truncate(&s))))
-        }
+        if allowed.contains(&s.as_str()) { Ok(s) } else { Err(self.bad(ErrorClass::BadValue, field, format!("{:?} is not one of {allowed:?}", truncate(&s)))) }
     }
 }
 

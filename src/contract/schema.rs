@@ -49,11 +49,45 @@ use Kind::{F64, I32, Str, Ts};
 /// The contract columns of a stream, in output order.
 pub fn columns(stream: Stream) -> &'static [(&'static str, Kind)] {
     match stream {
-        Stream::Vehicle => &[("id", Str), ("deviceId", Str), ("timestamp", Ts), ("latitude", F64), ("longitude", F64), ("speed", F64), ("direction", Str), ("maker", Str), ("model", Str), ("year", I32), ("fueltype", Str)],
+        Stream::Vehicle => &[
+            ("id", Str),
+            ("deviceId", Str),
+            ("timestamp", Ts),
+            ("latitude", F64),
+            ("longitude", F64),
+            ("speed", F64),
+            ("direction", Str),
+            ("maker", Str),
+            ("model", Str),
+            ("year", I32),
+            ("fueltype", Str),
+        ],
         Stream::Gps => &[("id", Str), ("deviceId", Str), ("timestamp", Ts), ("speed", F64), ("direction", Str), ("vehicleType", Str)],
         Stream::Traffic => &[("id", Str), ("deviceId", Str), ("cameraId", Str), ("latitude", F64), ("longitude", F64), ("timestamp", Ts), ("snapshot", Str)],
-        Stream::Weather => &[("id", Str), ("deviceId", Str), ("latitude", F64), ("longitude", F64), ("timestamp", Ts), ("temperature", F64), ("weatherCondition", Str), ("precipitation", F64), ("windspeed", F64), ("humidity", I32), ("airQualityIndex", F64)],
-        Stream::Emergency => &[("id", Str), ("deviceId", Str), ("incidentId", Str), ("incident", Str), ("timestamp", Ts), ("latitude", F64), ("longitude", F64), ("status", Str), ("description", Str)],
+        Stream::Weather => &[
+            ("id", Str),
+            ("deviceId", Str),
+            ("latitude", F64),
+            ("longitude", F64),
+            ("timestamp", Ts),
+            ("temperature", F64),
+            ("weatherCondition", Str),
+            ("precipitation", F64),
+            ("windspeed", F64),
+            ("humidity", I32),
+            ("airQualityIndex", F64),
+        ],
+        Stream::Emergency => &[
+            ("id", Str),
+            ("deviceId", Str),
+            ("incidentId", Str),
+            ("incident", Str),
+            ("timestamp", Ts),
+            ("latitude", F64),
+            ("longitude", F64),
+            ("status", Str),
+            ("description", Str),
+        ],
     }
 }
 
@@ -106,32 +140,16 @@ struct Cursor<'a>(std::slice::IterMut<'a, Col>);
 
 impl Cursor<'_> {
     fn s(&mut self, v: &str) {
-        if let Some(Col::Str(b)) = self.0.next() {
-            b.append_value(v)
-        } else {
-            unreachable!("column layout mismatch")
-        }
+        if let Some(Col::Str(b)) = self.0.next() { b.append_value(v) } else { unreachable!("column layout mismatch") }
     }
     fn f(&mut self, v: f64) {
-        if let Some(Col::F64(b)) = self.0.next() {
-            b.append_value(v)
-        } else {
-            unreachable!("column layout mismatch")
-        }
+        if let Some(Col::F64(b)) = self.0.next() { b.append_value(v) } else { unreachable!("column layout mismatch") }
     }
     fn i(&mut self, v: i32) {
-        if let Some(Col::I32(b)) = self.0.next() {
-            b.append_value(v)
-        } else {
-            unreachable!("column layout mismatch")
-        }
+        if let Some(Col::I32(b)) = self.0.next() { b.append_value(v) } else { unreachable!("column layout mismatch") }
     }
     fn t(&mut self, v: i64) {
-        if let Some(Col::Ts(b)) = self.0.next() {
-            b.append_value(v)
-        } else {
-            unreachable!("column layout mismatch")
-        }
+        if let Some(Col::Ts(b)) = self.0.next() { b.append_value(v) } else { unreachable!("column layout mismatch") }
     }
     fn loc(&mut self, l: &Location) {
         self.f(l.latitude);
@@ -301,7 +319,15 @@ pub struct DeadLetterBuilder {
 
 impl Default for DeadLetterBuilder {
     fn default() -> Self {
-        DeadLetterBuilder { topic: StringBuilder::new(), partition: Int32Builder::new(), offset: Int64Builder::new(), class: StringBuilder::new(), reason: StringBuilder::new(), raw: BinaryBuilder::new(), rows: 0 }
+        DeadLetterBuilder {
+            topic: StringBuilder::new(),
+            partition: Int32Builder::new(),
+            offset: Int64Builder::new(),
+            class: StringBuilder::new(),
+            reason: StringBuilder::new(),
+            raw: BinaryBuilder::new(),
+            rows: 0,
+        }
     }
 }
 
@@ -332,7 +358,14 @@ impl DeadLetterBuilder {
         self.rows = 0;
         RecordBatch::try_new(
             dead_letter_schema(),
-            vec![Arc::new(self.topic.finish()), Arc::new(self.partition.finish()), Arc::new(self.offset.finish()), Arc::new(self.class.finish()), Arc::new(self.reason.finish()), Arc::new(self.raw.finish())],
+            vec![
+                Arc::new(self.topic.finish()),
+                Arc::new(self.partition.finish()),
+                Arc::new(self.offset.finish()),
+                Arc::new(self.class.finish()),
+                Arc::new(self.reason.finish()),
+                Arc::new(self.raw.finish()),
+            ],
         )
     }
 }

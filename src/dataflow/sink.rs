@@ -147,7 +147,9 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
                     let key = route(&row, t, &spec.clock);
                     let file = files.entry(key).or_insert_with(|| OpenFile::new(&spec, t, key));
                     match (&mut file.rows, &row) {
-                        (Rows::Data(b), Row::Record { record, partition, offset, late }) => b.append(record, Some(Provenance { partition: *partition, offset: *offset, late: *late })),
+                        (Rows::Data(b), Row::Record { record, partition, offset, late }) => {
+                            b.append(record, Some(Provenance { partition: *partition, offset: *offset, late: *late }))
+                        }
                         (Rows::Dead(b), Row::Dead { stream, partition, offset, class, reason, raw }) => {
                             let topic = format!("{}{}", spec.topic_prefix, stream.name());
                             b.append(&DeadLetterRow { topic: &topic, partition: *partition, offset: *offset, class: class.as_str(), reason, raw });
@@ -206,7 +208,9 @@ pub fn now_us() -> i64 {
 fn route(row: &Row, t: Epoch, clock: &EpochClock) -> FileKey {
     let epoch_hour = clock.start_of(t) - clock.start_of(t).rem_euclid(HOUR);
     match row {
-        Row::Record { record, partition, late: false, .. } => FileKey { stream: record.stream(), kind: FileKind::Data, partition: *partition, hour: epoch_hour },
+        Row::Record { record, partition, late: false, .. } => {
+            FileKey { stream: record.stream(), kind: FileKind::Data, partition: *partition, hour: epoch_hour }
+        }
         Row::Record { record, partition, late: true, .. } => {
             let ts = record.timestamp();
             FileKey { stream: record.stream(), kind: FileKind::Late, partition: *partition, hour: ts - ts.rem_euclid(HOUR) }

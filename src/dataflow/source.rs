@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{Scope, Stream};
 
 use super::{Announce, Report, Row};
@@ -152,7 +152,14 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                             let row = match (decoded, class) {
                                 (Ok(record), Class::Late(_)) => Row::Record { record, partition: id.partition, offset, late: true },
                                 (Ok(record), _) => Row::Record { record, partition: id.partition, offset, late: false },
-                                (Err(e), _) => Row::Dead { stream: id.stream, partition: id.partition, offset, class: e.class, reason: e.to_string(), raw: payload.to_vec() },
+                                (Err(e), _) => Row::Dead {
+                                    stream: id.stream,
+                                    partition: id.partition,
+                                    offset,
+                                    class: e.class,
+                                    reason: e.to_string(),
+                                    raw: payload.to_vec(),
+                                },
                             };
                             max_sent = max_sent.max(class.epoch());
                             pending.entry(class.epoch()).or_default().push(row);
@@ -207,7 +214,8 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
 
             // Advance the capability to the least epoch of the unfinished partitions.
             let all_finished = parts.iter().all(|p| p.finished);
-            let new_cap = if all_finished { max_sent.max(cap) } else { parts.iter().filter(|p| !p.finished).map(|p| p.clock.epoch()).min().unwrap_or(cap).max(cap) };
+            let new_cap =
+                if all_finished { max_sent.max(cap) } else { parts.iter().filter(|p| !p.finished).map(|p| p.clock.epoch()).min().unwrap_or(cap).max(cap) };
             if new_cap > cap || all_finished {
                 // Resume states valid once everything before `e` is committed.
                 let e = if all_finished { new_cap } else { new_cap - 1 };

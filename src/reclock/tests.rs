@@ -127,18 +127,16 @@ fn replay_from_any_commit_is_exactly_once() {
             let committed: Vec<i64> = classes.iter().filter(|(_, c)| c.epoch() <= e).map(|(o, _)| *o).collect();
             let expected: Vec<i64> = classes.iter().filter(|(_, c)| c.epoch() > e).map(|(o, _)| *o).collect();
             assert_eq!(again.keys().copied().collect::<Vec<_>>(), expected, "seed {seed}, commit through {e}: replay gives exactly the uncommitted records");
-            // Up to where the state was taken, the replay classifies exactly alike; after it,
-            // idle advances made later in the first run may differ, but only for records that
-            // were not committed (their epochs stay > e either way).
             // Records that arrive after everything above was read (new data after a restart)
             // are never taken for committed ones, and never fall behind the frontier.
-            let mut off = offset + 1;
-            for _ in 0..20 {
+            for off in offset + 1..offset + 21 {
                 let et = Some(100 * MIN + rng.int_inclusive(-60, 600) * MIN);
                 let c = replay.observe(off, et).unwrap_or_else(|| panic!("seed {seed}, commit through {e}: new record at {off} skipped"));
                 assert!(c.epoch() > e, "seed {seed}: new record at epoch {} ≤ committed {e}", c.epoch());
-                off += 1;
             }
+            // Up to where the state was taken, the replay classifies exactly alike; after it,
+            // idle advances made later in the first run may differ, but only for records that
+            // were not committed (their epochs stay > e either way).
             for (o, c) in &again {
                 assert!(c.epoch() > e);
                 if *o < emitted_at {

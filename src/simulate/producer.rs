@@ -175,7 +175,10 @@ pub fn ensure_topics(opts: &ProduceOptions, topics: &[String]) -> Result<(), Sim
         return Ok(());
     }
     let new: Vec<NewTopic<'_>> = missing.iter().map(|t| NewTopic::new(t, opts.partitions, TopicReplication::Fixed(brokers.min(3)))).collect();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| SimulateError::CreateTopic { topic: "*".into(), reason: e.to_string() })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SimulateError::CreateTopic { topic: "*".into(), reason: e.to_string() })?;
     let results = rt.block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(opts.connect_timeout))))?;
     for r in results {
         match r {
@@ -249,7 +252,8 @@ pub fn produce(fleet_cfg: FleetConfig, opts: &ProduceOptions) -> Result<Summary,
     summary.delivered = summary.per_stream.iter().sum();
     summary.failed = counts.failed.load(Ordering::Relaxed) + sent.saturating_sub(summary.delivered + counts.failed.load(Ordering::Relaxed));
     if summary.failed > 0 {
-        let first_error = counts.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "not acknowledged before the flush deadline".into());
+        let first_error =
+            counts.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "not acknowledged before the flush deadline".into());
         return Err(SimulateError::Undelivered { failed: summary.failed, total: sent, first_error });
     }
     Ok(summary)

@@ -106,13 +106,17 @@ mod tests {
         let mut r = EmbeddedReader::new(cfg.clone(), 3, &owned);
         let mut seen: HashMap<PartitionId, Vec<i64>> = HashMap::new();
         let mut caught = 0;
-        while r.poll(100, &mut |e| match e {
-            Event::Record { id, offset, .. } => seen.entry(id).or_default().push(offset),
-            Event::Caught { id } => {
-                assert!(ends.contains_key(&id));
-                caught += 1;
-            }
-        }).unwrap() > 0 {}
+        while r
+            .poll(100, &mut |e| match e {
+                Event::Record { id, offset, .. } => seen.entry(id).or_default().push(offset),
+                Event::Caught { id } => {
+                    assert!(ends.contains_key(&id));
+                    caught += 1;
+                }
+            })
+            .unwrap()
+            > 0
+        {}
         assert_eq!(caught, 15);
         for (id, offs) in &seen {
             assert_eq!(*offs, (0..ends[id]).collect::<Vec<_>>());
@@ -121,7 +125,15 @@ mod tests {
         let id = PartitionId { stream: Stream::Weather, partition: 1 };
         let mut r = EmbeddedReader::new(cfg, 3, &[(id, 50)]);
         let mut offs = Vec::new();
-        while r.poll(100, &mut |e| if let Event::Record { offset, .. } = e { offs.push(offset) }).unwrap() > 0 {}
+        while r
+            .poll(100, &mut |e| {
+                if let Event::Record { offset, .. } = e {
+                    offs.push(offset)
+                }
+            })
+            .unwrap()
+            > 0
+        {}
         assert_eq!(offs, (50..ends[&id]).collect::<Vec<_>>());
     }
 }

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -80,7 +80,11 @@ impl KafkaOptions {
     /// Every partition of the five topics; fails clearly if the brokers or a topic are missing.
     pub fn discover(&self) -> Result<Vec<PartitionId>, SourceError> {
         let consumer: BaseConsumer<Quiet> = self.client_config().create_with_context(Quiet)?;
-        let metadata = consumer.fetch_metadata(None, self.timeout).map_err(|e| SourceError::Unreachable { brokers: self.brokers.clone(), seconds: self.timeout.as_secs(), reason: e.to_string() })?;
+        let metadata = consumer.fetch_metadata(None, self.timeout).map_err(|e| SourceError::Unreachable {
+            brokers: self.brokers.clone(),
+            seconds: self.timeout.as_secs(),
+            reason: e.to_string(),
+        })?;
         let mut out = Vec::new();
         for stream in Stream::ALL {
             let topic = self.topic(stream);
@@ -98,7 +102,11 @@ impl KafkaOptions {
         let consumer: BaseConsumer<Quiet> = self.client_config().create_with_context(Quiet)?;
         let mut out = HashMap::new();
         for p in partitions {
-            let (_, high) = consumer.fetch_watermarks(&self.topic(p.stream), p.partition, self.timeout).map_err(|e| SourceError::Unreachable { brokers: self.brokers.clone(), seconds: self.timeout.as_secs(), reason: e.to_string() })?;
+            let (_, high) = consumer.fetch_watermarks(&self.topic(p.stream), p.partition, self.timeout).map_err(|e| SourceError::Unreachable {
+                brokers: self.brokers.clone(),
+                seconds: self.timeout.as_secs(),
+                reason: e.to_string(),
+            })?;
             out.insert(*p, high);
         }
         Ok(out)
@@ -142,7 +150,9 @@ impl KafkaReader {
         let mut queues = Vec::new();
         for (id, _) in owned {
             let topic = opts.topic(id.stream);
-            let q = consumer.split_partition_queue(&topic, id.partition).ok_or_else(|| SourceError::Kafka(KafkaError::Subscription(format!("no queue for {topic}/{}", id.partition))))?;
+            let q = consumer
+                .split_partition_queue(&topic, id.partition)
+                .ok_or_else(|| SourceError::Kafka(KafkaError::Subscription(format!("no queue for {topic}/{}", id.partition))))?;
             queues.push((*id, topic, q));
         }
         Ok(KafkaReader { consumer, queues, next_queue: 0 })

@@ -145,7 +145,11 @@ pub fn lake_check(output: &str, prefix: &str, expect_records: u64) -> Check {
 /// [`lake_check`] with extra checker flags (e.g. `--expect-group G`).
 pub fn lake_check_with(output: &str, prefix: &str, expect_records: u64, extra: &[&str]) -> Check {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/lake_check.py");
-    let out = Command::new(python()).args([script, "--output", output, "--brokers", &brokers(), "--prefix", prefix, "--expect-records", &expect_records.to_string()]).args(extra).output().unwrap();
+    let out = Command::new(python())
+        .args([script, "--output", output, "--brokers", &brokers(), "--prefix", prefix, "--expect-records", &expect_records.to_string()])
+        .args(extra)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "lake check failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let check: Check = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();

@@ -25,20 +25,28 @@ fn decodes_every_stream_in_the_original_shape() {
     assert_eq!(v.location, Location { latitude: 51.5074, longitude: -0.1278 });
     assert_eq!((v.speed, v.year, v.maker.as_str(), v.fueltype.as_str()), (27.3, 2024, "BMW", "Hybrid"));
 
-    let gps = format!(r#"{{"id": "{UUID}", "deviceId": "d", "timestamp": "2025-03-01T10:15:42", "speed": 12, "direction": "North-East", "vehicleType": "private"}}"#);
+    let gps =
+        format!(r#"{{"id": "{UUID}", "deviceId": "d", "timestamp": "2025-03-01T10:15:42", "speed": 12, "direction": "North-East", "vehicleType": "private"}}"#);
     let Record::Gps(g) = dec(Stream::Gps, &gps).unwrap() else { panic!() };
     assert_eq!((g.speed, g.timestamp % 1_000_000), (12.0, 0), "an int where a float is expected");
 
-    let traffic = format!(r#"{{"id": "{UUID}", "deviceId": "d", "cameraId": "Nikon-Cam123", "location": [52, -1.5], "timestamp": "2025-03-01T10:15:42Z", "snapshot": "Base64EncodedString"}}"#);
+    let traffic = format!(
+        r#"{{"id": "{UUID}", "deviceId": "d", "cameraId": "Nikon-Cam123", "location": [52, -1.5], "timestamp": "2025-03-01T10:15:42Z", "snapshot": "Base64EncodedString"}}"#
+    );
     let Record::Traffic(t) = dec(Stream::Traffic, &traffic).unwrap() else { panic!() };
     assert_eq!((t.camera_id.as_str(), t.location.latitude), ("Nikon-Cam123", 52.0));
 
-    let weather = format!(r#"{{"id": "{UUID}", "deviceId": "d", "location": [52.1, -1.2], "timestamp": "2025-03-01T10:15:42.5+01:00", "temperature": -3.25, "weatherCondition": "snowy", "precipitation": 4, "windspeed": 55.5, "humidity": 81, "airQualityIndex": 120.0}}"#);
+    let weather = format!(
+        r#"{{"id": "{UUID}", "deviceId": "d", "location": [52.1, -1.2], "timestamp": "2025-03-01T10:15:42.5+01:00", "temperature": -3.25, "weatherCondition": "snowy", "precipitation": 4, "windspeed": 55.5, "humidity": 81, "airQualityIndex": 120.0}}"#
+    );
     let Record::Weather(w) = dec(Stream::Weather, &weather).unwrap() else { panic!() };
     assert_eq!((w.temperature, w.humidity, w.precipitation), (-3.25, 81, 4.0), "temperature is a float");
     assert_eq!(w.timestamp, 1_740_820_542_500_000);
 
-    let emergency = format!(r#"{{"id": "{UUID}", "deviceId": "d", "incidentId": "{}", "incident": "None", "timestamp": "2025-03-01T10:15:42.000001", "location": [52.1, -1.2], "status": "Resolved", "description": "Description of the incident"}}"#, UUID.to_uppercase());
+    let emergency = format!(
+        r#"{{"id": "{UUID}", "deviceId": "d", "incidentId": "{}", "incident": "None", "timestamp": "2025-03-01T10:15:42.000001", "location": [52.1, -1.2], "status": "Resolved", "description": "Description of the incident"}}"#,
+        UUID.to_uppercase()
+    );
     let Record::Emergency(e) = dec(Stream::Emergency, &emergency).unwrap() else { panic!() };
     assert_eq!((e.incident.as_str(), e.status.as_str()), ("None", "Resolved"));
 }
@@ -51,7 +59,12 @@ fn ignores_unknown_fields_and_round_trips_through_json() {
     assert_eq!(r, again);
     // Field for field, in the producer's order.
     let json = String::from_utf8(r.to_json()).unwrap();
-    assert!(json.starts_with(&format!(r#"{{"id":"{UUID}","deviceId":"Vehicle-CodeWithYu-123","timestamp":"2025-03-01T10:15:42.123456","location":[51.5074,-0.1278],"speed":27.3"#)), "{json}");
+    assert!(
+        json.starts_with(&format!(
+            r#"{{"id":"{UUID}","deviceId":"Vehicle-CodeWithYu-123","timestamp":"2025-03-01T10:15:42.123456","location":[51.5074,-0.1278],"speed":27.3"#
+        )),
+        "{json}"
+    );
 }
 
 #[test]
@@ -91,7 +104,15 @@ fn refuses_bad_input_with_a_reason_naming_the_field() {
             assert!(text.contains(f), "reason names the field: {text}");
         }
     }
-    assert_eq!(class_of(Stream::Weather, &format!(r#"{{"id": "{UUID}", "deviceId": "d", "location": [1, 2], "timestamp": "2025-03-01T10:15:42", "temperature": 1.5, "weatherCondition": "foggy", "precipitation": 0, "windspeed": 0, "humidity": 5, "airQualityIndex": 1}}"#)), (ErrorClass::BadValue, Some("weatherCondition".into())));
+    assert_eq!(
+        class_of(
+            Stream::Weather,
+            &format!(
+                r#"{{"id": "{UUID}", "deviceId": "d", "location": [1, 2], "timestamp": "2025-03-01T10:15:42", "temperature": 1.5, "weatherCondition": "foggy", "precipitation": 0, "windspeed": 0, "humidity": 5, "airQualityIndex": 1}}"#
+            )
+        ),
+        (ErrorClass::BadValue, Some("weatherCondition".into()))
+    );
     // Deep nesting in an unknown field is skipped without recursion: no stack overflow.
     let deep = v.replace("\"year\": 2024", &format!("\"year\": 2024, \"x\": {}1{}", "[".repeat(100_000), "]".repeat(100_000)));
     assert!(dec(Stream::Vehicle, &deep).is_ok());
