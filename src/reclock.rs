@@ -222,11 +222,29 @@ impl PartitionClock {
 
     /// The state that lets a restart resume exactly, once epochs `≤ e` are committed.
     pub fn resume_state(&self, e: Epoch) -> ResumeState {
-        let crossing = self.crossings.iter().find(|(a, _)| *a > e).map(|(_, p)| p).unwrap_or(&self.pos);
-        let position =
-            self.open.range(e + 1..).map(|(_, p)| p).chain(std::iter::once(crossing)).min_by_key(|p| p.offset).expect("at least the crossing").clone();
+        self.resume_state_range(e, Some(e))
+    }
+
+    /// A state valid for committing through any `e` in `[lo, hi]` (`hi = None`: any `e ≥ lo`,
+    /// for a partition that will read nothing more). Valid provided that every record read
+    /// after this call gets an epoch `> hi` — which the source guarantees by handing this out
+    /// when its capability moves to `hi + 1`: the position is the one for `lo` (the earliest,
+    /// so every record before it has an epoch `≤ lo ≤ e`), the advances recorded so far
+    /// reproduce every classification up to now, and `committed_until` is the first offset
+    /// whose records get an epoch `> hi`.
+    pub fn resume_state_range(&self, lo: Epoch, hi: Option<Epoch>) -> ResumeState {
+        let crossing_after = |e: Epoch| self.crossings.iter().find(|(a, _)| *a > e).map(|(_, p)| p).unwrap_or(&self.pos);
+        let position = self
+            .open
+            .range(lo + 1..)
+            .map(|(_, p)| p)
+            .chain(std::iter::once(crossing_after(lo)))
+            .min_by_key(|p| p.offset)
+            .expect("at least the crossing")
+            .clone();
+        let committed_until = hi.map_or(self.pos.offset, |h| crossing_after(h).offset);
         let advances = self.advances.iter().chain(self.pending.iter()).filter(|a| a.offset >= position.offset).copied().collect();
-        ResumeState { id: self.id, position, advances, committed_until: crossing.offset }
+        ResumeState { id: self.id, position, advances, committed_until }
     }
 
     /// Forgets what no later resume state can need, once a state for `e` was handed out.

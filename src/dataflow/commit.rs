@@ -109,7 +109,10 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
         let mut states: BTreeMap<PartitionId, ResumeState> = previous.map(|m| m.partitions.into_iter().map(|s| (s.id, s)).collect()).unwrap_or_default();
         let mut files: BTreeMap<Epoch, Vec<FileEntry>> = BTreeMap::new();
         let mut sealed_at: BTreeMap<Epoch, i64> = BTreeMap::new();
-        let mut resume: BTreeMap<Epoch, Vec<ResumeState>> = BTreeMap::new();
+        // Per partition: states by the first epoch they are valid for, with the last one.
+        let mut resume: BTreeMap<PartitionId, BTreeMap<Epoch, (Option<Epoch>, ResumeState)>> = BTreeMap::new();
+        // `from` epochs of states received but not yet in a manifest.
+        let mut uncommitted_from: std::collections::BTreeSet<Epoch> = std::collections::BTreeSet::new();
         let mut max_seen: Option<Epoch> = None;
         // The manifest being written, with when its first epoch was sealed.
         type InFlight = (JoinHandle<Result<(), ManifestError>>, Manifest, Option<i64>);
@@ -126,7 +129,12 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                             let at = sealed_at.entry(t).or_insert(sealed_at_us);
                             *at = (*at).min(sealed_at_us);
                         }
-                        Report::Resume(s) => resume.entry(t).or_default().extend(s),
+                        Report::Resume { from, to, states: s } => {
+                            uncommitted_from.insert(from);
+                            for state in s {
+                                resume.entry(state.id).or_default().insert(from, (to, state));
+                            }
+                        }
                     }
                 }
             });
@@ -160,7 +168,7 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                 Some(&f) => f,
                 None => max_seen.map_or(lower, |m| m + 1).max(lower),
             };
-            let anything = files.range(..upper).next().is_some() || resume.range(..upper).next().is_some();
+            let anything = files.range(..upper).next().is_some() || uncommitted_from.range(..upper).next().is_some();
             if upper > lower && anything {
                 let mut committed: Vec<FileEntry> = Vec::new();
                 for (_, f) in files.range(..upper) {
@@ -169,12 +177,18 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                 files = files.split_off(&upper);
                 let first_sealed = sealed_at.range(..upper).map(|(_, t)| *t).min();
                 sealed_at = sealed_at.split_off(&upper);
-                for (_, s) in resume.range(..upper) {
-                    for state in s {
-                        states.insert(state.id, state.clone());
+                // For each partition, the state whose range holds upper - 1.
+                let e = upper - 1;
+                for (id, by_from) in resume.iter_mut() {
+                    let Some((&from, (to, state))) = by_from.range(..=e).next_back() else { continue };
+                    if to.is_some_and(|t| t < e) {
+                        super::fatal(&format!("internal error: no resume state of {id} covers epoch {e} (latest covers {from}..={to:?})"));
                     }
+                    states.insert(*id, state.clone());
+                    // Earlier states are superseded; this one may still serve later commits.
+                    *by_from = by_from.split_off(&from);
                 }
-                resume = resume.split_off(&upper);
+                uncommitted_from = uncommitted_from.split_off(&upper);
                 let m = Manifest {
                     format: FORMAT,
                     sequence: sequence + 1,
@@ -194,7 +208,7 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                 in_flight = Some((handle, m, first_sealed));
                 activator.activate_after(Duration::from_millis(2));
             }
-            in_flight.is_some() || !files.is_empty() || !resume.is_empty()
+            in_flight.is_some() || !files.is_empty() || !uncommitted_from.is_empty()
         }
     });
 }

@@ -68,8 +68,16 @@ pub enum Report {
         /// Wall clock (µs since the Unix epoch) when the sink saw the frontier pass the epoch.
         sealed_at_us: i64,
     },
-    /// Resume states valid once epochs up to the message's epoch are committed.
-    Resume(Vec<ResumeState>),
+    /// Resume states of one worker's partitions, valid for committing through any epoch in
+    /// `[from, to]` (`to = None`: any epoch `≥ from`; the worker finished). Sent at `from`.
+    Resume {
+        /// First epoch the states are valid for.
+        from: Epoch,
+        /// Last epoch they are valid for.
+        to: Option<Epoch>,
+        /// The states.
+        states: Vec<ResumeState>,
+    },
 }
 
 /// A worker's view of its partitions, for idle partitions elsewhere to follow.

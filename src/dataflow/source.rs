@@ -217,18 +217,20 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
             let new_cap =
                 if all_finished { max_sent.max(cap) } else { parts.iter().filter(|p| !p.finished).map(|p| p.clock.epoch()).min().unwrap_or(cap).max(cap) };
             if new_cap > cap || all_finished {
-                // Resume states valid once everything before `e` is committed.
-                let e = if all_finished { new_cap } else { new_cap - 1 };
-                let states = parts.iter().map(|p| p.clock.resume_state(e)).collect::<Vec<_>>();
-                for p in &mut parts {
-                    p.clock.prune(e);
+                // States valid for committing through any epoch in [cap, new_cap - 1]: every
+                // record read from now on gets an epoch ≥ new_cap (see PartitionClock).
+                let to = if all_finished { None } else { Some(new_cap - 1) };
+                let states = parts.iter().map(|p| p.clock.resume_state_range(cap, to)).collect::<Vec<_>>();
+                if let Some(hi) = to {
+                    for p in &mut parts {
+                        p.clock.prune(hi);
+                    }
                 }
                 if let Some(rc) = report_cap.as_ref() {
-                    let at = rc.delayed(&e);
-                    reports_out.activate().session(&at).give(Report::Resume(states));
+                    reports_out.activate().session(rc).give(Report::Resume { from: cap, to, states });
                 }
                 if all_finished {
-                    tracing::debug!(worker, epoch = e, "all partitions finished");
+                    tracing::debug!(worker, epoch = cap, "all partitions finished");
                     data_cap = None;
                     report_cap = None;
                     announce_cap = None;

@@ -105,15 +105,24 @@ fn replay_from_any_commit_is_exactly_once() {
             }
             // Emit a state whenever the partition's epoch passes a new one, as the source does.
             // A state for `e` is only handed out once no later record can get an epoch ≤ e.
-            let Some(e) = full.epoch().checked_sub(1) else { continue };
-            if last_e.is_none_or(|l| e > l) {
-                states.push((e, full.resume_state(e), full.next_offset()));
-                full.prune(e);
-                last_e = Some(e);
+            // Like the source, hand out one state valid for the whole range [lo, hi] that the
+            // capability jumped over; check it for the lowest, a middle and the highest epoch.
+            let Some(hi) = full.epoch().checked_sub(1) else { continue };
+            if last_e.is_none_or(|l| hi > l) {
+                let lo = last_e.map_or(0, |l| l + 1);
+                let state = full.resume_state_range(lo, Some(hi));
+                for e in [lo, lo + (hi - lo) / 2, hi] {
+                    states.push((e, state.clone(), full.next_offset()));
+                }
+                full.prune(hi);
+                last_e = Some(hi);
             }
         }
         let max_epoch = classes.values().map(|c| c.epoch()).max().unwrap();
-        states.push((max_epoch, full.resume_state(max_epoch), full.next_offset()));
+        let final_state = full.resume_state_range(last_e.map_or(0, |l| l + 1), None);
+        for e in [max_epoch, max_epoch + 3] {
+            states.push((e, final_state.clone(), full.next_offset()));
+        }
         for (e, state, emitted_at) in states {
             let mut replay = PartitionClock::resume(id(), clock(), Some(&state), 0, e + 1);
             let mut again: BTreeMap<i64, Class> = BTreeMap::new();
