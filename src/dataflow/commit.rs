@@ -103,7 +103,7 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
     let mut input = builder.new_input(reports, Pipeline);
 
     builder.build_reschedule(move |_caps| {
-        let CommitSpec { lake, rt, run, clock, topic_prefix, previous, offsets, summary } = spec;
+        let CommitSpec { lake, rt, run, clock, topic_prefix, previous, mut offsets, summary } = spec;
         let mut lower = previous.as_ref().map_or(0, |m| m.upper);
         let mut sequence = previous.as_ref().map_or(0, |m| m.sequence);
         let mut states: BTreeMap<PartitionId, ResumeState> = previous.map(|m| m.partitions.into_iter().map(|s| (s.id, s)).collect()).unwrap_or_default();
@@ -152,7 +152,7 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                         summary.borrow_mut().add(&m, latency);
                         lower = m.upper;
                         sequence = m.sequence;
-                        if let Some(committer) = &offsets {
+                        if let Some(committer) = offsets.as_mut() {
                             let offs: Vec<(PartitionId, i64)> = m.partitions.iter().map(|s| (s.id, s.position.offset)).collect();
                             committer.commit(&offs);
                         }

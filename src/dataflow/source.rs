@@ -219,15 +219,24 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
             if new_cap > cap || all_finished {
                 // States valid for committing through any epoch in [cap, new_cap - 1]: every
                 // record read from now on gets an epoch ≥ new_cap (see PartitionClock).
-                let to = if all_finished { None } else { Some(new_cap - 1) };
-                let states = parts.iter().map(|p| p.clock.resume_state_range(cap, to)).collect::<Vec<_>>();
+                // A finished worker covers [cap, max_sent - 1] like any jump, then hands out its
+                // final states from max_sent on: nothing it sent is later, so they resume at the
+                // end of what was read.
+                let final_from = new_cap.max(cap);
+                let to = if all_finished { (final_from > cap).then(|| final_from - 1) } else { Some(new_cap - 1) };
                 if let Some(hi) = to {
+                    let states = parts.iter().map(|p| p.clock.resume_state_range(cap, Some(hi))).collect::<Vec<_>>();
                     for p in &mut parts {
                         p.clock.prune(hi);
                     }
+                    if let Some(rc) = report_cap.as_ref() {
+                        reports_out.activate().session(rc).give(Report::Resume { from: cap, to, states });
+                    }
                 }
-                if let Some(rc) = report_cap.as_ref() {
-                    reports_out.activate().session(rc).give(Report::Resume { from: cap, to, states });
+                if all_finished && let Some(rc) = report_cap.as_ref() {
+                    let states = parts.iter().map(|p| p.clock.resume_state_range(final_from, None)).collect::<Vec<_>>();
+                    let at = rc.delayed(&final_from);
+                    reports_out.activate().session(&at).give(Report::Resume { from: final_from, to: None, states });
                 }
                 if all_finished {
                     tracing::debug!(worker, epoch = cap, "all partitions finished");

@@ -211,20 +211,23 @@ impl Reader for KafkaReader {
 }
 
 /// Commits consumer-group offsets for monitoring, after a manifest is durable. Failures are
-/// warnings: the manifest, not the group offset, is the truth.
+/// warnings: the manifest, not the group offset, is the truth. Commits are asynchronous; the last
+/// one is repeated synchronously when the committer is dropped at the end of a run, so that a
+/// finished run leaves the group exactly at the committed positions.
 pub struct OffsetCommitter {
     consumer: BaseConsumer<Quiet>,
     opts: KafkaOptions,
+    last: Option<TopicPartitionList>,
 }
 
 impl OffsetCommitter {
     /// A client for committing offsets of `opts.group`.
     pub fn new(opts: &KafkaOptions) -> Result<Self, SourceError> {
-        Ok(OffsetCommitter { consumer: opts.client_config().create_with_context(Quiet)?, opts: opts.clone() })
+        Ok(OffsetCommitter { consumer: opts.client_config().create_with_context(Quiet)?, opts: opts.clone(), last: None })
     }
 
     /// Commits `offset` (the next to read) for each partition, asynchronously.
-    pub fn commit(&self, offsets: &[(PartitionId, i64)]) {
+    pub fn commit(&mut self, offsets: &[(PartitionId, i64)]) {
         let mut tpl = TopicPartitionList::new();
         for (id, offset) in offsets {
             if tpl.add_partition_offset(&self.opts.topic(id.stream), id.partition, Offset::Offset(*offset)).is_err() {
@@ -235,5 +238,16 @@ impl OffsetCommitter {
             tracing::warn!(error = %e, "committing consumer-group offsets failed (the manifest is unaffected)");
         }
         let _ = self.consumer.poll(Duration::ZERO);
+        self.last = Some(tpl);
+    }
+}
+
+impl Drop for OffsetCommitter {
+    fn drop(&mut self) {
+        if let Some(tpl) = self.last.take()
+            && let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        {
+            tracing::warn!(error = %e, "final consumer-group offset commit failed (the manifest is unaffected)");
+        }
     }
 }
