@@ -107,8 +107,8 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
         let mut lower = previous.as_ref().map_or(0, |m| m.upper);
         let mut sequence = previous.as_ref().map_or(0, |m| m.sequence);
         let mut states: BTreeMap<PartitionId, ResumeState> = previous.map(|m| m.partitions.into_iter().map(|s| (s.id, s)).collect()).unwrap_or_default();
-        let mut files: BTreeMap<Epoch, Vec<FileEntry>> = BTreeMap::new();
-        let mut sealed_at: BTreeMap<Epoch, i64> = BTreeMap::new();
+        // Per epoch: its objects, and when a sink first saw the frontier pass it.
+        let mut files: BTreeMap<Epoch, (Vec<FileEntry>, i64)> = BTreeMap::new();
         // Per partition: states by the first epoch they are valid for, with the last one.
         let mut resume: BTreeMap<PartitionId, BTreeMap<Epoch, (Option<Epoch>, ResumeState)>> = BTreeMap::new();
         // `from` epochs of states received but not yet in a manifest.
@@ -125,8 +125,8 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                 for report in data.drain(..) {
                     match report {
                         Report::Files { files: f, sealed_at_us } => {
-                            files.entry(t).or_default().extend(f);
-                            let at = sealed_at.entry(t).or_insert(sealed_at_us);
+                            let (all, at) = files.entry(t).or_insert((Vec::new(), sealed_at_us));
+                            all.extend(f);
                             *at = (*at).min(sealed_at_us);
                         }
                         Report::Resume { from, to, states: s } => {
@@ -170,13 +170,10 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
             };
             let anything = files.range(..upper).next().is_some() || uncommitted_from.range(..upper).next().is_some();
             if upper > lower && anything {
-                let mut committed: Vec<FileEntry> = Vec::new();
-                for (_, f) in files.range(..upper) {
-                    committed.extend(f.iter().cloned());
-                }
-                files = files.split_off(&upper);
-                let first_sealed = sealed_at.range(..upper).map(|(_, t)| *t).min();
-                sealed_at = sealed_at.split_off(&upper);
+                let later = files.split_off(&upper);
+                let sealed = std::mem::replace(&mut files, later);
+                let first_sealed = sealed.values().map(|(_, t)| *t).min();
+                let committed: Vec<FileEntry> = sealed.into_values().flat_map(|(f, _)| f).collect();
                 // For each partition, the state whose range holds upper - 1.
                 let e = upper - 1;
                 for (id, by_from) in resume.iter_mut() {
