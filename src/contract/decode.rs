@@ -259,7 +259,9 @@ impl Validator<'_> {
 
     fn uuid(&self, field: &str, s: String) -> Result<String, DecodeError> {
         let b = s.as_bytes();
-        let ok = b.len() == 36 && b.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() });
+        let ok = b.len() == 36
+            && [b[8], b[13], b[18], b[23]] == [b'-'; 4]
+            && [&b[..8], &b[9..13], &b[14..18], &b[19..23], &b[24..]].iter().all(|g| g.iter().all(u8::is_ascii_hexdigit));
         if ok { Ok(s) } else { Err(self.bad(ErrorClass::BadValue, field, format!("not a UUID: {:?}", truncate(&s)))) }
     }
 

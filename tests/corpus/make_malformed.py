@@ -6,6 +6,7 @@ dead-letter reason must name. The files are committed; this script documents how
 made and remakes them (python3 tests/corpus/make_malformed.py). The corpus is decoded by the
 unit test `contract::decode::tests::corpus_cases_are_refused_with_their_reason` and sent through
 a real Kafka broker and `citystream run` by tests/bad_input.rs (with --max-value-bytes 8192).
+It also writes the seeds of the cargo-fuzz target (fuzz/corpus/decode/seed-*).
 """
 import os
 
@@ -87,6 +88,23 @@ def main():
     with open(os.path.join(HERE, "malformed.tsv"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("wrote %d cases" % len(CASES))
+    write_fuzz_seeds()
+
+
+STREAMS = ["vehicle_data", "gps_data", "traffic_data", "weather_data", "emergency_data"]
+VALID = {"vehicle_data": VEHICLE, "gps_data": GPS, "traffic_data": TRAFFIC, "weather_data": WEATHER, "emergency_data": EMERGENCY}
+
+
+def write_fuzz_seeds():
+    """Seeds of the cargo-fuzz target fuzz/fuzz_targets/decode.rs: one byte picks the stream."""
+    seeds = os.path.join(HERE, "..", "..", "fuzz", "corpus", "decode")
+    os.makedirs(seeds, exist_ok=True)
+    for stream, value in VALID.items():
+        with open(os.path.join(seeds, "seed-valid-" + stream), "wb") as fh:
+            fh.write(bytes([STREAMS.index(stream)]) + value.encode())
+    for i, (name, stream, value, _, _, _) in enumerate(CASES, 1):
+        with open(os.path.join(seeds, "seed-%02d-%s" % (i, name)), "wb") as fh:
+            fh.write(bytes([STREAMS.index(stream)]) + value)
 
 
 if __name__ == "__main__":
