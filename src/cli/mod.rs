@@ -3,6 +3,7 @@
 //! Every flag can also be set by a `CITYSTREAM_…` environment variable. Validation happens
 //! before any work starts, and every error names the flag and says what would be accepted.
 
+pub mod kafka;
 pub mod run;
 pub mod simulate;
 
@@ -66,14 +67,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 60s, 2m or 1h30m ({e})"))
 }
 
-/// Parses `key=value` (librdkafka passthrough settings).
-pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not of the form key=value")),
-    }
-}
-
 /// Checks that a fraction lies in [0, 1].
 pub fn check_fraction(flag: &'static str, x: f64) -> Result<f64, ConfigError> {
     if (0.0..=1.0).contains(&x) { Ok(x) } else { Err(ConfigError::new(flag, format!("{x} is not a fraction between 0 and 1"))) }
@@ -84,12 +77,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_and_pairs() {
+    fn durations_and_fractions() {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("soon").unwrap_err().contains("soon"));
-        assert_eq!(parse_key_value("a.b=c=d").unwrap(), ("a.b".into(), "c=d".into()));
-        assert!(parse_key_value("nokey").is_err());
         assert!(check_fraction("--late-fraction", 1.5).unwrap_err().to_string().contains("--late-fraction"));
     }
 }
