@@ -251,8 +251,18 @@ impl KafkaClientSettings {
 }
 
 impl KafkaConnectionArgs {
-    /// Checks the flags and reads the password from the environment.
+    /// Checks the flags and reads the password from the environment. Warns (without the
+    /// value) when a secret passthrough setting was given on the command line.
     pub fn validate(&self) -> Result<KafkaClientSettings, ConfigError> {
+        for o in self.kafka_options.iter().filter(|o| !o.key.is_empty() && is_secret_key(&o.key)) {
+            let on_command_line = std::env::args().any(|a| a.contains(&format!("{}=", o.key)));
+            if on_command_line {
+                tracing::warn!(
+                    "--kafka-option {}=*** is on the command line, where other users of this host can read it (ps); pass it in CITYSTREAM_KAFKA_OPTIONS instead",
+                    o.key
+                );
+            }
+        }
         self.validate_with(|k| std::env::var(k).ok())
     }
 
@@ -328,22 +338,28 @@ impl KafkaClientSettings {
             let mut c = ClientConfig::new();
             c.set(&o.key, &o.value);
             if let Err(e) = c.create_native_config() {
-                return Err(ConfigError::new("--kafka-option", format!("{}: {}", o.key, self.scrub(&config_problem(&e)))));
+                return Err(ConfigError::new("--kafka-option", format!("{}: {}", o.key, self.scrub(&config_problem(&e, &[&o.value])))));
             }
         }
         // Together with the dedicated flags (e.g. a CA file librdkafka cannot use).
         let mut c = ClientConfig::new();
         self.apply(&mut c);
-        c.create_native_config().map(drop).map_err(|e| ConfigError::new("--kafka-option", self.scrub(&config_problem(&e))))
+        let values: Vec<&str> = self.extra.iter().map(|o| o.value.as_str()).collect();
+        c.create_native_config().map(drop).map_err(|e| ConfigError::new("--kafka-option", self.scrub(&config_problem(&e, &values))))
     }
 }
 
-/// librdkafka's description of a refused setting, without the value (which may be secret).
-fn config_problem(e: &rdkafka::error::KafkaError) -> String {
-    match e {
+/// librdkafka's description of a refused setting, with the given values (which may be
+/// secret, or a secret under a mistyped key) replaced by `***`.
+fn config_problem(e: &rdkafka::error::KafkaError, values: &[&str]) -> String {
+    let mut text = match e {
         rdkafka::error::KafkaError::ClientConfig(_, description, _, _) => description.clone(),
         other => other.to_string(),
+    };
+    for v in values.iter().filter(|v| v.chars().count() >= 4) {
+        text = text.replace(v, "***");
     }
+    text
 }
 
 #[cfg(test)]
@@ -425,6 +441,8 @@ mod tests {
         assert!(e.contains("--kafka-option") && e.contains("no.such.property"), "{e}");
         let e = args(&["--kafka-option", "socket.timeout.ms=soon"]).validate_with(|_| None).unwrap_err().to_string();
         assert!(e.contains("socket.timeout.ms"), "{e}");
+        let e = args(&["--kafka-option", &format!("security.protocol={MARK}")]).validate_with(|_| None).unwrap_err().to_string();
+        assert!(e.contains("security.protocol") && !e.contains(MARK), "a refused value is not echoed: {e}");
         let e = args(&["--kafka-option", MARK]).validate_with(|_| None).unwrap_err().to_string();
         assert!(e.contains("--kafka-option") && e.contains("entry 1") && !e.contains(MARK), "a malformed option is not echoed: {e}");
         assert!(is_secret_key("sasl.password") && is_secret_key("sasl.oauthbearer.client.secret") && is_secret_key("ssl.key.pem"));

@@ -37,6 +37,9 @@ pub enum Command {
 /// `citystream ddl` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DdlArgs {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
     /// The lake's location, e.g. s3://bucket/prefix.
     #[arg(long, env = "CITYSTREAM_OUTPUT")]
     pub output: String,

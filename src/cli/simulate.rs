@@ -13,6 +13,9 @@ use crate::simulate::{FleetConfig, KeyMode, parse_place};
 /// Produce the five streams of a simulated fleet into Kafka.
 #[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
     /// Kafka bootstrap brokers, host:port[,host:port…].
     #[arg(long, env = "CITYSTREAM_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,

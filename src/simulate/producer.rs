@@ -165,7 +165,7 @@ pub fn ensure_topics(opts: &ProduceOptions, topics: &[String]) -> Result<(), Sim
     let client_error = |e: KafkaError| SimulateError::Connect(SourceError::Client(opts.kafka.scrub(&e.to_string())));
     let check: BaseProducer<ProbeContext> = cfg.create_with_context(ProbeContext(probe.clone())).map_err(client_error)?;
     let metadata = probe
-        .wait_for(&opts.brokers, opts.connect_timeout, &opts.kafka, |t| check.client().fetch_metadata(None, t), || check.poll(Duration::ZERO))
+        .wait_for(&opts.brokers, opts.connect_timeout, &opts.kafka, |t| check.client().fetch_metadata(None, t), || check.poll(crate::source::kafka::SERVE_FOR))
         .map_err(SimulateError::Connect)?;
     let brokers = metadata.brokers().len().max(1) as i32;
     let missing: Vec<&String> = topics.iter().filter(|t| !metadata.topics().iter().any(|m| m.name() == t.as_str() && m.error().is_none())).collect();

@@ -208,14 +208,17 @@ impl StartupProbe {
     }
 }
 
-/// Serves a start-up consumer's queued events (logs, errors) to its [`ProbeContext`].
+/// Serves a start-up consumer's queued events (logs, errors) to its [`ProbeContext`] for a
+/// moment (a poll returns early on each error event; log events are consumed inside it).
 fn serve(consumer: &BaseConsumer<ProbeContext>) {
-    for _ in 0..256 {
-        if consumer.poll(Duration::ZERO).is_none() {
-            break;
-        }
+    let until = std::time::Instant::now() + SERVE_FOR;
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) {
+        let _ = consumer.poll(left);
     }
 }
+
+/// How long a start-up attempt serves the client's events.
+pub const SERVE_FOR: Duration = Duration::from_millis(50);
 
 /// A client context that feeds a [`StartupProbe`] (and logs librdkafka's complaints at debug
 /// level only: the start-up error reports them).
