@@ -212,7 +212,8 @@ impl Drop for SaslBroker {
 
 /// A port offset whose three Kafka ports (9092..=9094 + offset) are free.
 fn free_offset() -> u16 {
-    let seed = (std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64) % 500;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let seed = (std::process::id() as u64 ^ nanos) % 500;
     (0..500u64)
         .map(|i| 3000 + 20 * ((seed + i) % 500) as u16)
         .find(|o| (9092..=9094).all(|p| std::net::TcpListener::bind(("127.0.0.1", p + o)).is_ok()))

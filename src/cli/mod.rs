@@ -86,4 +86,20 @@ mod tests {
         assert!(parse_duration("soon").unwrap_err().contains("soon"));
         assert!(check_fraction("--late-fraction", 1.5).unwrap_err().to_string().contains("--late-fraction"));
     }
+
+    #[test]
+    fn parsed_and_checked_configurations_print_no_secret() {
+        use clap::Parser;
+        let mark = "secret-MARK-91d2";
+        for command in ["run", "simulate"] {
+            let cli = Cli::try_parse_from(["citystream", command, "--brokers", "127.0.0.1:9092", "--kafka-option", &format!("sasl.password={mark}")]).unwrap();
+            assert!(!format!("{cli:?}").contains(mark), "{cli:?}");
+            let shown = match &cli.command {
+                Command::Run(a) => format!("{:?}", a.validate().unwrap()),
+                Command::Simulate(a) => format!("{:?}", a.validate().unwrap()),
+                Command::Ddl(_) => unreachable!(),
+            };
+            assert!(!shown.contains(mark) && shown.contains("sasl.password=***"), "{shown}");
+        }
+    }
 }
