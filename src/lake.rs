@@ -2,8 +2,9 @@
 //!
 //! `<root>/<stream>/date=YYYY-MM-DD/hour=HH/<name>.parquet` (Hive style, queryable as-is),
 //! manifests under `<root>/_manifests/`, dead letters under `<root>/_dead_letter/<stream>/…`.
-//! Object names carry the epoch that commits them, the Kafka partition and the writer's run
-//! id: `<stream>-e<epoch>-p<partition>[-late]-<run>.parquet`.
+//! Object names carry the epoch that commits them and the writer's run id (which names the
+//! worker): `<stream>-e<epoch>[-late]-<run>.parquet`. One worker writes one object per stream
+//! and epoch for all the partitions it owns, so the object count does not grow with partitions.
 
 use std::sync::Arc;
 
@@ -155,16 +156,16 @@ impl Lake {
     }
 }
 
-/// The path of a file: stream, kind, the epoch that commits it, the Kafka partition, the
+/// The path of a file: stream, kind, the epoch that commits it, the
 /// writer's run id, and `hour_of` — the epoch's start for data and dead letters, the late
 /// records' own event-time hour for late files.
-pub fn file_path(stream: Stream, kind: FileKind, epoch: Epoch, partition: i32, run: &str, hour_of: Micros) -> Path {
+pub fn file_path(stream: Stream, kind: FileKind, epoch: Epoch, run: &str, hour_of: Micros) -> Path {
     let (date, hour) = date_hour(hour_of);
     let name = stream.name();
     match kind {
-        FileKind::Data => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-p{partition:03}-{run}.parquet")),
-        FileKind::Late => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-p{partition:03}-late-{run}.parquet")),
-        FileKind::DeadLetter => Path::from(format!("_dead_letter/{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-p{partition:03}-{run}.parquet")),
+        FileKind::Data => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-{run}.parquet")),
+        FileKind::Late => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-late-{run}.parquet")),
+        FileKind::DeadLetter => Path::from(format!("_dead_letter/{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-{run}.parquet")),
     }
 }
 
@@ -204,13 +205,13 @@ mod tests {
     #[test]
     fn layout_is_hive_style_and_parsable() {
         let t = 1_740_824_142_123_456; // 2025-03-01T10:15:42
-        let p = file_path(Stream::Weather, FileKind::Data, 29_013_735, 4, "ab12cd34", t);
-        assert_eq!(p.as_ref(), "weather_data/date=2025-03-01/hour=10/weather_data-e0029013735-p004-ab12cd34.parquet");
+        let p = file_path(Stream::Weather, FileKind::Data, 29_013_735, "ab12cd34", t);
+        assert_eq!(p.as_ref(), "weather_data/date=2025-03-01/hour=10/weather_data-e0029013735-ab12cd34.parquet");
         assert_eq!(epoch_of_file(&p), Some(29_013_735));
-        let l = file_path(Stream::Gps, FileKind::Late, 12, 0, "r", t);
-        assert!(l.as_ref().ends_with("gps_data-e0000000012-p000-late-r.parquet"));
+        let l = file_path(Stream::Gps, FileKind::Late, 12, "r", t);
+        assert!(l.as_ref().ends_with("gps_data-e0000000012-late-r.parquet"));
         assert_eq!(epoch_of_file(&l), Some(12));
-        let d = file_path(Stream::Gps, FileKind::DeadLetter, 12, 0, "r", t);
+        let d = file_path(Stream::Gps, FileKind::DeadLetter, 12, "r", t);
         assert!(d.as_ref().starts_with("_dead_letter/gps_data/date=2025-03-01/hour=10/"));
     }
 
@@ -220,9 +221,9 @@ mod tests {
         let lake = Lake::open("memory://").unwrap();
         rt.block_on(async {
             for e in [5, 9, 10, 11] {
-                lake.store.put(&file_path(Stream::Gps, FileKind::Data, e, 0, "r", 0), vec![1].into()).await.unwrap();
+                lake.store.put(&file_path(Stream::Gps, FileKind::Data, e, "r", 0), vec![1].into()).await.unwrap();
             }
-            lake.store.put(&file_path(Stream::Gps, FileKind::DeadLetter, 12, 0, "r", 0), vec![1].into()).await.unwrap();
+            lake.store.put(&file_path(Stream::Gps, FileKind::DeadLetter, 12, "r", 0), vec![1].into()).await.unwrap();
             lake.store.put(&Path::from("_manifests/00000000000000000001.json"), vec![1].into()).await.unwrap();
             assert_eq!(collect_garbage(&lake, 10).await.unwrap(), 3);
             let left: Vec<_> = lake.store.list(None).try_collect().await.unwrap();

@@ -229,7 +229,8 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             committed_below: first_epoch,
             partitions,
             reader,
-            decode: DecodeOptions { max_value_bytes: cfg.max_value_bytes, ..DecodeOptions::default() },
+            decode: DecodeOptions { max_value_bytes: cfg.max_value_bytes, not_before: cfg.not_before, ..DecodeOptions::default() },
+            max_future: Some(cfg.max_future),
             shutdown: shutdown.clone(),
             budget: 4096,
         };

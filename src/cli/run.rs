@@ -7,6 +7,8 @@ use clap::{ArgAction, Args};
 
 use super::kafka::KafkaConnectionArgs;
 use super::{ConfigError, check_fraction, parse_duration};
+use crate::contract::Micros;
+use crate::contract::timestamp::parse_timestamp;
 use crate::epoch::EpochClock;
 use crate::simulate::FleetConfig;
 use crate::source::kafka::KafkaOptions;
@@ -60,6 +62,13 @@ pub struct RunArgs {
     /// Values larger than this go to the dead-letter output unread.
     #[arg(long, env = "CITYSTREAM_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
     pub max_value_bytes: usize,
+    /// Event times further than this ahead of the wall clock go to the dead-letter output
+    /// (they would drag the watermark forward and make everything after them late).
+    #[arg(long, env = "CITYSTREAM_MAX_FUTURE", value_parser = parse_duration, default_value = "1d")]
+    pub max_future: Duration,
+    /// Event times before this instant go to the dead-letter output (ISO-8601; no zone = UTC).
+    #[arg(long, env = "CITYSTREAM_NOT_BEFORE", value_parser = parse_instant, default_value = "2000-01-01T00:00:00Z")]
+    pub not_before: Micros,
     /// Embedded source: vehicles in the simulated fleet (one journey each).
     #[arg(long, env = "CITYSTREAM_VEHICLES", default_value_t = 200)]
     pub vehicles: u32,
@@ -75,6 +84,11 @@ pub struct RunArgs {
     /// Embedded source: fraction of malformed records.
     #[arg(long, env = "CITYSTREAM_MALFORMED_FRACTION", default_value_t = 0.001)]
     pub malformed_fraction: f64,
+}
+
+/// Parses an ISO-8601 instant for a flag (a timestamp without a zone is UTC).
+fn parse_instant(s: &str) -> Result<Micros, String> {
+    parse_timestamp(s.trim(), 0).map_err(|e| e.to_string())
 }
 
 /// Where records come from.
@@ -112,6 +126,10 @@ pub struct RunConfig {
     pub until_caught_up: bool,
     /// Decoder limits.
     pub max_value_bytes: usize,
+    /// Event times before this are implausible.
+    pub not_before: Micros,
+    /// Event times further than this ahead of the wall clock are implausible.
+    pub max_future: Duration,
 }
 
 impl RunArgs {
@@ -188,6 +206,8 @@ impl RunArgs {
             clock,
             until_caught_up,
             max_value_bytes: self.max_value_bytes,
+            not_before: self.not_before,
+            max_future: self.max_future,
         })
     }
 }

@@ -31,8 +31,8 @@ pub struct FileEntry {
     pub kind: FileKind,
     /// The epoch that commits it.
     pub epoch: Epoch,
-    /// Kafka partition.
-    pub partition: i32,
+    /// The Kafka partitions (of `stream`) whose rows it holds, ascending.
+    pub partitions: Vec<i32>,
     /// Rows.
     pub rows: u64,
     /// Size in bytes.

@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 
 use super::records::{Location, RawTimestamp, wire};
-use super::timestamp::{Micros, parse_timestamp};
+use super::timestamp::{Micros, format_naive, parse_timestamp};
 use super::{EmergencyRecord, GpsRecord, Record, Stream, TrafficRecord, VehicleRecord, WeatherRecord};
 
 /// Values of `incident` the producer sends.
@@ -20,11 +20,20 @@ pub struct DecodeOptions {
     pub naive_offset_secs: i32,
     /// Values larger than this are refused unread (the producer's are ~300 bytes).
     pub max_value_bytes: usize,
+    /// Event times before this are implausible and refused (default [`NOT_BEFORE_DEFAULT`]).
+    pub not_before: Micros,
+    /// Event times after this are implausible and refused. A record stamped far in the future
+    /// would drag its partition's watermark forward and make everything after it late, so the
+    /// source sets this to the wall clock plus `--max-future` as it reads (default: no bound).
+    pub not_after: Micros,
 }
+
+/// 2000-01-01T00:00:00Z: no telemetry of this system predates it.
+pub const NOT_BEFORE_DEFAULT: Micros = 946_684_800_000_000;
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        DecodeOptions { naive_offset_secs: 0, max_value_bytes: 1 << 20 }
+        DecodeOptions { naive_offset_secs: 0, max_value_bytes: 1 << 20, not_before: NOT_BEFORE_DEFAULT, not_after: Micros::MAX }
     }
 }
 
@@ -50,6 +59,9 @@ pub enum ErrorClass {
     WrongType,
     /// The `timestamp` is not an ISO-8601 timestamp, or names an impossible date.
     BadTimestamp,
+    /// The `timestamp` is a real date, but implausibly far in the past or the future (see
+    /// [`DecodeOptions::not_before`] and [`DecodeOptions::not_after`]).
+    ImplausibleTimestamp,
     /// A field has the right type but a value outside the contract (enum, UUID, range).
     BadValue,
 }
@@ -67,6 +79,7 @@ impl ErrorClass {
             ErrorClass::DuplicateField => "duplicate_field",
             ErrorClass::WrongType => "wrong_type",
             ErrorClass::BadTimestamp => "bad_timestamp",
+            ErrorClass::ImplausibleTimestamp => "implausible_timestamp",
             ErrorClass::BadValue => "bad_value",
         }
     }
@@ -228,12 +241,27 @@ impl Validator<'_> {
     }
 
     fn timestamp(&self, raw: &RawTimestamp) -> Result<Micros, DecodeError> {
-        parse_timestamp(&raw.0, self.opts.naive_offset_secs).map_err(|e| self.bad(ErrorClass::BadTimestamp, "timestamp", e.to_string()))
+        let t = parse_timestamp(&raw.0, self.opts.naive_offset_secs).map_err(|e| self.bad(ErrorClass::BadTimestamp, "timestamp", e.to_string()))?;
+        if t < self.opts.not_before {
+            let detail = format!("{:?} is before {}Z, the earliest plausible event time", truncate(&raw.0), format_naive(self.opts.not_before));
+            return Err(self.bad(ErrorClass::ImplausibleTimestamp, "timestamp", detail));
+        }
+        if t > self.opts.not_after {
+            let detail = format!(
+                "{:?} is after {}Z, the wall clock plus --max-future: it would drag the watermark",
+                truncate(&raw.0),
+                format_naive(self.opts.not_after)
+            );
+            return Err(self.bad(ErrorClass::ImplausibleTimestamp, "timestamp", detail));
+        }
+        Ok(t)
     }
 
     fn uuid(&self, field: &str, s: String) -> Result<String, DecodeError> {
         let b = s.as_bytes();
-        let ok = b.len() == 36 && b.iter().enumerate().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() });
+        let ok = b.len() == 36
+            && [b[8], b[13], b[18], b[23]] == [b'-'; 4]
+            && [&b[..8], &b[9..13], &b[14..18], &b[19..23], &b[24..]].iter().all(|g| g.iter().all(u8::is_ascii_hexdigit));
         if ok { Ok(s) } else { Err(self.bad(ErrorClass::BadValue, field, format!("not a UUID: {:?}", truncate(&s)))) }
     }
 

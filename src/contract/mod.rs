@@ -12,7 +12,7 @@ mod records;
 pub mod schema;
 pub mod timestamp;
 
-pub use decode::{DecodeError, DecodeOptions, ErrorClass, decode};
+pub use decode::{DecodeError, DecodeOptions, ErrorClass, NOT_BEFORE_DEFAULT, decode};
 pub use records::{EmergencyRecord, GpsRecord, Location, TrafficRecord, VehicleRecord, WeatherRecord};
 pub use timestamp::Micros;
 

@@ -27,8 +27,27 @@ impl Serialize for Location {
 
 impl<'de> Deserialize<'de> for Location {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (latitude, longitude) = <(f64, f64)>::deserialize(d)?;
-        Ok(Location { latitude, longitude })
+        /// Exactly two numbers: a third element is an error naming the field, not trailing JSON.
+        struct Pair;
+        impl<'de> serde::de::Visitor<'de> for Pair {
+            type Value = Location;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a [latitude, longitude] pair")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Location, A::Error> {
+                let latitude = seq.next_element::<f64>()?.ok_or_else(|| serde::de::Error::invalid_length(0, &self))?;
+                let longitude = seq.next_element::<f64>()?.ok_or_else(|| serde::de::Error::invalid_length(1, &self))?;
+                let mut len = 2;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    len += 1;
+                }
+                if len != 2 {
+                    return Err(serde::de::Error::invalid_length(len, &self));
+                }
+                Ok(Location { latitude, longitude })
+            }
+        }
+        d.deserialize_seq(Pair)
     }
 }
 

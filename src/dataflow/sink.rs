@@ -2,8 +2,9 @@
 //!
 //! In: rows stamped with the epoch that commits them. Out: at epoch `e`, the list of objects
 //! written for `e` ([`Report::Files`]), sent only once every one of them is complete in the
-//! store. Guarantees: one object per (epoch, stream, kind, partition[, event hour for late
-//! rows]); rows stream out as row groups and upload parts while the epoch is open, so memory
+//! store. Guarantees: one object per (epoch, stream, kind[, event hour for late rows]) per
+//! worker, holding the rows of all the partitions the worker owns (their `_partition` column
+//! and the manifest entry say which); rows stream out as row groups and upload parts while the epoch is open, so memory
 //! per open file is bounded by the batch, row-group and part sizes, not by the epoch's size;
 //! the operator holds a capability for `e` until its objects are durable, so the committer's
 //! frontier passing `e` means "every object of `e` exists".
@@ -54,7 +55,6 @@ pub struct SinkSpec {
 struct FileKey {
     stream: DataStream,
     kind: FileKind,
-    partition: i32,
     hour: Micros,
 }
 
@@ -74,13 +74,13 @@ const HOUR: Micros = 3600 * MICROS_PER_SEC;
 
 impl OpenFile {
     fn new(spec: &SinkSpec, epoch: Epoch, key: FileKey) -> Self {
-        let path = file_path(key.stream, key.kind, epoch, key.partition, &spec.run, key.hour);
+        let path = file_path(key.stream, key.kind, epoch, &spec.run, key.hour);
         let (rows, schema) = match key.kind {
             FileKind::DeadLetter => (Rows::Dead(Box::default()), dead_letter_schema()),
             _ => (Rows::Data(Box::new(BatchBuilder::new(key.stream, true))), schema(key.stream, true)),
         };
         let encoder = ParquetEncoder::new(schema, &spec.encode).unwrap_or_else(|e| super::fatal(&format!("cannot start a Parquet file: {e}")));
-        let entry = FileEntry { path: path.to_string(), stream: key.stream, kind: key.kind, epoch, partition: key.partition, rows: 0, bytes: 0 };
+        let entry = FileEntry { path: path.to_string(), stream: key.stream, kind: key.kind, epoch, partitions: Vec::new(), rows: 0, bytes: 0 };
         OpenFile { entry, rows, encoder, upload: ObjectUpload::new(spec.lake.store.clone(), path, spec.part_size) }
     }
 
@@ -116,7 +116,7 @@ impl OpenFile {
             ("citystream.watermark".to_owned(), format_naive(spec.clock.start_of(e + 1)).to_string()),
             ("citystream.kind".to_owned(), format!("{:?}", self.entry.kind).to_lowercase()),
             ("citystream.stream".to_owned(), self.entry.stream.name().to_owned()),
-            ("citystream.partition".to_owned(), self.entry.partition.to_string()),
+            ("citystream.partitions".to_owned(), self.entry.partitions.iter().map(i32::to_string).collect::<Vec<_>>().join(",")),
         ];
         self.entry.rows = self.encoder.rows();
         let bytes = self.encoder.close(metadata).unwrap_or_else(|e| super::fatal(&format!("finishing {}: {e}", self.entry.path)));
@@ -146,6 +146,10 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
                 for row in data.drain(..) {
                     let key = route(&row, t, &spec.clock);
                     let file = files.entry(key).or_insert_with(|| OpenFile::new(&spec, t, key));
+                    let (Row::Record { partition, .. } | Row::Dead { partition, .. }) = &row;
+                    if let Err(i) = file.entry.partitions.binary_search(partition) {
+                        file.entry.partitions.insert(i, *partition);
+                    }
                     match (&mut file.rows, &row) {
                         (Rows::Data(b), Row::Record { record, partition, offset, late }) => {
                             b.append(record, Some(Provenance { partition: *partition, offset: *offset, late: *late }))
@@ -208,13 +212,11 @@ pub fn now_us() -> i64 {
 fn route(row: &Row, t: Epoch, clock: &EpochClock) -> FileKey {
     let epoch_hour = clock.start_of(t) - clock.start_of(t).rem_euclid(HOUR);
     match row {
-        Row::Record { record, partition, late: false, .. } => {
-            FileKey { stream: record.stream(), kind: FileKind::Data, partition: *partition, hour: epoch_hour }
-        }
-        Row::Record { record, partition, late: true, .. } => {
+        Row::Record { record, late: false, .. } => FileKey { stream: record.stream(), kind: FileKind::Data, hour: epoch_hour },
+        Row::Record { record, late: true, .. } => {
             let ts = record.timestamp();
-            FileKey { stream: record.stream(), kind: FileKind::Late, partition: *partition, hour: ts - ts.rem_euclid(HOUR) }
+            FileKey { stream: record.stream(), kind: FileKind::Late, hour: ts - ts.rem_euclid(HOUR) }
         }
-        Row::Dead { stream, partition, .. } => FileKey { stream: *stream, kind: FileKind::DeadLetter, partition: *partition, hour: epoch_hour },
+        Row::Dead { stream, .. } => FileKey { stream: *stream, kind: FileKind::DeadLetter, hour: epoch_hour },
     }
 }

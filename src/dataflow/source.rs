@@ -47,6 +47,9 @@ pub struct SourceSpec {
     pub reader: Box<dyn Reader>,
     /// How values are decoded.
     pub decode: DecodeOptions,
+    /// Event times later than the wall clock plus this are dead-lettered as implausible
+    /// (`--max-future`); `None`: no bound.
+    pub max_future: Option<Duration>,
     /// Set on SIGTERM/SIGINT: stop reading, seal and commit what was read.
     pub shutdown: Arc<AtomicBool>,
     /// Events read per activation before yielding to other operators.
@@ -87,7 +90,7 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
     let mut announce_out: OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Announce>>> = OutputBuilder::from(announce_out);
 
     builder.build(move |mut caps| {
-        let SourceSpec { worker, committed_below, partitions, mut reader, decode: decode_opts, shutdown, budget } = spec;
+        let SourceSpec { worker, committed_below, partitions, mut reader, decode: mut decode_opts, max_future, shutdown, budget } = spec;
         let mut announce_cap = caps.pop();
         let mut report_cap = caps.pop();
         let mut data_cap = caps.pop();
@@ -130,6 +133,9 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
 
             // Read.
             let started = Instant::now();
+            if let Some(ahead) = max_future {
+                decode_opts.not_after = wall_clock_micros().saturating_add(i64::try_from(ahead.as_micros()).unwrap_or(i64::MAX));
+            }
             let mut read = 0;
             if !stopping {
                 let result = reader.poll(budget, &mut |event| match event {
@@ -266,4 +272,10 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
         }
     });
     (rows, reports, announced)
+}
+
+/// Microseconds since the Unix epoch, by the wall clock.
+fn wall_clock_micros() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
 }

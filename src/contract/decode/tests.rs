@@ -140,3 +140,77 @@ fn never_panics_on_arbitrary_bytes() {
     assert!(decode(Stream::Gps, &[0xff, 0xfe, b'{'], &DecodeOptions::default()).is_err());
     assert!(decode(Stream::Gps, b"{\"id\": \"\xff\xfe\"}", &DecodeOptions::default()).is_err());
 }
+
+#[test]
+fn refuses_implausible_event_times_naming_the_bound() {
+    let v = vehicle();
+    let now = 1_795_000_000_000_000; // 2026-11-18
+    let opts = DecodeOptions { not_after: now + 86_400_000_000, ..DecodeOptions::default() };
+    let at = |ts: &str| decode(Stream::Vehicle, v.replace("2025-03-01T10:15:42.123456", ts).as_bytes(), &opts);
+    assert!(at("2026-11-18T00:00:00").is_ok(), "within a day ahead is fine");
+    for far in ["2099-01-01T00:00:00", "9999-12-31T23:59:59.999999", "2026-11-21T00:00:00Z"] {
+        let e = at(far).expect_err(far);
+        assert_eq!((e.class, e.field.as_deref()), (ErrorClass::ImplausibleTimestamp, Some("timestamp")), "{far}");
+        assert!(e.to_string().contains("--max-future") && e.to_string().contains(far), "{e}");
+    }
+    for past in ["1999-12-31T23:59:59.999999", "1970-01-01T00:00:00", "0001-01-01T00:00:00"] {
+        let e = at(past).expect_err(past);
+        assert_eq!(e.class, ErrorClass::ImplausibleTimestamp, "{past}");
+        assert!(e.to_string().contains("2000-01-01T00:00:00Z"), "{e}");
+    }
+    assert!(at("2000-01-01T00:00:00").is_ok(), "the bound itself is plausible");
+    // Without a bound (the default), far-future times are valid records.
+    assert!(dec(Stream::Vehicle, &v.replace("2025-03-01T10:15:42.123456", "2099-01-01T00:00:00")).is_ok());
+    assert_eq!(ErrorClass::ImplausibleTimestamp.as_str(), "implausible_timestamp");
+}
+
+/// One case of the committed malformed-input corpus (`tests/corpus/malformed.tsv`).
+pub(crate) struct CorpusCase {
+    pub file: String,
+    pub stream: Stream,
+    pub class: String,
+    pub field: Option<String>,
+    pub value: Vec<u8>,
+}
+
+/// The `--max-value-bytes` the corpus assumes (its `oversized` case is just above it).
+pub(crate) const CORPUS_MAX_VALUE_BYTES: usize = 8192;
+
+pub(crate) fn corpus() -> Vec<CorpusCase> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let tsv = std::fs::read_to_string(dir.join("malformed.tsv")).unwrap();
+    tsv.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            CorpusCase {
+                file: cols[0].to_owned(),
+                stream: cols[1].parse().unwrap(),
+                class: cols[2].to_owned(),
+                field: Some(cols[3].to_owned()).filter(|f| f != "-"),
+                value: std::fs::read(dir.join("malformed").join(cols[0])).unwrap(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn corpus_cases_are_refused_with_their_reason() {
+    let cases = corpus();
+    let opts = DecodeOptions { max_value_bytes: CORPUS_MAX_VALUE_BYTES, not_after: 1_795_000_000_000_000, ..DecodeOptions::default() };
+    let mut classes = std::collections::BTreeSet::new();
+    for c in &cases {
+        let e = decode(c.stream, &c.value, &opts).expect_err(&c.file);
+        assert_eq!((e.class.as_str(), e.field.as_deref()), (c.class.as_str(), c.field.as_deref()), "{}: {e}", c.file);
+        let reason = e.to_string();
+        assert!(reason.starts_with(&format!("{}: {}", c.stream, c.class)), "{}: {reason}", c.file);
+        if let Some(f) = &c.field {
+            assert!(reason.contains(&format!("`{f}`")), "{}: the reason names the field: {reason}", c.file);
+        }
+        classes.insert(c.file.split_once('-').unwrap().1.to_owned());
+    }
+    assert!(cases.len() >= 20 && classes.len() == cases.len(), "at least 20 distinct cases: {}", cases.len());
+    for s in Stream::ALL {
+        assert!(cases.iter().filter(|c| c.stream == s).count() >= 5, "{s} has cases");
+    }
+}
