@@ -244,36 +244,26 @@ fn kafka_over_tls_with_scram_end_to_end() {
     let ca = broker.ca().display().to_string();
     let prefix = format!("{}.", common::unique("sasl"));
 
-    // simulate: SCRAM-SHA-256, the CA by flag, the password from the environment; a
-    // passthrough setting goes to the producer and the admin client.
+    // simulate, configured through the environment only: SCRAM-SHA-256, the protocol implied
+    // by the user, the CA only through the passthrough (so the producer and the admin client
+    // must both get it), the password from the environment.
+    let options = format!("ssl.ca.location={ca};client.id=citystream-security-test");
     let o = citystream(
+        &["simulate", "--brokers", &sasl, "--topic-prefix", &prefix, "--vehicles", "3", "--partitions", "2"],
         &[
-            "simulate",
-            "--brokers",
-            &sasl,
-            "--topic-prefix",
-            &prefix,
-            "--vehicles",
-            "3",
-            "--partitions",
-            "2",
-            "--kafka-sasl-username",
-            &broker.user,
-            "--kafka-sasl-mechanism",
-            "SCRAM-SHA-256",
-            "--kafka-ca",
-            &ca,
-            "--kafka-option",
-            "client.id=citystream-security-test",
+            ("CITYSTREAM_KAFKA_SASL_USERNAME", &broker.user),
+            ("CITYSTREAM_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256"),
+            ("CITYSTREAM_KAFKA_OPTIONS", &options),
+            ("CITYSTREAM_KAFKA_SASL_PASSWORD", &broker.password),
         ],
-        &[("CITYSTREAM_KAFKA_SASL_PASSWORD", &broker.password)],
     );
     let produced = simulated(o.succeeds());
     assert!(produced > 0);
     o.never_shows(&broker.password);
 
-    // run: SCRAM-SHA-512 (the default), the CA only through the passthrough (so every consumer
-    // the run creates must get it), the password from a file named in the environment.
+    // run, configured by flags: SCRAM-SHA-512 (the default), the CA only through the passthrough
+    // (so every consumer the run creates must get it), the password from a file named in the
+    // environment.
     let pw_file = dir.path().join("kafka-password");
     std::fs::write(&pw_file, format!("{}\n", broker.password)).unwrap();
     let lake = dir.path().join("lake").display().to_string();
@@ -309,7 +299,8 @@ fn kafka_over_tls_with_scram_end_to_end() {
     o.never_shows(&broker.password);
     lake_check(&lake, &broker.plaintext(), &prefix, produced);
 
-    // A wrong password fails fast, says the credentials were refused, and never shows the
+    // A wrong password fails fast (after a good TLS handshake: the CA flags work), says the
+    // credentials were refused, and never shows the
     // password — not even with librdkafka's security debugging and debug logs on.
     let wrong = format!("wrong-pw-MARK-{}", common::unique("w"));
     let lake2 = dir.path().join("lake2").display().to_string();
