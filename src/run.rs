@@ -114,6 +114,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     // Partitions and where each stops.
     let (all, stops): (Vec<PartitionId>, HashMap<PartitionId, i64>) = match &cfg.source {
         SourceConfig::Kafka(k) => {
+            tracing::info!(brokers = %k.brokers, security = %k.client.describe(), "connecting to Kafka");
             let all = k.discover()?;
             let stops = if cfg.until_caught_up { k.high_watermarks(&all)? } else { HashMap::new() };
             (all, stops)
