@@ -549,10 +549,10 @@ ensure_venv() { bash "$SCRIPT_DIR/venv.sh"; } # via bash: works without the exec
 
 s3_running() { live_pid "$S3_PID" "$S3_STATE/data"; }
 
-s3_write_config() {
+s3_config() {
     # Static identities for tests; SeaweedFS reads them at startup. The second one may only read
     # and list the bucket: tests use it to check that a run fails clearly without write access.
-    cat >"$S3_STATE/s3.json" <<EOF
+    cat <<EOF
 {
   "identities": [
     {
@@ -569,6 +569,8 @@ s3_write_config() {
 }
 EOF
 }
+
+s3_write_config() { s3_config >"$S3_STATE/s3.json"; }
 
 # Create the bucket if absent and check a put/get/list/delete round trip, retrying until the
 # deadline (the S3 port opens a moment before the filer behind it is ready).
@@ -644,6 +646,9 @@ s3_up() {
     if pid=$(s3_running); then
         if port_open "$S3_PORT"; then
             log "s3: already running (pid $pid) on http://$HOST:$S3_PORT"
+            if [[ $(s3_config) != "$(cat -- "$S3_STATE/s3.json" 2>/dev/null)" ]]; then
+                log "s3: warning: it runs with an older identity config (s3.json); run 'down s3' then 'up s3' to apply the new one"
+            fi
             return 0
         fi
         log "s3: pid $pid is starting, waiting for it"
