@@ -338,6 +338,10 @@ fn s3_prefix_the_credentials_may_not_write() {
     };
     let output = format!("s3://{}/{}", common::bucket(), common::unique("readonly"));
     let o = citystream(&["run", "--output", &output], &[("AWS_ACCESS_KEY_ID", &key), ("AWS_SECRET_ACCESS_KEY", &secret)]);
+    assert!(
+        !o.stderr.contains("InvalidAccessKeyId"),
+        "the S3 test server does not know the read-only identity: it was started with an older scripts/services.sh; restart it (services.sh down s3, then up s3)"
+    );
     o.fails_naming(&[&output, "permission denied", "may not write"]);
     o.never_shows(&secret);
 }
