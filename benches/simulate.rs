@@ -22,6 +22,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use citystream::cli::kafka::{KafkaClientSettings, KafkaOption};
 use citystream::contract::Stream;
 use citystream::simulate::producer::{ProduceOptions, Summary, produce};
 use citystream::simulate::{Fleet, FleetConfig};
@@ -154,7 +155,7 @@ fn main() {
             rate: 0,
             partitions,
             connect_timeout: Duration::from_secs(10),
-            extra_config: extra_config.clone(),
+            kafka: KafkaClientSettings::with_options(extra_config.iter().map(|(k, v)| KafkaOption { key: k.clone(), value: v.clone() }).collect()),
             progress: false,
         };
         let (cpu0, broker0) = (cpu_s("self"), broker.as_deref().map(cpu_s));

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -101,29 +101,58 @@ impl Lake {
         Ok(Lake { store: Arc::new(store), url: spec.to_owned() })
     }
 
-    /// Checks that the output can be listed and written, with an actionable message if not.
+    /// Checks, before anything is written, that the output exists and that the credentials
+    /// may list, write and delete in it; the error names the output and the cause: a missing
+    /// bucket (by name), invalid credentials, a permission the credentials lack, an
+    /// unreachable endpoint, an unwritable directory. Listing comes first: some S3 servers
+    /// create a missing bucket on the first write.
     pub async fn check_access(&self) -> Result<(), LakeError> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
         let probe = Path::from(format!("_manifests/.write-check-{}-{nanos}", std::process::id()));
-        let s3 = self.url.starts_with("s3://");
-        let access = |e: object_store::Error| {
-            let text = e.to_string();
-            let hint = if text.contains("NoSuchBucket") || text.contains("bucket") && text.contains("not") {
-                format!("the bucket in {} does not exist (create the bucket first)", self.url)
-            } else if text.contains("AccessDenied") || text.contains("403") || text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") {
-                "access denied: check the AWS credentials in the environment and that they may write this bucket and prefix".to_owned()
-            } else if s3 {
-                "check the endpoint (AWS_ENDPOINT_URL), the bucket and the credentials".to_owned()
-            } else {
-                "check that the directory is writable".to_owned()
-            };
-            LakeError::Access { url: self.url.clone(), reason: format!("{hint}: {text}") }
-        };
-        self.store.put(&probe, b"ok".to_vec().into()).await.map_err(access)?;
+        let manifests = Path::from("_manifests");
+        let mut listing = self.store.list(Some(&manifests));
+        if let Some(Err(e)) = listing.next().await {
+            return Err(self.access_error("list", e));
+        }
+        drop(listing);
+        self.store.put(&probe, b"ok".to_vec().into()).await.map_err(|e| self.access_error("write", e))?;
         match self.store.delete(&probe).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(access(e)),
+            Err(e) => Err(self.access_error("delete", e)),
         }
+    }
+
+    /// The bucket of an `s3://` output.
+    pub fn bucket(&self) -> Option<&str> {
+        let rest = self.url.strip_prefix("s3://")?;
+        Some(rest.split_once('/').map_or(rest, |(b, _)| b))
+    }
+
+    /// Explains a failed access check: what is wrong and what to check.
+    fn access_error(&self, op: &str, e: object_store::Error) -> LakeError {
+        let text = e.to_string();
+        let has = |s: &str| text.contains(s);
+        let reason = match self.bucket() {
+            Some(bucket) if has("NoSuchBucket") || (op == "list" && matches!(e, object_store::Error::NotFound { .. })) => {
+                format!("the bucket {bucket:?} does not exist (create bucket {bucket} first, or fix --output)")
+            }
+            Some(_)
+                if has("InvalidAccessKeyId")
+                    || has("SignatureDoesNotMatch")
+                    || has("ExpiredToken")
+                    || has("InvalidToken")
+                    || matches!(e, object_store::Error::Unauthenticated { .. }) =>
+            {
+                "the S3 credentials are not valid: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the platform's credentials) and AWS_REGION".to_owned()
+            }
+            Some(_) if has("AccessDenied") || matches!(e, object_store::Error::PermissionDenied { .. }) => format!(
+                "permission denied: the credentials may not {op} under {} (citystream needs to list, read, write and delete objects under the output prefix)",
+                self.url
+            ),
+            Some(_) => format!("cannot {op} objects: check the endpoint (AWS_ENDPOINT_URL), the bucket and the credentials"),
+            None => format!("cannot {op} in the directory: check that it exists and is writable"),
+        };
+        LakeError::Access { url: self.url.clone(), reason: format!("{reason}; the store said: {text}") }
     }
 }
 

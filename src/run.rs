@@ -57,9 +57,32 @@ fn run_id() -> String {
     format!("{:08x}", rng.next_u64() as u32)
 }
 
+/// Fails fast, naming the address, if this process cannot listen on its own cluster address
+/// (entry `-p` of the hostfile): a port in use, or an address of another host. Checked before
+/// anything is claimed or written; timely binds the address again right after.
+fn check_own_address(cfg: &RunConfig) -> anyhow::Result<()> {
+    let Some(addr) = cfg.addresses.get(cfg.process) else { return Ok(()) };
+    let entry = cfg.process + 1;
+    match std::net::TcpListener::bind(addr.as_str()) {
+        Ok(listener) => {
+            drop(listener);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => bail!(
+            "invalid -h/--hostfile: port in use: {addr} (entry {entry}, the address of process {}) is already in use by another process; stop it or give this process a free port",
+            cfg.process
+        ),
+        Err(e) => bail!(
+            "invalid -h/--hostfile: process {} cannot listen on {addr} (entry {entry}): {e}; each process listens on its own entry, which must be an address of this host",
+            cfg.process
+        ),
+    }
+}
+
 /// Runs one process of the cluster to completion.
 pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     let started = Instant::now();
+    check_own_address(&cfg)?;
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("citystream-io").build().context("starting the I/O runtime")?;
     let lake = Lake::open(&cfg.output)?;
@@ -91,6 +114,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     // Partitions and where each stops.
     let (all, stops): (Vec<PartitionId>, HashMap<PartitionId, i64>) = match &cfg.source {
         SourceConfig::Kafka(k) => {
+            tracing::info!(brokers = %k.brokers, security = %k.client.describe(), "connecting to Kafka");
             let all = k.discover()?;
             let stops = if cfg.until_caught_up { k.high_watermarks(&all)? } else { HashMap::new() };
             (all, stops)

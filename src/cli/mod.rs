@@ -3,6 +3,7 @@
 //! Every flag can also be set by a `CITYSTREAM_…` environment variable. Validation happens
 //! before any work starts, and every error names the flag and says what would be accepted.
 
+pub mod kafka;
 pub mod run;
 pub mod simulate;
 
@@ -36,6 +37,9 @@ pub enum Command {
 /// `citystream ddl` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DdlArgs {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
     /// The lake's location, e.g. s3://bucket/prefix.
     #[arg(long, env = "CITYSTREAM_OUTPUT")]
     pub output: String,
@@ -66,14 +70,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 60s, 2m or 1h30m ({e})"))
 }
 
-/// Parses `key=value` (librdkafka passthrough settings).
-pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("{s:?} is not of the form key=value")),
-    }
-}
-
 /// Checks that a fraction lies in [0, 1].
 pub fn check_fraction(flag: &'static str, x: f64) -> Result<f64, ConfigError> {
     if (0.0..=1.0).contains(&x) { Ok(x) } else { Err(ConfigError::new(flag, format!("{x} is not a fraction between 0 and 1"))) }
@@ -84,12 +80,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_and_pairs() {
+    fn durations_and_fractions() {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("soon").unwrap_err().contains("soon"));
-        assert_eq!(parse_key_value("a.b=c=d").unwrap(), ("a.b".into(), "c=d".into()));
-        assert!(parse_key_value("nokey").is_err());
         assert!(check_fraction("--late-fraction", 1.5).unwrap_err().to_string().contains("--late-fraction"));
+    }
+
+    #[test]
+    fn parsed_and_checked_configurations_print_no_secret() {
+        use clap::Parser;
+        let mark = "secret-MARK-91d2";
+        for command in ["run", "simulate"] {
+            let cli = Cli::try_parse_from(["citystream", command, "--brokers", "127.0.0.1:9092", "--kafka-option", &format!("sasl.password={mark}")]).unwrap();
+            assert!(!format!("{cli:?}").contains(mark), "{cli:?}");
+            let shown = match &cli.command {
+                Command::Run(a) => format!("{:?}", a.validate().unwrap()),
+                Command::Simulate(a) => format!("{:?}", a.validate().unwrap()),
+                Command::Ddl(_) => unreachable!(),
+            };
+            assert!(!shown.contains(mark) && shown.contains("sasl.password=***"), "{shown}");
+        }
     }
 }

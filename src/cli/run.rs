@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args};
 
-use super::{ConfigError, check_fraction, parse_duration, parse_key_value};
+use super::kafka::KafkaConnectionArgs;
+use super::{ConfigError, check_fraction, parse_duration};
 use crate::contract::Micros;
 use crate::contract::timestamp::parse_timestamp;
 use crate::epoch::EpochClock;
@@ -55,9 +56,9 @@ pub struct RunArgs {
     /// Bound on reaching Kafka at start.
     #[arg(long, env = "CITYSTREAM_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub connect_timeout: Duration,
-    /// Extra librdkafka consumer setting, KEY=VALUE (repeatable).
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    pub kafka_options: Vec<(String, String)>,
+    /// Kafka security (TLS, SASL) and librdkafka passthrough.
+    #[command(flatten)]
+    pub kafka: KafkaConnectionArgs,
     /// Values larger than this go to the dead-letter output unread.
     #[arg(long, env = "CITYSTREAM_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
     pub max_value_bytes: usize,
@@ -172,7 +173,7 @@ impl RunArgs {
                 topic_prefix: self.topic_prefix.clone(),
                 group: self.group.clone(),
                 timeout: self.connect_timeout,
-                extra: self.kafka_options.clone(),
+                client: self.kafka.validate()?,
             }),
             None => {
                 if self.vehicles == 0 {

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{ConfigError, check_fraction, parse_duration, parse_key_value};
+use super::kafka::KafkaConnectionArgs;
+use super::{ConfigError, check_fraction, parse_duration};
 use crate::contract::timestamp::parse_timestamp;
 use crate::simulate::producer::ProduceOptions;
 use crate::simulate::{FleetConfig, KeyMode, parse_place};
@@ -12,6 +13,9 @@ use crate::simulate::{FleetConfig, KeyMode, parse_place};
 /// Produce the five streams of a simulated fleet into Kafka.
 #[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
     /// Kafka bootstrap brokers, host:port[,host:port…].
     #[arg(long, env = "CITYSTREAM_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
@@ -57,9 +61,9 @@ pub struct SimulateArgs {
     /// Give up reaching the brokers after this long.
     #[arg(long, env = "CITYSTREAM_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub connect_timeout: Duration,
-    /// Extra librdkafka producer setting, KEY=VALUE (repeatable).
-    #[arg(long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    pub kafka_options: Vec<(String, String)>,
+    /// Kafka security (TLS, SASL) and librdkafka passthrough.
+    #[command(flatten)]
+    pub kafka: KafkaConnectionArgs,
 }
 
 impl SimulateArgs {
@@ -97,7 +101,7 @@ impl SimulateArgs {
             rate: self.rate,
             partitions: self.partitions,
             connect_timeout: self.connect_timeout,
-            extra_config: self.kafka_options.clone(),
+            kafka: self.kafka.validate()?,
             progress: true,
         };
         Ok((fleet, produce))

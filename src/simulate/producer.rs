@@ -17,21 +17,18 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use super::fleet::{Fleet, FleetConfig, INJECTED_HEADER};
+use crate::cli::kafka::KafkaClientSettings;
 use crate::contract::Stream;
+use crate::source::SourceError;
+use crate::source::kafka::{ProbeContext, StartupProbe};
 
 /// Errors of the simulator. All are definite: retrying the command as-is will not help.
 #[derive(Debug, thiserror::Error)]
 pub enum SimulateError {
-    /// The brokers did not answer.
-    #[error("cannot reach Kafka brokers at {brokers} within {timeout:?} (is the broker running? check --brokers / CITYSTREAM_BROKERS): {source}")]
-    Unreachable {
-        /// The configured bootstrap list.
-        brokers: String,
-        /// How long we waited.
-        timeout: Duration,
-        /// librdkafka's error.
-        source: KafkaError,
-    },
+    /// The brokers did not answer, or refused the credentials or the TLS handshake (the
+    /// message names the brokers and the settings to check; secrets are scrubbed).
+    #[error(transparent)]
+    Connect(crate::source::SourceError),
     /// A topic could not be created.
     #[error("cannot create topic {topic}: {reason}")]
     CreateTopic {
@@ -72,8 +69,8 @@ pub struct ProduceOptions {
     pub partitions: i32,
     /// Give up reaching the brokers after this long.
     pub connect_timeout: Duration,
-    /// Extra librdkafka settings (`key=value`), applied last.
-    pub extra_config: Vec<(String, String)>,
+    /// Security settings and librdkafka passthrough (applied last) for every client.
+    pub kafka: KafkaClientSettings,
     /// Show a progress bar (only drawn when stderr is a terminal).
     pub progress: bool,
 }
@@ -153,9 +150,7 @@ fn producer_config(opts: &ProduceOptions) -> ClientConfig {
         .set("message.timeout.ms", "120000")
         // Don't let a dead broker be retried in a tight loop.
         .set("reconnect.backoff.max.ms", "5000");
-    for (k, v) in &opts.extra_config {
-        c.set(k, v);
-    }
+    opts.kafka.apply(&mut c);
     c
 }
 
@@ -163,17 +158,21 @@ fn producer_config(opts: &ProduceOptions) -> ClientConfig {
 pub fn ensure_topics(opts: &ProduceOptions, topics: &[String]) -> Result<(), SimulateError> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &opts.brokers);
-    for (k, v) in &opts.extra_config {
-        cfg.set(k, v);
-    }
-    let admin: AdminClient<DefaultClientContext> = cfg.create()?;
-    let unreachable = |source| SimulateError::Unreachable { brokers: opts.brokers.clone(), timeout: opts.connect_timeout, source };
-    let metadata = admin.inner().fetch_metadata(None, opts.connect_timeout).map_err(unreachable)?;
+    opts.kafka.apply(&mut cfg);
+    // Reach the brokers with a plain client first: its main queue delivers librdkafka's
+    // complaints (refused credentials, TLS failures) to the probe, which explains a failure.
+    let probe = Arc::new(StartupProbe::default());
+    let client_error = |e: KafkaError| SimulateError::Connect(SourceError::Client(opts.kafka.scrub(&e.to_string())));
+    let check: BaseProducer<ProbeContext> = cfg.create_with_context(ProbeContext(probe.clone())).map_err(client_error)?;
+    let metadata = probe
+        .wait_for(&opts.brokers, opts.connect_timeout, &opts.kafka, |t| check.client().fetch_metadata(None, t), || check.poll(crate::source::kafka::SERVE_FOR))
+        .map_err(SimulateError::Connect)?;
     let brokers = metadata.brokers().len().max(1) as i32;
     let missing: Vec<&String> = topics.iter().filter(|t| !metadata.topics().iter().any(|m| m.name() == t.as_str() && m.error().is_none())).collect();
     if missing.is_empty() {
         return Ok(());
     }
+    let admin: AdminClient<DefaultClientContext> = cfg.create().map_err(client_error)?;
     let new: Vec<NewTopic<'_>> = missing.iter().map(|t| NewTopic::new(t, opts.partitions, TopicReplication::Fixed(brokers.min(3)))).collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -50,6 +50,19 @@ pub enum SourceError {
         /// Bootstrap list.
         brokers: String,
     },
+    /// The brokers refused the credentials or the TLS handshake (definite: retrying won't help).
+    #[error("cannot connect to Kafka at {brokers}: {hint} ({reason})")]
+    Refused {
+        /// Bootstrap list.
+        brokers: String,
+        /// What to check, naming the settings.
+        hint: &'static str,
+        /// librdkafka's words, secrets scrubbed.
+        reason: String,
+    },
+    /// The client could not be created from the settings (librdkafka's words, secrets scrubbed).
+    #[error("cannot create the Kafka client (check --kafka-option and the --kafka-* flags): {0}")]
+    Client(String),
     /// Any other Kafka client error.
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
