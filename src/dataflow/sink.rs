@@ -92,7 +92,7 @@ impl OpenFile {
     }
 
     /// Encodes buffered rows and passes finished bytes on to the upload.
-    fn flush(&mut self, rt: &Handle) {
+    fn flush(&mut self, spec: &SinkSpec) {
         if self.pending() > 0 {
             let batch = match &mut self.rows {
                 Rows::Data(b) => b.finish(),
@@ -103,12 +103,12 @@ impl OpenFile {
         }
         let bytes = self.encoder.take_bytes();
         if !bytes.is_empty() {
-            self.upload.write(rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {}: {e}", self.entry.path)));
+            self.upload.write(&spec.rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {}: {e}; {}", self.entry.path, spec.lake.gave_up())));
         }
     }
 
     fn close(mut self, spec: &SinkSpec) -> (FileEntry, JoinHandle<Result<u64, object_store::Error>>) {
-        self.flush(&spec.rt);
+        self.flush(spec);
         let e = self.entry.epoch;
         let metadata = vec![
             ("citystream.epoch".to_owned(), e.to_string()),
@@ -120,7 +120,7 @@ impl OpenFile {
         ];
         self.entry.rows = self.encoder.rows();
         let bytes = self.encoder.close(metadata).unwrap_or_else(|e| super::fatal(&format!("finishing {}: {e}", self.entry.path)));
-        self.upload.write(&spec.rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {}: {e}", self.entry.path)));
+        self.upload.write(&spec.rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {}: {e}; {}", self.entry.path, spec.lake.gave_up())));
         (self.entry, self.upload.finish(&spec.rt))
     }
 }
@@ -157,7 +157,7 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
                         _ => unreachable!("rows are routed to files of their kind"),
                     }
                     if file.pending() >= spec.batch_rows {
-                        file.flush(&spec.rt);
+                        file.flush(&spec);
                     }
                 }
             });
@@ -183,7 +183,7 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
                 for (mut entry, handle) in uploads {
                     match spec.rt.block_on(handle) {
                         Ok(Ok(bytes)) => entry.bytes = bytes,
-                        Ok(Err(err)) => super::fatal(&format!("writing {} to {} failed after retries: {err}", entry.path, spec.lake.url)),
+                        Ok(Err(err)) => super::fatal(&format!("writing {} failed after retries: {err}; {}", entry.path, spec.lake.gave_up())),
                         Err(err) => super::fatal(&format!("upload task for {} failed: {err}", entry.path)),
                     }
                     entries.push(entry);
