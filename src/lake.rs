@@ -82,10 +82,12 @@ pub fn retry_timeout_from_env() -> Result<Duration, LakeError> {
 /// throttling, timeouts of idempotent requests) with exponential backoff and jitter from 100 ms
 /// up to [`MAX_BACKOFF`], until `timeout` has passed since the request's first attempt. The
 /// attempt count is not the limit (an outage of a minute takes ~20 attempts), the time is.
+/// Each retry is logged (`object_store`, INFO, "backing off").
 pub fn retry_config(timeout: Duration) -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: MAX_BACKOFF, base: 2.0 },
-        max_retries: usize::MAX,
+        // Bounded by `retry_timeout` first; the count only has to exceed what fits in it.
+        max_retries: (timeout.as_millis() / 100).max(10) as usize,
         retry_timeout: timeout,
     }
 }
@@ -253,9 +255,9 @@ mod tests {
 
     #[test]
     fn retries_are_bounded_by_time_not_attempts() {
-        let c = retry_config(Duration::from_secs(90));
-        assert_eq!(c.retry_timeout, Duration::from_secs(90));
-        assert!(c.max_retries > 1000, "an outage of minutes needs many attempts");
+        let c = retry_config(DEFAULT_RETRY_TIMEOUT);
+        assert_eq!(c.retry_timeout, DEFAULT_RETRY_TIMEOUT);
+        assert!(c.max_retries as f64 * 0.1 >= DEFAULT_RETRY_TIMEOUT.as_secs_f64(), "the time, not the count, ends the retries");
         assert!(c.backoff.max_backoff <= Duration::from_secs(5), "recovery is noticed within seconds");
         let lake = Lake::open("memory://").unwrap();
         assert!(lake.gave_up().contains(RETRY_TIMEOUT_ENV));

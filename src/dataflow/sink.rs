@@ -6,7 +6,9 @@
 //! rows]); rows stream out as row groups and upload parts while the epoch is open, so memory
 //! per open file is bounded by the batch, row-group and part sizes, not by the epoch's size;
 //! the operator holds a capability for `e` until its objects are durable, so the committer's
-//! frontier passing `e` means "every object of `e` exists".
+//! frontier passing `e` means "every object of `e` exists". When the store is slow or down,
+//! at most `MAX_UNFINISHED_OBJECTS` / `MAX_UNFINISHED_BYTES` of closed objects wait for it: then
+//! the worker waits too (and so stops reading), instead of buffering without bound.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -121,6 +123,7 @@ impl OpenFile {
         self.entry.rows = self.encoder.rows();
         let bytes = self.encoder.close(metadata).unwrap_or_else(|e| super::fatal(&format!("finishing {}: {e}", self.entry.path)));
         self.upload.write(&spec.rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {}: {e}; {}", self.entry.path, spec.lake.gave_up())));
+        self.entry.bytes = self.upload.size();
         (self.entry, self.upload.finish(&spec.rt))
     }
 }
@@ -175,6 +178,14 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
                 sealing.insert(e, (cap, uploads, now_us()));
             }
 
+            // Backpressure: while too many objects are unfinished (the store is slow or down and
+            // its requests are being retried), wait here for the oldest instead of reading on, so
+            // memory and concurrent requests stay bounded. The wait ends when the store answers
+            // again, or with a fatal error below once the store's retry budget is spent.
+            while over_budget(&sealing) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+
             // Report epochs whose objects are all durable.
             let done: Vec<Epoch> = sealing.iter().filter(|(_, (_, ups, _))| ups.iter().all(|(_, h)| h.is_finished())).map(|(e, _)| *e).collect();
             for e in done {
@@ -197,6 +208,24 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
         }
     });
     reports
+}
+
+/// Unfinished objects (closed, not yet durable) one sink may have before it waits.
+const MAX_UNFINISHED_OBJECTS: usize = 512;
+
+/// Bytes of unfinished objects one sink may have before it waits.
+const MAX_UNFINISHED_BYTES: u64 = 256 << 20;
+
+/// Whether the unfinished uploads exceed [`MAX_UNFINISHED_OBJECTS`] or [`MAX_UNFINISHED_BYTES`].
+fn over_budget<T>(sealing: &BTreeMap<Epoch, (T, Vec<(FileEntry, JoinHandle<Result<u64, object_store::Error>>)>, i64)>) -> bool {
+    let (mut count, mut bytes) = (0, 0);
+    for (entry, handle) in sealing.values().flat_map(|(_, uploads, _)| uploads) {
+        if !handle.is_finished() {
+            count += 1;
+            bytes += entry.bytes;
+        }
+    }
+    count > MAX_UNFINISHED_OBJECTS || bytes > MAX_UNFINISHED_BYTES
 }
 
 /// Wall clock, microseconds since the Unix epoch (for latency measurements only).

@@ -38,6 +38,11 @@ impl ObjectUpload {
         &self.path
     }
 
+    /// Bytes written so far (the object's size once finished).
+    pub fn size(&self) -> u64 {
+        self.bytes
+    }
+
     /// Bytes held in memory, not yet handed to the store.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
