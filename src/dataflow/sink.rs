@@ -74,6 +74,13 @@ struct OpenFile {
 
 const HOUR: Micros = 3600 * MICROS_PER_SEC;
 
+/// An object being finished in the background; the handle yields its size.
+type Upload = (FileEntry, JoinHandle<Result<u64, object_store::Error>>);
+
+/// A sealed epoch whose objects are being finished: its capability, its uploads, and when it was
+/// sealed (µs since the Unix epoch).
+type Sealing = (Capability<Epoch>, Vec<Upload>, i64);
+
 impl OpenFile {
     fn new(spec: &SinkSpec, epoch: Epoch, key: FileKey) -> Self {
         let path = file_path(key.stream, key.kind, epoch, key.partition, &spec.run, key.hour);
@@ -109,7 +116,7 @@ impl OpenFile {
         }
     }
 
-    fn close(mut self, spec: &SinkSpec) -> (FileEntry, JoinHandle<Result<u64, object_store::Error>>) {
+    fn close(mut self, spec: &SinkSpec) -> Upload {
         self.flush(spec);
         let e = self.entry.epoch;
         let metadata = vec![
@@ -139,7 +146,6 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
 
     builder.build_reschedule(move |_caps| {
         let mut open: BTreeMap<Epoch, (Capability<Epoch>, HashMap<FileKey, OpenFile>)> = BTreeMap::new();
-        type Sealing = (Capability<Epoch>, Vec<(FileEntry, JoinHandle<Result<u64, object_store::Error>>)>, i64);
         let mut sealing: BTreeMap<Epoch, Sealing> = BTreeMap::new();
 
         move |frontiers| {
@@ -217,7 +223,7 @@ const MAX_UNFINISHED_OBJECTS: usize = 512;
 const MAX_UNFINISHED_BYTES: u64 = 256 << 20;
 
 /// Whether the unfinished uploads exceed [`MAX_UNFINISHED_OBJECTS`] or [`MAX_UNFINISHED_BYTES`].
-fn over_budget<T>(sealing: &BTreeMap<Epoch, (T, Vec<(FileEntry, JoinHandle<Result<u64, object_store::Error>>)>, i64)>) -> bool {
+fn over_budget(sealing: &BTreeMap<Epoch, Sealing>) -> bool {
     let (mut count, mut bytes) = (0, 0);
     for (entry, handle) in sealing.values().flat_map(|(_, uploads, _)| uploads) {
         if !handle.is_finished() {
