@@ -62,6 +62,36 @@ fn produce(prefix: &str, events: u64, seed: u64) {
     );
 }
 
+/// Starts producing `events` records at `rate` per second in the background, in event time after
+/// what [`produce`] made.
+fn start_producer(dir: &std::path::Path, prefix: &str, events: u64, rate: u64, seed: u64) -> Proc {
+    let args = [
+        "simulate",
+        "--brokers",
+        &brokers(),
+        "--topic-prefix",
+        prefix,
+        "--vehicles",
+        "100",
+        "--events",
+        &events.to_string(),
+        "--rate",
+        &rate.to_string(),
+        "--partitions",
+        "2",
+        "--late-fraction",
+        "0.01",
+        "--malformed-fraction",
+        "0.005",
+        "--seed",
+        &seed.to_string(),
+        "--start",
+        "2025-03-01T10:00:00",
+    ]
+    .map(str::to_owned);
+    Proc::start(dir, "producer", &args, &[])
+}
+
 fn scale() -> String {
     std::env::var("CITYSTREAM_FAULTS_SCALE").unwrap_or_else(|_| "small".into())
 }
@@ -91,7 +121,7 @@ fn wait_for_commits(procs: &mut [Proc], n: usize) {
 /// (timely retries connecting): a supervisor stops it, and SIGTERM then ends it at once.
 fn survivor_outcome(p: &mut Proc) -> &'static str {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(15) {
+    while start.elapsed() < Duration::from_secs(10) {
         if let Some(status) = p.child.try_wait().unwrap() {
             assert!(!status.success(), "the survivor of a kill -9 must exit non-zero: {}", p.output());
             return "exited";
@@ -127,35 +157,7 @@ fn kill_9_at_random_moments_then_restart_is_exactly_once() {
     let first = 5_000;
     produce(&prefix, first, test_seed);
     let output = if on_s3 { format!("s3://{}/{}", bucket(), prefix.trim_end_matches('.')) } else { dir.path().join("lake").display().to_string() };
-    let mut producer = Proc::start(
-        dir.path(),
-        "producer",
-        &[
-            "simulate",
-            "--brokers",
-            &brokers(),
-            "--topic-prefix",
-            &prefix,
-            "--vehicles",
-            "100",
-            "--events",
-            &live.to_string(),
-            "--rate",
-            &rate.to_string(),
-            "--partitions",
-            "2",
-            "--late-fraction",
-            "0.01",
-            "--malformed-fraction",
-            "0.005",
-            "--seed",
-            &(test_seed ^ 1).to_string(),
-            "--start",
-            "2025-03-01T10:00:00",
-        ]
-        .map(str::to_owned),
-        &[],
-    );
+    let mut producer = start_producer(dir.path(), &prefix, live, rate, test_seed ^ 1);
 
     let flags = run_flags(&prefix, &output, &["--window", "1m"]);
     let mut cycles = Vec::new();
@@ -208,7 +210,7 @@ fn kafka_down_for_20s_mid_run_then_the_run_finishes_by_itself_exactly_once() {
     let flags = run_flags(
         &prefix,
         &out_s,
-        &["--until-caught-up", "--window", "1m", "--kafka-option", "queued.max.messages.kbytes=64", "--kafka-option", "max.partition.fetch.bytes=65536"],
+        &["--until-caught-up", "--window", "5m", "--kafka-option", "queued.max.messages.kbytes=64", "--kafka-option", "max.partition.fetch.bytes=65536"],
     );
     let mut procs = start_cluster(dir.path(), "kafka", 2, 1, &flags);
     wait_for_commits(&mut procs, 1);
@@ -247,7 +249,7 @@ fn s3_down_for_20s_while_sealing_is_retried_and_the_run_finishes_exactly_once() 
     let prefix = format!("{}.", unique("s3down"));
     produce(&prefix, records, test_seed);
     let output = format!("s3://{}/{}", bucket(), prefix.trim_end_matches('.'));
-    let mut procs = start_cluster(dir.path(), "s3", 2, 1, &run_flags(&prefix, &output, &["--until-caught-up", "--window", "1m"]));
+    let mut procs = start_cluster(dir.path(), "s3", 2, 1, &run_flags(&prefix, &output, &["--until-caught-up", "--window", "5m"]));
     wait_for_commits(&mut procs, 1);
     sleep_while_alive(&mut procs, Duration::from_millis(rng.int_inclusive(0, 500) as u64), "before the outage");
     let commits_at_stop = log_count(&procs[0], "manifest committed");
@@ -278,10 +280,14 @@ fn sigterm_mid_run_is_a_clean_shutdown_and_a_restart_resumes_exactly_once() {
     let (seed, test_seed) = fault_seed("sigterm");
     let mut rng = Rng::new(test_seed);
     let terms = fault_size("TERMS", 1, 4);
-    let records = fault_size("TERM_RECORDS", 40_000, 400_000);
+    let live = fault_size("TERM_RECORDS", 30_000, 400_000);
+    let rate = fault_size("TERM_RATE", 2_000, 4_000);
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{}.", unique("sigterm"));
-    produce(&prefix, records, test_seed);
+    // A first batch creates the topics; the rest arrives live: SIGTERM comes while records flow.
+    let first = 5_000;
+    produce(&prefix, first, test_seed);
+    let mut producer = start_producer(dir.path(), &prefix, live, rate, test_seed ^ 1);
     let out = dir.path().join("lake");
     let out_s = out.display().to_string();
     let flags = run_flags(&prefix, &out_s, &["--window", "1m"]);
@@ -289,7 +295,9 @@ fn sigterm_mid_run_is_a_clean_shutdown_and_a_restart_resumes_exactly_once() {
     for k in 0..terms {
         let mut procs = start_cluster(dir.path(), &format!("attempt{k}"), 2, 1, &flags);
         wait_for_commits(&mut procs, 1);
-        sleep_while_alive(&mut procs, Duration::from_millis(rng.int_inclusive(0, 1500) as u64), "before SIGTERM");
+        sleep_while_alive(&mut procs, Duration::from_millis(rng.int_inclusive(500, 3000) as u64), "before SIGTERM");
+        let live_at_term = alive(&mut producer);
+        assert!(k > 0 || live_at_term, "records must still be arriving at the first SIGTERM (make the producer longer)");
         let before = manifests(&out).len();
         // Every process gets SIGTERM (as from workers/launch.sh or an orchestrator), in random order.
         let first = (rng.next_u64() % 2) as usize;
@@ -303,13 +311,17 @@ fn sigterm_mid_run_is_a_clean_shutdown_and_a_restart_resumes_exactly_once() {
         }
         let after = manifests(&out).len();
         assert!(after > before, "the shutdown seals and commits what was read");
-        rounds.push(json!({"manifests_at_sigterm": before, "manifests_after": after, "rows_committed": committed_rows(&out)}));
+        rounds
+            .push(json!({"producer_running": live_at_term, "manifests_at_sigterm": before, "manifests_after": after, "rows_committed": committed_rows(&out)}));
     }
+    let status = producer.wait(LONG);
+    assert!(status.success(), "the producer failed: {}", producer.output());
     let mut last = start_cluster(dir.path(), "final", 2, 1, &run_flags(&prefix, &out_s, &["--until-caught-up", "--window", "1m"]));
     for p in &mut last {
         let status = p.wait(LONG);
         assert!(status.success(), "{}: {}", p.name, p.output());
     }
+    let records = first + live;
     let check = lake_check(&out_s, &prefix, records);
 
     // A process whose peer never comes waits in start-up; SIGTERM ends it at once, cleanly.
