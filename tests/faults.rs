@@ -145,10 +145,10 @@ fn kill_9_at_random_moments_then_restart_is_exactly_once() {
     let (seed, test_seed) = fault_seed("kill_9");
     let mut rng = Rng::new(test_seed);
     let kills = fault_size("KILLS", 5, 12);
-    let live = fault_size("KILL_RECORDS", 30_000, 600_000);
+    let live = fault_size("KILL_RECORDS", 30_000, 400_000);
     let rate = fault_size("KILL_RATE", 2_000, 4_000);
-    let max_delay_ms = fault_size("KILL_MAX_DELAY_MS", 5_000, 15_000);
-    let on_s3 = fault_size("KILL_ON_S3", 0, 1) == 1;
+    let max_delay_ms = fault_size("KILL_MAX_DELAY_MS", 5_000, 10_000);
+    let on_s3 = fault_size("KILL_ON_S3", 0, 0) == 1;
     assert!(kills >= 1);
 
     let dir = tempfile::tempdir().unwrap();
@@ -199,7 +199,7 @@ fn kafka_down_for_20s_mid_run_then_the_run_finishes_by_itself_exactly_once() {
     let started = Instant::now();
     let (seed, test_seed) = fault_seed("kafka_outage");
     let mut rng = Rng::new(test_seed);
-    let records = fault_size("KAFKA_RECORDS", 60_000, 500_000);
+    let records = fault_size("KAFKA_RECORDS", 60_000, 300_000);
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{}.", unique("kafkadown"));
     produce(&prefix, records, test_seed);
@@ -244,7 +244,7 @@ fn s3_down_for_20s_while_sealing_is_retried_and_the_run_finishes_exactly_once() 
     let started = Instant::now();
     let (seed, test_seed) = fault_seed("s3_outage");
     let mut rng = Rng::new(test_seed);
-    let records = fault_size("S3_RECORDS", 60_000, 500_000);
+    let records = fault_size("S3_RECORDS", 60_000, 300_000);
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{}.", unique("s3down"));
     produce(&prefix, records, test_seed);
@@ -280,7 +280,7 @@ fn sigterm_mid_run_is_a_clean_shutdown_and_a_restart_resumes_exactly_once() {
     let (seed, test_seed) = fault_seed("sigterm");
     let mut rng = Rng::new(test_seed);
     let terms = fault_size("TERMS", 1, 4);
-    let live = fault_size("TERM_RECORDS", 30_000, 400_000);
+    let live = fault_size("TERM_RECORDS", 30_000, 200_000);
     let rate = fault_size("TERM_RATE", 2_000, 4_000);
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{}.", unique("sigterm"));

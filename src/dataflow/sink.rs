@@ -188,8 +188,19 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
             // its requests are being retried), wait here for the oldest instead of reading on, so
             // memory and concurrent requests stay bounded. The wait ends when the store answers
             // again, or with a fatal error below once the store's retry budget is spent.
+            let waiting_since = std::time::Instant::now();
+            let mut warned = waiting_since;
             while over_budget(&sealing) {
                 std::thread::sleep(Duration::from_millis(5));
+                if warned.elapsed() >= STORE_WAIT_WARNING {
+                    warned = std::time::Instant::now();
+                    tracing::warn!(
+                        output = %spec.lake.url,
+                        waiting = ?Duration::from_secs(waiting_since.elapsed().as_secs()),
+                        retry_budget = ?spec.lake.retry_timeout,
+                        "the store is slow or unreachable: objects are being retried, reading waits for them"
+                    );
+                }
             }
 
             // Report epochs whose objects are all durable.
@@ -221,6 +232,9 @@ const MAX_UNFINISHED_OBJECTS: usize = 512;
 
 /// Bytes of unfinished objects one sink may have before it waits.
 const MAX_UNFINISHED_BYTES: u64 = 256 << 20;
+
+/// How often a sink waiting for the store says so.
+const STORE_WAIT_WARNING: Duration = Duration::from_secs(10);
 
 /// Whether the unfinished uploads exceed [`MAX_UNFINISHED_OBJECTS`] or [`MAX_UNFINISHED_BYTES`].
 fn over_budget(sealing: &BTreeMap<Epoch, Sealing>) -> bool {
