@@ -7,12 +7,14 @@
 //! and epoch for all the partitions it owns, so the object count does not grow with partitions.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::{BackoffConfig, RetryConfig};
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::contract::timestamp::date_hour;
@@ -55,6 +57,42 @@ pub enum FileKind {
     DeadLetter,
 }
 
+/// Environment variable bounding how long one store request is retried (humantime, e.g. `5m`).
+pub const RETRY_TIMEOUT_ENV: &str = "CITYSTREAM_STORE_RETRY_TIMEOUT";
+
+/// Default of [`RETRY_TIMEOUT_ENV`]: long enough to ride out an endpoint restart or a short
+/// network partition, short enough that a dead store ends the run with a clear message.
+pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Longest pause between two attempts: once the store answers again, work resumes within it.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The retry budget of one store request: [`RETRY_TIMEOUT_ENV`] or [`DEFAULT_RETRY_TIMEOUT`].
+pub fn retry_timeout_from_env() -> Result<Duration, LakeError> {
+    match std::env::var(RETRY_TIMEOUT_ENV) {
+        Err(_) => Ok(DEFAULT_RETRY_TIMEOUT),
+        Ok(text) => match humantime::parse_duration(text.trim()) {
+            Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+            Ok(_) => Err(LakeError::Spec { spec: format!("{RETRY_TIMEOUT_ENV}={text}"), reason: "must be at least 1s".into() }),
+            Err(e) => Err(LakeError::Spec { spec: format!("{RETRY_TIMEOUT_ENV}={text}"), reason: format!("not a duration like 3m or 90s: {e}") }),
+        },
+    }
+}
+
+/// How S3 requests are retried: every transient failure (connection refused or reset, 5xx,
+/// throttling, timeouts of idempotent requests) with exponential backoff and jitter from 100 ms
+/// up to [`MAX_BACKOFF`], until `timeout` has passed since the request's first attempt. The
+/// attempt count is not the limit (an outage of a minute takes ~20 attempts), the time is.
+/// Each retry is logged (`object_store`, INFO, "backing off").
+pub fn retry_config(timeout: Duration) -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: MAX_BACKOFF, base: 2.0 },
+        // Bounded by `retry_timeout` first; the count only has to exceed what fits in it.
+        max_retries: (timeout.as_millis() / 100).max(10) as usize,
+        retry_timeout: timeout,
+    }
+}
+
 /// An opened output.
 #[derive(Clone)]
 pub struct Lake {
@@ -62,6 +100,8 @@ pub struct Lake {
     pub store: Arc<dyn ObjectStore>,
     /// The output as the user named it, for messages.
     pub url: String,
+    /// How long a failing store request is retried before the run gives up.
+    pub retry_timeout: Duration,
 }
 
 impl std::fmt::Debug for Lake {
@@ -78,19 +118,20 @@ impl Lake {
         if spec.trim().is_empty() {
             return Err(bad("empty; give a directory or s3://bucket/prefix"));
         }
+        let retry_timeout = retry_timeout_from_env()?;
         if spec == "memory://" {
-            return Ok(Lake { store: Arc::new(InMemory::new()), url: spec.to_owned() });
+            return Ok(Lake { store: Arc::new(InMemory::new()), url: spec.to_owned(), retry_timeout });
         }
         if let Some(rest) = spec.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
                 return Err(bad("no bucket name after s3://"));
             }
-            let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(|e| bad(&e.to_string()))?;
+            let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry_config(retry_timeout)).build().map_err(|e| bad(&e.to_string()))?;
             let store: Arc<dyn ObjectStore> = Arc::new(s3);
             let prefix = prefix.trim_matches('/');
             let store = if prefix.is_empty() { store } else { Arc::new(object_store::prefix::PrefixStore::new(store, prefix)) as Arc<dyn ObjectStore> };
-            return Ok(Lake { store, url: spec.to_owned() });
+            return Ok(Lake { store, url: spec.to_owned(), retry_timeout });
         }
         if spec.contains("://") && !spec.starts_with("file://") {
             return Err(bad("unsupported scheme; use a directory, file:///dir or s3://bucket/prefix"));
@@ -98,7 +139,18 @@ impl Lake {
         let dir = spec.strip_prefix("file://").unwrap_or(spec);
         std::fs::create_dir_all(dir).map_err(|e| LakeError::Access { url: spec.to_owned(), reason: format!("cannot create directory {dir}: {e}") })?;
         let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| LakeError::Access { url: spec.to_owned(), reason: e.to_string() })?;
-        Ok(Lake { store: Arc::new(store), url: spec.to_owned() })
+        Ok(Lake { store: Arc::new(store), url: spec.to_owned(), retry_timeout })
+    }
+
+    /// What a store request that failed for good means, for the fatal message: how long it was
+    /// retried, how to allow longer, and that a restart resumes from the last manifest.
+    pub fn gave_up(&self) -> String {
+        format!(
+            "the store at {} failed or was unreachable for longer than the retry budget of {} (set {RETRY_TIMEOUT_ENV} to wait longer); \
+             nothing uncommitted is lost: restart the cluster and it resumes from the last manifest",
+            self.url,
+            humantime::format_duration(self.retry_timeout)
+        )
     }
 
     /// Checks, before anything is written, that the output exists and that the credentials
@@ -229,6 +281,16 @@ mod tests {
             let left: Vec<_> = lake.store.list(None).try_collect().await.unwrap();
             assert_eq!(left.len(), 3, "epochs 5 and 9 and the manifest stay");
         });
+    }
+
+    #[test]
+    fn retries_are_bounded_by_time_not_attempts() {
+        let c = retry_config(DEFAULT_RETRY_TIMEOUT);
+        assert_eq!(c.retry_timeout, DEFAULT_RETRY_TIMEOUT);
+        assert!(c.max_retries as f64 * 0.1 >= DEFAULT_RETRY_TIMEOUT.as_secs_f64(), "the time, not the count, ends the retries");
+        assert!(c.backoff.max_backoff <= Duration::from_secs(5), "recovery is noticed within seconds");
+        let lake = Lake::open("memory://").unwrap();
+        assert!(lake.gave_up().contains(RETRY_TIMEOUT_ENV));
     }
 
     #[test]

@@ -148,10 +148,13 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         claim = Some(m);
     }
 
-    // SIGTERM / SIGINT: stop reading, seal, commit, exit 0.
+    // SIGTERM / SIGINT: stop reading, seal, commit, exit 0. Before the workers run (while
+    // timely waits for its peers, which is forever if one died) nothing was read: exit at once.
     let shutdown = Arc::new(AtomicBool::new(false));
+    let workers_started = Arc::new(AtomicBool::new(false));
     {
         let flag = shutdown.clone();
+        let workers_started = workers_started.clone();
         rt.spawn(async move {
             #[cfg(unix)]
             {
@@ -166,6 +169,10 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             }
             #[cfg(not(unix))]
             let _ = tokio::signal::ctrl_c().await;
+            if !workers_started.load(Ordering::SeqCst) {
+                tracing::info!("signal received before the cluster connected: nothing was read, exiting");
+                std::process::exit(0);
+            }
             tracing::info!("signal received: finishing");
             flag.store(true, Ordering::Relaxed);
         });
@@ -197,6 +204,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     let cfg2 = cfg.clone();
     let lake2 = lake.clone();
     let guards = timely::execute(config, move |worker| {
+        workers_started.store(true, Ordering::SeqCst);
         let cfg = &cfg2;
         let (index, peers) = (worker.index(), worker.peers());
         let owned = ownership::owned(&all, index, peers);

@@ -10,7 +10,7 @@
 
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::contract::Stream;
 use crate::epoch::{Epoch, EpochClock};
@@ -131,15 +131,37 @@ pub async fn latest(lake: &Lake) -> Result<Option<Manifest>, ManifestError> {
 }
 
 /// Writes a manifest if and only if its sequence number is still free.
+///
+/// Safe to repeat, because the store may have executed a request whose answer was lost: a
+/// create that finds its own bytes already there (an earlier attempt landed) succeeds; other
+/// bytes are another cluster's manifest, a [`ManifestError::Conflict`]. Transient failures that
+/// `object_store` does not retry for a conditional PUT (a timeout or a dropped connection after
+/// the request was sent) are retried here with backoff, within the lake's retry budget.
 pub async fn write(lake: &Lake, manifest: &Manifest) -> Result<(), ManifestError> {
     let bytes = serde_json::to_vec_pretty(manifest).expect("manifests serialise");
-    let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-    match lake.store.put_opts(&manifest_path(manifest.sequence), bytes.into(), opts).await {
-        Ok(_) => Ok(()),
-        Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
-            Err(ManifestError::Conflict { sequence: manifest.sequence, url: lake.url.clone() })
+    let payload = PutPayload::from(bytes.clone());
+    let path = manifest_path(manifest.sequence);
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match lake.store.put_opts(&path, payload.clone(), opts).await {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+                let existing = lake.store.get(&path).await?.bytes().await?;
+                if existing.as_ref() == bytes.as_slice() {
+                    tracing::info!(sequence = manifest.sequence, "manifest found already written by an earlier attempt of this write (its answer was lost)");
+                    return Ok(());
+                }
+                return Err(ManifestError::Conflict { sequence: manifest.sequence, url: lake.url.clone() });
+            }
+            Err(e @ object_store::Error::Generic { .. }) if started.elapsed() + pause < lake.retry_timeout => {
+                tracing::warn!(sequence = manifest.sequence, error = %e, "writing the manifest failed; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -178,10 +200,27 @@ mod tests {
             assert!(latest(&lake).await.unwrap().is_none());
             write(&lake, &manifest(1)).await.unwrap();
             write(&lake, &manifest(2)).await.unwrap();
-            let err = write(&lake, &manifest(2)).await.unwrap_err();
+            let mut other = manifest(2);
+            other.run = "r2".into();
+            let err = write(&lake, &other).await.unwrap_err();
             assert!(matches!(err, ManifestError::Conflict { sequence: 2, .. }));
             assert!(err.to_string().contains("another citystream cluster"));
             assert_eq!(latest(&lake).await.unwrap().unwrap(), manifest(2).clone_with_time(&latest(&lake).await.unwrap().unwrap()));
+        });
+    }
+
+    #[test]
+    fn a_repeated_write_of_the_same_manifest_is_not_a_conflict() {
+        // A retried create whose first attempt landed finds its own bytes: success, not a fence.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let lake = Lake::open("memory://").unwrap();
+        rt.block_on(async {
+            let m = manifest(1);
+            write(&lake, &m).await.unwrap();
+            write(&lake, &m).await.unwrap();
+            let mut theirs = m.clone();
+            theirs.run = "another".into();
+            assert!(matches!(write(&lake, &theirs).await.unwrap_err(), ManifestError::Conflict { sequence: 1, .. }));
         });
     }
 

@@ -157,6 +157,7 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                             committer.commit(&offs);
                         }
                     }
+                    Ok(Err(e @ ManifestError::Lake(_))) => super::fatal(&format!("committing epochs [{}, {}): {e}; {}", m.lower, m.upper, lake.gave_up())),
                     Ok(Err(e)) => super::fatal(&format!("committing epochs [{}, {}): {e}", m.lower, m.upper)),
                     Err(e) => super::fatal(&format!("manifest task failed: {e}")),
                 }

@@ -7,7 +7,9 @@
 //! and the manifest entry say which); rows stream out as row groups and upload parts while the epoch is open, so memory
 //! per open file is bounded by the batch, row-group and part sizes, not by the epoch's size;
 //! the operator holds a capability for `e` until its objects are durable, so the committer's
-//! frontier passing `e` means "every object of `e` exists".
+//! frontier passing `e` means "every object of `e` exists". When the store is slow or down,
+//! at most `MAX_UNFINISHED_OBJECTS` / `MAX_UNFINISHED_BYTES` of closed objects wait for it: then
+//! the worker waits too (and so stops reading), instead of buffering without bound.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -72,6 +74,13 @@ struct OpenFile {
 
 const HOUR: Micros = 3600 * MICROS_PER_SEC;
 
+/// An object being finished in the background; the handle yields its size.
+type Upload = (FileEntry, JoinHandle<Result<u64, object_store::Error>>);
+
+/// A sealed epoch whose objects are being finished: its capability, its uploads, and when it was
+/// sealed (µs since the Unix epoch).
+type Sealing = (Capability<Epoch>, Vec<Upload>, i64);
+
 impl OpenFile {
     fn new(spec: &SinkSpec, epoch: Epoch, key: FileKey) -> Self {
         let path = file_path(key.stream, key.kind, epoch, &spec.run, key.hour);
@@ -92,7 +101,7 @@ impl OpenFile {
     }
 
     /// Encodes buffered rows and passes finished bytes on to the upload.
-    fn flush(&mut self, rt: &Handle) {
+    fn flush(&mut self, spec: &SinkSpec) {
         if self.pending() > 0 {
             let batch = match &mut self.rows {
                 Rows::Data(b) => b.finish(),
@@ -103,12 +112,12 @@ impl OpenFile {
         }
         let bytes = self.encoder.take_bytes();
         if !bytes.is_empty() {
-            self.upload.write(rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {}: {e}", self.entry.path)));
+            self.upload.write(&spec.rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {}: {e}; {}", self.entry.path, spec.lake.gave_up())));
         }
     }
 
-    fn close(mut self, spec: &SinkSpec) -> (FileEntry, JoinHandle<Result<u64, object_store::Error>>) {
-        self.flush(&spec.rt);
+    fn close(mut self, spec: &SinkSpec) -> Upload {
+        self.flush(spec);
         let e = self.entry.epoch;
         let metadata = vec![
             ("citystream.epoch".to_owned(), e.to_string()),
@@ -120,7 +129,8 @@ impl OpenFile {
         ];
         self.entry.rows = self.encoder.rows();
         let bytes = self.encoder.close(metadata).unwrap_or_else(|e| super::fatal(&format!("finishing {}: {e}", self.entry.path)));
-        self.upload.write(&spec.rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {}: {e}", self.entry.path)));
+        self.upload.write(&spec.rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {}: {e}; {}", self.entry.path, spec.lake.gave_up())));
+        self.entry.bytes = self.upload.size();
         (self.entry, self.upload.finish(&spec.rt))
     }
 }
@@ -136,7 +146,6 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
 
     builder.build_reschedule(move |_caps| {
         let mut open: BTreeMap<Epoch, (Capability<Epoch>, HashMap<FileKey, OpenFile>)> = BTreeMap::new();
-        type Sealing = (Capability<Epoch>, Vec<(FileEntry, JoinHandle<Result<u64, object_store::Error>>)>, i64);
         let mut sealing: BTreeMap<Epoch, Sealing> = BTreeMap::new();
 
         move |frontiers| {
@@ -161,7 +170,7 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
                         _ => unreachable!("rows are routed to files of their kind"),
                     }
                     if file.pending() >= spec.batch_rows {
-                        file.flush(&spec.rt);
+                        file.flush(&spec);
                     }
                 }
             });
@@ -179,6 +188,25 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
                 sealing.insert(e, (cap, uploads, now_us()));
             }
 
+            // Backpressure: while too many objects are unfinished (the store is slow or down and
+            // its requests are being retried), wait here for the oldest instead of reading on, so
+            // memory and concurrent requests stay bounded. The wait ends when the store answers
+            // again, or with a fatal error below once the store's retry budget is spent.
+            let waiting_since = std::time::Instant::now();
+            let mut warned = waiting_since;
+            while over_budget(&sealing) {
+                std::thread::sleep(Duration::from_millis(5));
+                if warned.elapsed() >= STORE_WAIT_WARNING {
+                    warned = std::time::Instant::now();
+                    tracing::warn!(
+                        output = %spec.lake.url,
+                        waiting = ?Duration::from_secs(waiting_since.elapsed().as_secs()),
+                        retry_budget = ?spec.lake.retry_timeout,
+                        "the store is slow or unreachable: objects are being retried, reading waits for them"
+                    );
+                }
+            }
+
             // Report epochs whose objects are all durable.
             let done: Vec<Epoch> = sealing.iter().filter(|(_, (_, ups, _))| ups.iter().all(|(_, h)| h.is_finished())).map(|(e, _)| *e).collect();
             for e in done {
@@ -187,7 +215,7 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
                 for (mut entry, handle) in uploads {
                     match spec.rt.block_on(handle) {
                         Ok(Ok(bytes)) => entry.bytes = bytes,
-                        Ok(Err(err)) => super::fatal(&format!("writing {} to {} failed after retries: {err}", entry.path, spec.lake.url)),
+                        Ok(Err(err)) => super::fatal(&format!("writing {} failed after retries: {err}; {}", entry.path, spec.lake.gave_up())),
                         Err(err) => super::fatal(&format!("upload task for {} failed: {err}", entry.path)),
                     }
                     entries.push(entry);
@@ -201,6 +229,27 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
         }
     });
     reports
+}
+
+/// Unfinished objects (closed, not yet durable) one sink may have before it waits.
+const MAX_UNFINISHED_OBJECTS: usize = 512;
+
+/// Bytes of unfinished objects one sink may have before it waits.
+const MAX_UNFINISHED_BYTES: u64 = 256 << 20;
+
+/// How often a sink waiting for the store says so.
+const STORE_WAIT_WARNING: Duration = Duration::from_secs(10);
+
+/// Whether the unfinished uploads exceed [`MAX_UNFINISHED_OBJECTS`] or [`MAX_UNFINISHED_BYTES`].
+fn over_budget(sealing: &BTreeMap<Epoch, Sealing>) -> bool {
+    let (mut count, mut bytes) = (0, 0);
+    for (entry, handle) in sealing.values().flat_map(|(_, uploads, _)| uploads) {
+        if !handle.is_finished() {
+            count += 1;
+            bytes += entry.bytes;
+        }
+    }
+    count > MAX_UNFINISHED_OBJECTS || bytes > MAX_UNFINISHED_BYTES
 }
 
 /// Wall clock, microseconds since the Unix epoch (for latency measurements only).

@@ -4,7 +4,8 @@
 //! it is finished, a large one becomes a multipart upload whose parts leave as they fill (so
 //! memory per open file stays near `part_size`), completed when the file is finished. An
 //! object becomes visible only when complete: a reader never sees half a file. Transient
-//! store errors are retried with backoff by `object_store` itself.
+//! store errors are retried with backoff by `object_store` itself (see [`crate::lake::retry_config`]);
+//! a completion whose answer was lost is recognised by the finished object being there.
 
 use std::sync::Arc;
 
@@ -35,6 +36,11 @@ impl ObjectUpload {
     /// The object's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Bytes written so far (the object's size once finished).
+    pub fn size(&self) -> u64 {
+        self.bytes
     }
 
     /// Bytes held in memory, not yet handed to the store.
@@ -68,9 +74,20 @@ impl ObjectUpload {
         rt.spawn(async move {
             match multipart {
                 Some(mp) => {
-                    mp.finish().await?;
+                    if let Err(e) = mp.finish().await {
+                        // A retried CompleteMultipartUpload whose first attempt succeeded gets
+                        // "no such upload": the object is then there, whole. Object names are
+                        // unique to this writer, so an object of our size is ours.
+                        match store.head(&path).await {
+                            Ok(meta) if meta.size == bytes => {
+                                tracing::info!(path = %path, "multipart upload found complete after a failed completion answer");
+                            }
+                            _ => return Err(e),
+                        }
+                    }
                 }
                 None => {
+                    // A plain PUT overwrites: object_store retries it on any transient failure.
                     store.put(&path, PutPayload::from(buffer)).await?;
                 }
             }

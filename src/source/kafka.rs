@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -247,16 +247,42 @@ impl rdkafka::producer::ProducerContext for ProbeContext {
 
 /// Our client context: librdkafka's end-of-partition notices are expected (we ask for them to
 /// detect idle partitions), so they are not logged as errors; everything else is a warning,
-/// because librdkafka retries transient errors itself.
+/// because librdkafka retries transient errors itself (a broker that is down or restarting is
+/// reconnected to, fetching resumes at the position it stopped). Repeats are throttled.
 pub struct Quiet;
 
 impl ClientContext for Quiet {
     fn error(&self, error: KafkaError, reason: &str) {
         if matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)) {
             tracing::trace!(%reason, "end of partition");
-        } else {
-            tracing::warn!(%error, %reason, "kafka client");
+        } else if let Some(suppressed) = throttle(&error) {
+            tracing::warn!(%error, %reason, suppressed, "kafka client (librdkafka retries by itself)");
         }
+    }
+}
+
+/// How often one kind of client error is logged: while a broker is down every connection of
+/// every client reports it every few hundred milliseconds.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// `Some(n)` if an error of this kind should be logged now, `n` being how many of its kind were
+/// not logged since the last time; `None` to stay quiet.
+fn throttle(error: &KafkaError) -> Option<u64> {
+    static SEEN: std::sync::Mutex<Option<HashMap<String, (Instant, u64)>>> = std::sync::Mutex::new(None);
+    let kind = error.rdkafka_error_code().map_or_else(|| format!("{error:?}"), |c| format!("{c:?}"));
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = seen.get_or_insert_with(HashMap::new);
+    let Some(entry) = seen.get_mut(&kind) else {
+        seen.insert(kind, (Instant::now(), 0));
+        return Some(0);
+    };
+    if entry.0.elapsed() >= WARN_EVERY {
+        let suppressed = entry.1;
+        *entry = (Instant::now(), 0);
+        Some(suppressed)
+    } else {
+        entry.1 += 1;
+        None
     }
 }
 
@@ -267,6 +293,8 @@ pub struct KafkaReader {
     consumer: Arc<BaseConsumer<Quiet>>,
     queues: Vec<(PartitionId, String, PartitionQueue<Quiet>)>,
     next_queue: usize,
+    /// Since when the consumer reports errors and no record arrived (a broker outage).
+    troubled_since: Option<Instant>,
 }
 
 impl KafkaReader {
@@ -287,15 +315,20 @@ impl KafkaReader {
                 .ok_or_else(|| SourceError::Kafka(KafkaError::Subscription(format!("no queue for {topic}/{}", id.partition))))?;
             queues.push((*id, topic, q));
         }
-        Ok(KafkaReader { consumer, queues, next_queue: 0 })
+        Ok(KafkaReader { consumer, queues, next_queue: 0, troubled_since: None })
     }
 }
 
 impl Reader for KafkaReader {
     fn poll(&mut self, budget: usize, f: &mut dyn FnMut(Event<'_>)) -> Result<usize, SourceError> {
         // The main queue carries errors and statistics; it must be served too.
+        // Errors here (broker down, transport failure) are transient: librdkafka reconnects and
+        // refetches by itself; they are logged, throttled, and reading goes on.
         if let Some(Err(e)) = self.consumer.poll(Duration::ZERO) {
-            tracing::warn!(error = %e, "kafka consumer event");
+            self.troubled_since.get_or_insert_with(Instant::now);
+            if let Some(suppressed) = throttle(&e) {
+                tracing::warn!(error = %e, suppressed, "kafka consumer event (librdkafka retries by itself)");
+            }
         }
         let mut delivered = 0;
         let n = self.queues.len();
@@ -318,12 +351,20 @@ impl Reader for KafkaReader {
                     }
                     Some(Err(e)) => {
                         // Fetch errors are transient: librdkafka retries; we report and go on.
-                        tracing::warn!(partition = %id, error = %e, "kafka fetch error");
+                        self.troubled_since.get_or_insert_with(Instant::now);
+                        if let Some(suppressed) = throttle(&e) {
+                            tracing::warn!(partition = %id, error = %e, suppressed, "kafka fetch error (librdkafka retries by itself)");
+                        }
                         break;
                     }
                 }
             }
             delivered += taken;
+            if taken > 0
+                && let Some(since) = self.troubled_since.take()
+            {
+                tracing::info!(after = ?since.elapsed(), "kafka: records arriving again after client errors");
+            }
             if delivered >= budget {
                 break;
             }
@@ -344,42 +385,100 @@ impl Reader for KafkaReader {
 
 /// Commits consumer-group offsets for monitoring, after a manifest is durable. Failures are
 /// warnings: the manifest, not the group offset, is the truth. Commits are asynchronous; the last
-/// one is repeated synchronously when the committer is dropped at the end of a run, so that a
+/// one is repeated when the committer is dropped at the end of a run and waited for, bounded by
+/// [`FINAL_COMMIT_WAIT`] so that a broker that is down cannot hold up the exit; normally a
 /// finished run leaves the group exactly at the committed positions.
 pub struct OffsetCommitter {
-    consumer: BaseConsumer<Quiet>,
+    /// Always `Some` until dropped (see `Drop`).
+    consumer: Option<BaseConsumer<CommitWatch>>,
     opts: KafkaOptions,
     last: Option<TopicPartitionList>,
+    /// Asynchronous commits handed to librdkafka.
+    issued: u64,
+}
+
+/// How long the final offset commit may take before the run ends without it.
+pub const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(10);
+
+/// [`Quiet`], plus the outcome of commits (librdkafka's synchronous commit has no timeout: with
+/// the broker down it blocks for most of a minute, so the final commit is asynchronous too).
+#[derive(Default)]
+struct CommitWatch {
+    /// Commits answered (librdkafka answers them in order).
+    answered: std::sync::atomic::AtomicU64,
+    /// The error of the latest answered commit, if it failed.
+    latest_error: std::sync::Mutex<Option<String>>,
+}
+
+impl ClientContext for CommitWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        Quiet.error(error, reason)
+    }
+}
+
+impl ConsumerContext for CommitWatch {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        *self.latest_error.lock().unwrap_or_else(|p| p.into_inner()) = result.err().map(|e| e.to_string());
+        self.answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl OffsetCommitter {
     /// A client for committing offsets of `opts.group`.
     pub fn new(opts: &KafkaOptions) -> Result<Self, SourceError> {
-        Ok(OffsetCommitter { consumer: opts.client_config().create_with_context(Quiet)?, opts: opts.clone(), last: None })
+        let consumer = opts.client_config().create_with_context(CommitWatch::default())?;
+        Ok(OffsetCommitter { consumer: Some(consumer), opts: opts.clone(), last: None, issued: 0 })
     }
 
     /// Commits `offset` (the next to read) for each partition, asynchronously.
     pub fn commit(&mut self, offsets: &[(PartitionId, i64)]) {
+        let Some(consumer) = self.consumer.as_ref() else { return };
         let mut tpl = TopicPartitionList::new();
         for (id, offset) in offsets {
             if tpl.add_partition_offset(&self.opts.topic(id.stream), id.partition, Offset::Offset(*offset)).is_err() {
                 return;
             }
         }
-        if let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
-            tracing::warn!(error = %e, "committing consumer-group offsets failed (the manifest is unaffected)");
+        match consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
+            Ok(()) => self.issued += 1,
+            Err(e) => tracing::warn!(error = %e, "committing consumer-group offsets failed (the manifest is unaffected)"),
         }
-        let _ = self.consumer.poll(Duration::ZERO);
+        let _ = consumer.poll(Duration::ZERO);
         self.last = Some(tpl);
+    }
+
+    /// Commits the last offsets again and waits up to `wait` for every commit to be answered.
+    /// `Ok` if the group holds them, else why not.
+    fn commit_last_and_wait(&mut self, wait: Duration) -> Result<(), String> {
+        let (Some(tpl), Some(consumer)) = (self.last.take(), self.consumer.as_ref()) else { return Ok(()) };
+        consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async).map_err(|e| e.to_string())?;
+        self.issued += 1;
+        let deadline = Instant::now() + wait;
+        let watch = consumer.context().clone();
+        while watch.answered.load(std::sync::atomic::Ordering::SeqCst) < self.issued {
+            if Instant::now() >= deadline {
+                return Err(format!("no answer within {wait:?} (Kafka unreachable?)"));
+            }
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+        match watch.latest_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
     }
 }
 
 impl Drop for OffsetCommitter {
     fn drop(&mut self) {
-        if let Some(tpl) = self.last.take()
-            && let Err(e) = self.consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        if let Err(e) = self.commit_last_and_wait(FINAL_COMMIT_WAIT) {
+            tracing::warn!(error = %e, "the final consumer-group offset commit failed (the manifest is unaffected; the group's lag is stale until a later run commits)");
+        }
+        if let Some(consumer) = self.consumer.take()
+            && consumer.context().answered.load(std::sync::atomic::Ordering::SeqCst) < self.issued
         {
-            tracing::warn!(error = %e, "final consumer-group offset commit failed (the manifest is unaffected)");
+            // Closing the client would wait for the unanswered commits to time out (most of a
+            // minute with the broker down). The run is over: the client is left to the exit.
+            std::mem::forget(consumer);
         }
     }
 }

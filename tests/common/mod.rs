@@ -182,3 +182,135 @@ pub fn wait_until(limit: Duration, what: &str, mut pred: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// True while the process has not exited.
+pub fn alive(p: &mut Proc) -> bool {
+    p.child.try_wait().unwrap().is_none()
+}
+
+/// How often `needle` occurs in the process's output so far.
+pub fn log_count(p: &Proc, needle: &str) -> usize {
+    p.output().matches(needle).count()
+}
+
+/// Rows committed so far in a local output (every commit manifest's files).
+pub fn committed_rows(dir: &Path) -> u64 {
+    manifests(dir)
+        .iter()
+        .filter(|m| m["kind"] == "commit")
+        .flat_map(|m| m["files"].as_array().cloned().unwrap_or_default())
+        .map(|f| f["rows"].as_u64().unwrap())
+        .sum()
+}
+
+/// scripts/services.sh of this repository. It acts on the services `scripts/with-services.sh`
+/// started, because the test inherits their `CITYSTREAM_STATE` / `CITYSTREAM_PORT_OFFSET`.
+pub fn services_script() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh")
+}
+
+fn services(command: &str, service: &str) -> Result<(), String> {
+    let out = Command::new("bash").args([services_script(), command, service]).stdin(Stdio::null()).output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("services.sh {command} {service}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// One of the shared services (`kafka` or `s3`) stopped with `scripts/services.sh down`; it is
+/// brought back with `up` by [`Outage::end`] or, whatever happens to the test, when dropped —
+/// the other tests need it. Service data is kept across the outage.
+pub struct Outage {
+    service: &'static str,
+    began: Instant,
+    restored: bool,
+}
+
+impl Outage {
+    /// Stops `service`.
+    pub fn begin(service: &'static str) -> Outage {
+        eprintln!("faults: stopping {service}");
+        let outage = Outage { service, began: Instant::now(), restored: false };
+        services("down", service).unwrap_or_else(|e| panic!("{e}"));
+        outage
+    }
+
+    /// Time since the service was asked to stop.
+    pub fn elapsed(&self) -> Duration {
+        self.began.elapsed()
+    }
+
+    /// Starts the service again (three attempts) and returns how long it was away.
+    pub fn end(mut self) -> Duration {
+        self.restore().unwrap_or_else(|e| panic!("{e}"));
+        self.began.elapsed()
+    }
+
+    fn restore(&mut self) -> Result<(), String> {
+        if self.restored {
+            return Ok(());
+        }
+        let mut last = String::new();
+        for attempt in 1..=3 {
+            match services("up", self.service) {
+                Ok(()) => {
+                    self.restored = true;
+                    eprintln!("faults: {} back after {:.1} s", self.service, self.began.elapsed().as_secs_f64());
+                    return Ok(());
+                }
+                Err(e) => {
+                    eprintln!("faults: bringing {} back, attempt {attempt} failed: {e}", self.service);
+                    last = e;
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        if let Err(e) = self.restore() {
+            eprintln!("faults: could not bring {} back: {e}", self.service);
+        }
+    }
+}
+
+/// The seed of a fault test: `CITYSTREAM_FAULTS_SEED` to replay, else fresh. Printed, so that a
+/// failure can be replayed. Returns it, and the test's own seed derived from it and the test's
+/// name (so that the tests of one run draw differently).
+pub fn fault_seed(test: &str) -> (u64, u64) {
+    let base = match std::env::var("CITYSTREAM_FAULTS_SEED") {
+        Ok(s) => s.trim().parse().unwrap_or_else(|_| panic!("CITYSTREAM_FAULTS_SEED={s:?} is not an unsigned integer")),
+        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 % 1_000_000_007,
+    };
+    eprintln!("faults: {test}: seed {base} (replay with CITYSTREAM_FAULTS_SEED={base})");
+    (base, test.bytes().fold(base, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)))
+}
+
+/// A size knob of the fault suite: `CITYSTREAM_FAULTS_<NAME>` if set, else `small` or `large`
+/// by `CITYSTREAM_FAULTS_SCALE` (`small`, the default, is what CI runs).
+pub fn fault_size(name: &str, small: u64, large: u64) -> u64 {
+    let var = format!("CITYSTREAM_FAULTS_{name}");
+    if let Ok(v) = std::env::var(&var) {
+        return v.trim().parse().unwrap_or_else(|_| panic!("{var}={v:?} is not an unsigned integer"));
+    }
+    match std::env::var("CITYSTREAM_FAULTS_SCALE").as_deref() {
+        Ok("large") => large,
+        Ok("small") | Err(_) => small,
+        Ok(other) => panic!("CITYSTREAM_FAULTS_SCALE={other:?}: expected small or large"),
+    }
+}
+
+/// Reports a fault test's result: one `FAULTS-RESULT {json}` line on stdout, and appended to the
+/// file `CITYSTREAM_FAULTS_RESULTS` names, if any (scripts/faults.sh collects them).
+pub fn fault_result(result: serde_json::Value) {
+    println!("FAULTS-RESULT {result}");
+    if let Ok(path) = std::env::var("CITYSTREAM_FAULTS_RESULTS") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap_or_else(|e| panic!("CITYSTREAM_FAULTS_RESULTS={path}: {e}"));
+        writeln!(f, "{result}").unwrap();
+    }
+}
