@@ -351,7 +351,7 @@ fn the_final_group_offset_commit_does_not_hold_up_the_exit_when_kafka_is_down() 
         topic_prefix: "down.".into(),
         group: "down".into(),
         timeout: Duration::from_secs(5),
-        extra: Vec::new(),
+        client: Default::default(),
     };
     let mut committer = OffsetCommitter::new(&opts).unwrap();
     committer.commit(&[(PartitionId { stream: Stream::Gps, partition: 0 }, 42)]);
