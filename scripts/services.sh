@@ -169,6 +169,25 @@ stop_pid() {
     log "$name: stopped (pid $pid, $(since "$start") s)"
 }
 
+# Wait up to 10 s until none of the given ports answers: a stopped server's listeners can outlive
+# its pid for a moment, and an `up` right after `down` refuses ports in use (seen in the fault
+# suite, which stops and restarts services mid-test).
+wait_ports_closed() {
+    local i port busy
+    for ((i = 0; i < 100; i++)); do
+        busy=
+        for port in "$@"; do
+            if port_open "$port"; then
+                busy=$port
+                break
+            fi
+        done
+        [[ -z $busy ]] && return 0
+        sleep 0.1
+    done
+    log "warning: port $busy on $HOST still answers 10 s after the service stopped"
+}
+
 # Show the end of the given log files on stderr (used when something fails).
 show_logs() {
     local f
@@ -541,7 +560,10 @@ kafka_up() {
     fi
 }
 
-kafka_down() { stop_pid kafka "$KAFKA_PID" "$KAFKA_STATE/server.properties"; }
+kafka_down() {
+    stop_pid kafka "$KAFKA_PID" "$KAFKA_STATE/server.properties"
+    wait_ports_closed "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"
+}
 
 # ========================================= S3 (SeaweedFS) =====================================
 
@@ -682,7 +704,10 @@ s3_up() {
     s3_wait "$start" "$(deadline)"
 }
 
-s3_down() { stop_pid s3 "$S3_PID" "$S3_STATE/data"; }
+s3_down() {
+    stop_pid s3 "$S3_PID" "$S3_STATE/data"
+    wait_ports_closed "$S3_PORT" "$((S3_PORT + 10000))" "$S3_MASTER_PORT" "$S3_VOLUME_PORT" "$S3_FILER_PORT"
+}
 
 # ========================================== commands ==========================================
 
