@@ -33,30 +33,36 @@ STR_FIELDS = {"id", "deviceId", "direction", "maker", "model", "fueltype", "vehi
 
 
 def read_kafka(brokers, prefix, timeout_s=120):
-    c = Consumer({"bootstrap.servers": brokers, "group.id": "lake-check", "enable.auto.commit": False, "enable.partition.eof": False})
+    """Every record of the five topics, keyed by (topic, partition, offset); all partitions at once."""
+    c = Consumer({"bootstrap.servers": brokers, "group.id": "lake-check", "enable.auto.commit": False, "enable.partition.eof": False,
+                  "fetch.queue.backoff.ms": 1})
     records = {}
     try:
+        ends = {}
+        assign = []
         for s in STREAMS:
             topic = prefix + s
             md = c.list_topics(topic, timeout=30)
-            parts = md.topics[topic].partitions
-            for p in parts:
+            for p in md.topics[topic].partitions:
                 low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-                if high <= low:
-                    continue
-                c.assign([TopicPartition(topic, p, low)])
-                deadline = dt.datetime.now() + dt.timedelta(seconds=timeout_s)
-                while True:
-                    m = c.poll(1.0)
-                    if m is None:
-                        if dt.datetime.now() > deadline:
-                            raise SystemExit(f"timeout reading {topic}/{p}")
-                        continue
-                    if m.error():
-                        raise SystemExit(f"kafka error on {topic}/{p}: {m.error()}")
-                    records[(topic, p, m.offset())] = m.value() or b""
-                    if m.offset() >= high - 1:
-                        break
+                if high > low:
+                    ends[(topic, p)] = high
+                    assign.append(TopicPartition(topic, p, low))
+        if not assign:
+            return records
+        c.assign(assign)
+        deadline = dt.datetime.now() + dt.timedelta(seconds=timeout_s)
+        while ends:
+            batch = c.consume(num_messages=10000, timeout=1.0)
+            if not batch and dt.datetime.now() > deadline:
+                raise SystemExit(f"timeout reading {sorted(ends)[:5]} ...")
+            for m in batch:
+                if m.error():
+                    raise SystemExit(f"kafka error on {m.topic()}/{m.partition()}: {m.error()}")
+                records[(m.topic(), m.partition(), m.offset())] = m.value() or b""
+                key = (m.topic(), m.partition())
+                if key in ends and m.offset() >= ends[key] - 1:
+                    del ends[key]
     finally:
         c.close()
     return records
