@@ -8,7 +8,8 @@
 //! bound for any consumer of these topics on this machine, citystream included.
 //!
 //! Run: `cargo bench --bench raw_consume -- --brokers HOST:PORT --topic-prefix P --threads T`
-//! (`--kafka-option KEY=VALUE`, repeatable, applies a librdkafka setting on top, as `run` does)
+//! (`--kafka-option KEY=VALUE`, repeatable, applies a librdkafka setting on top, as `run` does;
+//! `--delete-topics` deletes the five topics of the prefix instead, for the clean-up)
 //! (`benches/e2e.sh` does, on the same topics as citystream and Spark). Prints one JSON object
 //! on stdout: `{"records", "value_bytes", "key_bytes", "seconds", "threads", "partitions"}`.
 //!
@@ -111,7 +112,7 @@ fn options(brokers: &str, prefix: &str, group: &str, extra: Vec<(String, String)
 }
 
 fn usage() -> ! {
-    eprintln!("usage: cargo bench --bench raw_consume -- --brokers HOST:PORT [--topic-prefix P] [--threads T] [--kafka-option KEY=VALUE]...");
+    eprintln!("usage: cargo bench --bench raw_consume -- --brokers HOST:PORT [--topic-prefix P] [--threads T] [--kafka-option KEY=VALUE]... [--delete-topics]");
     std::process::exit(2)
 }
 
@@ -136,12 +137,18 @@ fn smoke(brokers: &str) {
     assert_eq!(counts.value_bytes, summary.bytes, "value bytes read = value bytes produced");
     assert_eq!(partitions, 15, "5 topics × 3 partitions");
     println!("raw_consume smoke: {} records, {} value bytes in {secs:.2} s", counts.records, counts.value_bytes);
-    let admin: Result<AdminClient<DefaultClientContext>, _> = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create();
-    if let Ok(admin) = admin {
-        let names: Vec<String> = Stream::ALL.iter().map(|s| format!("{prefix}{}", s.name())).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let _ = futures::executor::block_on(admin.delete_topics(&names, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))));
+    if let Err(e) = delete_topics(brokers, &prefix) {
+        eprintln!("warning: cannot delete the smoke topics: {e}");
     }
+}
+
+/// Deletes the five topics of `prefix`.
+fn delete_topics(brokers: &str, prefix: &str) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let names: Vec<String> = Stream::ALL.iter().map(|s| format!("{prefix}{}", s.name())).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    futures::executor::block_on(admin.delete_topics(&names, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))?;
+    Ok(())
 }
 
 fn main() {
@@ -156,6 +163,7 @@ fn main() {
     }
     let (mut brokers, mut prefix, mut threads) = (std::env::var("CITYSTREAM_BROKERS").ok(), String::new(), 2usize);
     let mut extra = Vec::new();
+    let mut delete = false;
     let mut it = args.into_iter().filter(|a| a != "--bench");
     while let Some(a) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| usage());
@@ -163,6 +171,7 @@ fn main() {
             "--brokers" => brokers = Some(value()),
             "--topic-prefix" => prefix = value(),
             "--threads" => threads = value().parse().ok().filter(|&t| t > 0).unwrap_or_else(|| usage()),
+            "--delete-topics" => delete = true,
             "--kafka-option" => {
                 let kv = value();
                 let (k, v) = kv.split_once('=').unwrap_or_else(|| usage());
@@ -172,6 +181,9 @@ fn main() {
         }
     }
     let brokers = brokers.unwrap_or_else(|| usage());
+    if delete {
+        return delete_topics(&brokers, &prefix).unwrap_or_else(|e| panic!("deleting the topics of prefix {prefix:?}: {e}"));
+    }
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let (c, secs, partitions) = consume(&options(&brokers, &prefix, &format!("raw-consume-{nanos}"), extra), threads);
     eprintln!(
