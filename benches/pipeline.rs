@@ -9,8 +9,17 @@
 //!   a 60 s window gives for the simulated fleet (≈ 160 rows per object): the per-file cost.
 //! - `pipeline/<stream>`: decode + Arrow + Parquet (small files) together, what one worker
 //!   thread does per record, without Kafka and without timely.
+//! - `parquet_variants/<variant>`: all five streams as 160-row files again, from ready Arrow
+//!   batches, with citystream's writer settings and with one change each (no dictionary for
+//!   the unique-id columns, statistics per column chunk instead of per page, no embedded Arrow
+//!   schema, snappy, no compression, those three first changes together), and as one file per
+//!   stream: what each setting costs per record and in output bytes, for tuning `sink::encode`.
 //! - `route/all`: reclocking, `PartitionClock::observe` per record (event time → epoch,
 //!   on time or late), over one partition holding all five streams' event times.
+//!
+//! Times are the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall time: on a
+//! machine shared with other jobs, waiting for a core would otherwise count as work. (Cache
+//! and memory-bandwidth contention still show.)
 //!
 //! Besides criterion's own report, it writes records/s and MB/s (JSON value bytes) of every
 //! benchmark to `target/bench-micro.json`, read from criterion's estimates (mean).
@@ -22,14 +31,64 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use arrow::record_batch::RecordBatch;
 use citystream::contract::schema::{BatchBuilder, Provenance};
 use citystream::contract::{DecodeOptions, Record, Stream, decode};
 use citystream::epoch::EpochClock;
 use citystream::ownership::PartitionId;
 use citystream::reclock::PartitionClock;
 use citystream::simulate::{Fleet, FleetConfig};
+use citystream::sink::encode::writer_properties;
 use citystream::sink::encode::{EncodeOptions, ParquetEncoder};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, Throughput};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::ArrowWriterOptions;
+use parquet::basic::Compression;
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
+use parquet::schema::types::ColumnPath;
+
+thread_local! {
+    /// Output bytes of each `parquet_variants` variant, for the summary.
+    static OUTPUT_BYTES: std::cell::RefCell<Vec<(&'static str, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// CPU time of the calling thread, as a criterion measurement.
+struct ThreadCpu;
+
+fn thread_cpu_now() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Durations are formatted as criterion formats wall time.
+static WALL: WallTime = WallTime;
+
+impl Measurement for ThreadCpu {
+    type Intermediate = Duration;
+    type Value = Duration;
+    fn start(&self) -> Duration {
+        thread_cpu_now()
+    }
+    fn end(&self, start: Duration) -> Duration {
+        thread_cpu_now().saturating_sub(start)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, v: &Duration) -> f64 {
+        v.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        WALL.formatter()
+    }
+}
 
 /// Rows per batch handed to the encoder (as `dataflow::sink` does).
 const BATCH_ROWS: usize = 1024;
@@ -73,7 +132,7 @@ fn prov(i: usize) -> Option<Provenance> {
 }
 
 /// Records → batches of `BATCH_ROWS`.
-fn build_batches(stream: Stream, records: &[Record]) -> Vec<arrow::record_batch::RecordBatch> {
+fn build_batches(stream: Stream, records: &[Record]) -> Vec<RecordBatch> {
     let mut b = BatchBuilder::new(stream, true);
     let mut out = Vec::with_capacity(records.len() / BATCH_ROWS + 1);
     for (i, r) in records.iter().enumerate() {
@@ -109,7 +168,51 @@ fn encode_files(stream: Stream, records: &[Record], rows_per_file: usize, opts: 
     written
 }
 
-fn bench_all(c: &mut Criterion, corpora: &[Corpus]) {
+/// One way of writing Parquet, for `parquet_variants`.
+struct Variant {
+    name: &'static str,
+    props: WriterProperties,
+    skip_arrow_metadata: bool,
+    /// Rows per file (`usize::MAX`: one file per stream).
+    rows_per_file: usize,
+}
+
+fn variants() -> Vec<Variant> {
+    let base = || writer_properties(&EncodeOptions::default()).into_builder();
+    let no_id_dict = |b: WriterPropertiesBuilder| {
+        b.set_column_dictionary_enabled(ColumnPath::from("id"), false).set_column_dictionary_enabled(ColumnPath::from("incidentId"), false)
+    };
+    let v =
+        |name, props: WriterPropertiesBuilder, skip_arrow_metadata, rows_per_file| Variant { name, props: props.build(), skip_arrow_metadata, rows_per_file };
+    vec![
+        v("citystream", base(), false, SMALL_FILE_ROWS),
+        v("no_id_dictionary", no_id_dict(base()), false, SMALL_FILE_ROWS),
+        v("chunk_statistics", base().set_statistics_enabled(EnabledStatistics::Chunk), false, SMALL_FILE_ROWS),
+        v("no_arrow_schema", base(), true, SMALL_FILE_ROWS),
+        v("snappy", base().set_compression(Compression::SNAPPY), false, SMALL_FILE_ROWS),
+        v("uncompressed", base().set_compression(Compression::UNCOMPRESSED), false, SMALL_FILE_ROWS),
+        v("three_together", no_id_dict(base()).set_statistics_enabled(EnabledStatistics::Chunk), true, SMALL_FILE_ROWS),
+        v("one_file_per_stream", base(), false, usize::MAX),
+    ]
+}
+
+/// Writes every stream's pre-built batches as files of `v.rows_per_file` rows; returns the bytes.
+fn write_variant(v: &Variant, files: &[Vec<Vec<RecordBatch>>]) -> usize {
+    let mut written = 0;
+    for stream_files in files {
+        for batches in stream_files {
+            let opts = ArrowWriterOptions::new().with_properties(v.props.clone()).with_skip_arrow_metadata(v.skip_arrow_metadata);
+            let mut w = ArrowWriter::try_new_with_options(Vec::new(), batches[0].schema(), opts).expect("writer");
+            for b in batches {
+                w.write(b).expect("write");
+            }
+            written += w.into_inner().expect("close").len();
+        }
+    }
+    written
+}
+
+fn bench_all(c: &mut Criterion<ThreadCpu>, corpora: &[Corpus]) {
     let dopts = DecodeOptions::default();
     let eopts = EncodeOptions::default();
 
@@ -165,6 +268,18 @@ fn bench_all(c: &mut Criterion, corpora: &[Corpus]) {
                 black_box(encode_files(k.stream, &records, SMALL_FILE_ROWS, &eopts))
             })
         });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("parquet_variants");
+    let total_bytes: u64 = corpora.iter().map(|k| k.bytes).sum();
+    g.throughput(Throughput::Bytes(total_bytes));
+    for v in variants() {
+        let files: Vec<Vec<Vec<RecordBatch>>> =
+            corpora.iter().map(|k| k.records.chunks(v.rows_per_file.min(k.records.len())).map(|chunk| build_batches(k.stream, chunk)).collect()).collect();
+        let bytes = write_variant(&v, &files);
+        OUTPUT_BYTES.with(|o| o.borrow_mut().push((v.name, bytes)));
+        g.bench_function(BenchmarkId::from_parameter(v.name), |b| b.iter(|| black_box(write_variant(&v, &files))));
     }
     g.finish();
 
@@ -226,13 +341,21 @@ fn summary(corpora: &[Corpus], per_stream: usize) {
         }
     }
     let n = corpora.iter().map(|k| k.records.len()).min().unwrap_or(0) * corpora.len();
-    row("route", "all", n, corpora.iter().map(|k| k.bytes).sum());
+    let all_records: usize = corpora.iter().map(|k| k.records.len()).sum();
+    let all_bytes: u64 = corpora.iter().map(|k| k.bytes).sum();
+    for (name, _) in OUTPUT_BYTES.with(|o| o.borrow().clone()) {
+        row("parquet_variants", name, all_records, all_bytes);
+    }
+    row("route", "all", n, all_bytes);
+    let variant_bytes: std::collections::BTreeMap<&str, usize> = OUTPUT_BYTES.with(|o| o.borrow().iter().copied().collect());
+    println!("\nparquet_variants output bytes: {variant_bytes:?}");
     let report = serde_json::json!({
         "benchmark": "micro",
         "command": "cargo bench --bench pipeline",
         "records_per_stream": per_stream,
         "value_bytes_per_record": corpora.iter().map(|k| (k.stream.name(), k.bytes as f64 / k.records.len() as f64)).collect::<std::collections::BTreeMap<_, _>>(),
         "results": rows,
+        "parquet_variants_output_bytes": variant_bytes,
     });
     let path = target_dir().join("bench-micro.json");
     match std::fs::write(&path, serde_json::to_string_pretty(&report).expect("json") + "\n") {
@@ -250,7 +373,12 @@ fn main() {
         _ => 500,
     };
     let corpora = corpora(per_stream);
-    let mut c = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(20).configure_from_args();
+    let mut c = Criterion::default()
+        .with_measurement(ThreadCpu)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20)
+        .configure_from_args();
     bench_all(&mut c, &corpora);
     c.final_summary();
     if bench_mode {
