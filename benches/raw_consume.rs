@@ -1,0 +1,207 @@
+//! The raw-consume ceiling: how fast this machine can read the five topics at all.
+//!
+//! `T` threads, each with its own rdkafka `BaseConsumer` manually assigned to its share of the
+//! partitions (citystream's ownership rule: sorted pairs, pair `i` to thread `i mod T`), with
+//! citystream's own consumer settings (`KafkaOptions::client_config`, so prefetch and fetch
+//! sizes match), read every record from the beginning up to the high watermark each partition
+//! had at start. Nothing is parsed: it counts records and key + value bytes. That is the upper
+//! bound for any consumer of these topics on this machine, citystream included.
+//!
+//! Run: `cargo bench --bench raw_consume -- --brokers HOST:PORT --topic-prefix P --threads T`
+//! (`--kafka-option KEY=VALUE`, repeatable, applies a librdkafka setting on top, as `run` does;
+//! `--delete-topics` deletes the five topics of the prefix instead, for the clean-up)
+//! (`benches/e2e.sh` does, on the same topics as citystream and Spark). Prints one JSON object
+//! on stdout: `{"records", "value_bytes", "key_bytes", "seconds", "threads", "partitions"}`.
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) it runs a smoke version instead: when
+//! `CITYSTREAM_BROKERS` is set it produces 1,000 records into fresh topics, reads them back with
+//! two threads and checks the counts, so the benchmark cannot rot unnoticed.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use citystream::contract::Stream;
+use citystream::ownership::{PartitionId, owned};
+use citystream::simulate::FleetConfig;
+use citystream::simulate::producer::{ProduceOptions, produce};
+use citystream::source::kafka::KafkaOptions;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+/// What the threads read, summed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    records: u64,
+    value_bytes: u64,
+    key_bytes: u64,
+}
+
+/// Reads `parts` from the beginning to their `ends` (high watermarks at start).
+fn read(opts: &KafkaOptions, parts: &[PartitionId], ends: &HashMap<PartitionId, i64>, client_id: &str) -> Result<Counts, KafkaError> {
+    let mut counts = Counts::default();
+    // Partitions still to finish, by (topic, partition) → (stream partition, end).
+    let mut left: HashMap<(String, i32), i64> = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in parts {
+        let end = ends[p];
+        if end > 0 {
+            left.insert((opts.topic(p.stream), p.partition), end);
+            tpl.add_partition_offset(&opts.topic(p.stream), p.partition, Offset::Beginning)?;
+        }
+    }
+    if left.is_empty() {
+        return Ok(counts);
+    }
+    let consumer: BaseConsumer = opts.client_config().set("client.id", client_id).create()?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(3600);
+    while !left.is_empty() {
+        assert!(Instant::now() < deadline, "raw consumer: not done after an hour; partitions left: {left:?}");
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                counts.records += 1;
+                counts.value_bytes += m.payload_len() as u64;
+                counts.key_bytes += m.key().map_or(0, |k| k.len() as u64);
+                let key = (m.topic().to_owned(), m.partition());
+                if left.get(&key).is_some_and(|&end| m.offset() + 1 >= end) {
+                    left.remove(&key);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OperationTimedOut) => {}
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    Ok(counts)
+}
+
+/// Reads every partition of the five topics with `threads` consumers; returns counts, seconds, partitions.
+fn consume(opts: &KafkaOptions, threads: usize) -> (Counts, f64, usize) {
+    let all = opts.discover().unwrap_or_else(|e| panic!("raw consumer: {e}"));
+    let ends = opts.high_watermarks(&all).unwrap_or_else(|e| panic!("raw consumer: {e}"));
+    let start = Instant::now();
+    let results: Vec<Counts> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let mine = owned(&all, t, threads);
+                let ends = &ends;
+                s.spawn(move || read(opts, &mine, ends, &format!("raw-consume-{t}")).unwrap_or_else(|e| panic!("raw consumer thread {t}: {e}")))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("raw consumer thread")).collect()
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let total = results.iter().fold(Counts::default(), |a, c| Counts {
+        records: a.records + c.records,
+        value_bytes: a.value_bytes + c.value_bytes,
+        key_bytes: a.key_bytes + c.key_bytes,
+    });
+    let expected: i64 = ends.values().sum();
+    assert_eq!(total.records as i64, expected, "raw consumer: read {} records, the high watermarks sum to {expected}", total.records);
+    (total, secs, all.len())
+}
+
+fn options(brokers: &str, prefix: &str, group: &str, extra: Vec<(String, String)>) -> KafkaOptions {
+    KafkaOptions { brokers: brokers.into(), topic_prefix: prefix.into(), group: group.into(), timeout: Duration::from_secs(10), extra }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: cargo bench --bench raw_consume -- --brokers HOST:PORT [--topic-prefix P] [--threads T] [--kafka-option KEY=VALUE]... [--delete-topics]");
+    std::process::exit(2)
+}
+
+/// Produces 1,000 records into fresh topics and reads them back.
+fn smoke(brokers: &str) {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let prefix = format!("raw-smoke-{}-{nanos}.", std::process::id());
+    let produce_opts = ProduceOptions {
+        brokers: brokers.into(),
+        topic_prefix: prefix.clone(),
+        events: Some(1000),
+        duration: None,
+        rate: 0,
+        partitions: 3,
+        connect_timeout: Duration::from_secs(10),
+        extra_config: Vec::new(),
+        progress: false,
+    };
+    let summary = produce(FleetConfig { vehicles: 10, ..FleetConfig::default() }, &produce_opts).unwrap_or_else(|e| panic!("produce into {brokers}: {e}"));
+    let (counts, secs, partitions) = consume(&options(brokers, &prefix, &format!("{prefix}group"), Vec::new()), 2);
+    assert_eq!(counts.records, 1000, "every produced record read");
+    assert_eq!(counts.value_bytes, summary.bytes, "value bytes read = value bytes produced");
+    assert_eq!(partitions, 15, "5 topics × 3 partitions");
+    println!("raw_consume smoke: {} records, {} value bytes in {secs:.2} s", counts.records, counts.value_bytes);
+    if let Err(e) = delete_topics(brokers, &prefix) {
+        eprintln!("warning: cannot delete the smoke topics: {e}");
+    }
+}
+
+/// Deletes the five topics of `prefix`.
+fn delete_topics(brokers: &str, prefix: &str) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let names: Vec<String> = Stream::ALL.iter().map(|s| format!("{prefix}{}", s.name())).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    futures::executor::block_on(admin.delete_topics(&names, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))))?;
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not.
+    if !args.iter().any(|a| a == "--bench") {
+        match std::env::var("CITYSTREAM_BROKERS") {
+            Ok(brokers) => smoke(&brokers),
+            Err(_) => println!("raw_consume: CITYSTREAM_BROKERS is not set, smoke run skipped"),
+        }
+        return;
+    }
+    let (mut brokers, mut prefix, mut threads) = (std::env::var("CITYSTREAM_BROKERS").ok(), String::new(), 2usize);
+    let mut extra = Vec::new();
+    let mut delete = false;
+    let mut it = args.into_iter().filter(|a| a != "--bench");
+    while let Some(a) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--brokers" => brokers = Some(value()),
+            "--topic-prefix" => prefix = value(),
+            "--threads" => threads = value().parse().ok().filter(|&t| t > 0).unwrap_or_else(|| usage()),
+            "--delete-topics" => delete = true,
+            "--kafka-option" => {
+                let kv = value();
+                let (k, v) = kv.split_once('=').unwrap_or_else(|| usage());
+                extra.push((k.to_owned(), v.to_owned()));
+            }
+            _ => usage(),
+        }
+    }
+    let brokers = brokers.unwrap_or_else(|| usage());
+    if delete {
+        return delete_topics(&brokers, &prefix).unwrap_or_else(|e| panic!("deleting the topics of prefix {prefix:?}: {e}"));
+    }
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let (c, secs, partitions) = consume(&options(&brokers, &prefix, &format!("raw-consume-{nanos}"), extra), threads);
+    eprintln!(
+        "raw consume: {} records, {:.1} MB of values in {secs:.2} s with {threads} threads: {:.0} records/s, {:.1} MB/s",
+        c.records,
+        c.value_bytes as f64 / 1e6,
+        c.records as f64 / secs,
+        c.value_bytes as f64 / secs / 1e6
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "records": c.records,
+            "value_bytes": c.value_bytes,
+            "key_bytes": c.key_bytes,
+            "seconds": secs,
+            "threads": threads,
+            "partitions": partitions,
+        })
+    );
+}
