@@ -65,6 +65,10 @@ impl KafkaOptions {
             // partitions large). 1 MiB per partition (one fetch) keeps the decoder fed; measured.
             .set("queued.max.messages.kbytes", "1024")
             .set("queued.min.messages", "20000")
+            // When a partition's queue is full librdkafka waits this long before fetching it
+            // again: its default (1 s) capped every partition at ~1 MiB/s with the bound above
+            // (docs/benchmarks.md). The queue bound is what limits memory, not this wait.
+            .set("fetch.queue.backoff.ms", "1")
             // Fetch up to 1 MiB per partition and 16 MiB per request; answer within 100 ms
             // when data is sparse.
             .set("max.partition.fetch.bytes", "1048576")
@@ -385,49 +389,25 @@ impl Reader for KafkaReader {
 
 /// Commits consumer-group offsets for monitoring, after a manifest is durable. Failures are
 /// warnings: the manifest, not the group offset, is the truth. Commits are asynchronous; the last
-/// one is repeated when the committer is dropped at the end of a run and waited for, bounded by
-/// [`FINAL_COMMIT_WAIT`] so that a broker that is down cannot hold up the exit; normally a
-/// finished run leaves the group exactly at the committed positions.
+/// one is repeated synchronously when the committer is dropped at the end of a run, on a helper
+/// thread waited for at most [`FINAL_COMMIT_WAIT`], so that a broker that is down cannot hold up
+/// the exit (librdkafka's synchronous commit has no timeout of its own); normally a finished run
+/// leaves the group exactly at the committed positions.
 pub struct OffsetCommitter {
     /// Always `Some` until dropped (see `Drop`).
-    consumer: Option<BaseConsumer<CommitWatch>>,
+    consumer: Option<BaseConsumer<Quiet>>,
     opts: KafkaOptions,
     last: Option<TopicPartitionList>,
-    /// Asynchronous commits handed to librdkafka.
-    issued: u64,
 }
 
 /// How long the final offset commit may take before the run ends without it.
 pub const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(10);
 
-/// [`Quiet`], plus the outcome of commits (librdkafka's synchronous commit has no timeout: with
-/// the broker down it blocks for most of a minute, so the final commit is asynchronous too).
-#[derive(Default)]
-struct CommitWatch {
-    /// Commits answered (librdkafka answers them in order).
-    answered: std::sync::atomic::AtomicU64,
-    /// The error of the latest answered commit, if it failed.
-    latest_error: std::sync::Mutex<Option<String>>,
-}
-
-impl ClientContext for CommitWatch {
-    fn error(&self, error: KafkaError, reason: &str) {
-        Quiet.error(error, reason)
-    }
-}
-
-impl ConsumerContext for CommitWatch {
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
-        *self.latest_error.lock().unwrap_or_else(|p| p.into_inner()) = result.err().map(|e| e.to_string());
-        self.answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 impl OffsetCommitter {
     /// A client for committing offsets of `opts.group`.
     pub fn new(opts: &KafkaOptions) -> Result<Self, SourceError> {
-        let consumer = opts.client_config().create_with_context(CommitWatch::default())?;
-        Ok(OffsetCommitter { consumer: Some(consumer), opts: opts.clone(), last: None, issued: 0 })
+        let consumer = opts.client_config().create_with_context(Quiet)?;
+        Ok(OffsetCommitter { consumer: Some(consumer), opts: opts.clone(), last: None })
     }
 
     /// Commits `offset` (the next to read) for each partition, asynchronously.
@@ -439,31 +419,30 @@ impl OffsetCommitter {
                 return;
             }
         }
-        match consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
-            Ok(()) => self.issued += 1,
-            Err(e) => tracing::warn!(error = %e, "committing consumer-group offsets failed (the manifest is unaffected)"),
+        if let Err(e) = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async) {
+            tracing::warn!(error = %e, "committing consumer-group offsets failed (the manifest is unaffected)");
         }
         let _ = consumer.poll(Duration::ZERO);
         self.last = Some(tpl);
     }
 
-    /// Commits the last offsets again and waits up to `wait` for every commit to be answered.
-    /// `Ok` if the group holds them, else why not.
+    /// Commits the last offsets synchronously on a helper thread and waits up to `wait` for it.
+    /// `Ok` if the group holds them, else why not. On a timeout the client stays with the
+    /// thread, which ends with the process.
     fn commit_last_and_wait(&mut self, wait: Duration) -> Result<(), String> {
-        let (Some(tpl), Some(consumer)) = (self.last.take(), self.consumer.as_ref()) else { return Ok(()) };
-        consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async).map_err(|e| e.to_string())?;
-        self.issued += 1;
-        let deadline = Instant::now() + wait;
-        let watch = consumer.context().clone();
-        while watch.answered.load(std::sync::atomic::Ordering::SeqCst) < self.issued {
-            if Instant::now() >= deadline {
-                return Err(format!("no answer within {wait:?} (Kafka unreachable?)"));
-            }
-            let _ = consumer.poll(Duration::from_millis(50));
-        }
-        match watch.latest_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            None => Ok(()),
-            Some(e) => Err(e),
+        let (Some(tpl), Some(consumer)) = (self.last.take(), self.consumer.take()) else { return Ok(()) };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("final-offset-commit".into())
+            .spawn(move || {
+                let result = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Sync);
+                let _ = tx.send(result.map_err(|e| e.to_string()));
+                drop(consumer);
+            })
+            .map_err(|e| e.to_string())?;
+        match rx.recv_timeout(wait) {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {wait:?} (Kafka unreachable?)")),
         }
     }
 }
@@ -472,13 +451,6 @@ impl Drop for OffsetCommitter {
     fn drop(&mut self) {
         if let Err(e) = self.commit_last_and_wait(FINAL_COMMIT_WAIT) {
             tracing::warn!(error = %e, "the final consumer-group offset commit failed (the manifest is unaffected; the group's lag is stale until a later run commits)");
-        }
-        if let Some(consumer) = self.consumer.take()
-            && consumer.context().answered.load(std::sync::atomic::Ordering::SeqCst) < self.issued
-        {
-            // Closing the client would wait for the unanswered commits to time out (most of a
-            // minute with the broker down). The run is over: the client is left to the exit.
-            std::mem::forget(consumer);
         }
     }
 }
