@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use citystream::cli::kafka::{KafkaClientSettings, KafkaOption};
 use citystream::contract::Stream;
 use citystream::ownership::{PartitionId, owned};
 use citystream::simulate::FleetConfig;
@@ -108,7 +109,13 @@ fn consume(opts: &KafkaOptions, threads: usize) -> (Counts, f64, usize) {
 }
 
 fn options(brokers: &str, prefix: &str, group: &str, extra: Vec<(String, String)>) -> KafkaOptions {
-    KafkaOptions { brokers: brokers.into(), topic_prefix: prefix.into(), group: group.into(), timeout: Duration::from_secs(10), extra }
+    KafkaOptions {
+        brokers: brokers.into(),
+        topic_prefix: prefix.into(),
+        group: group.into(),
+        timeout: Duration::from_secs(10),
+        client: KafkaClientSettings::with_options(extra.into_iter().map(|(key, value)| KafkaOption { key, value }).collect()),
+    }
 }
 
 fn usage() -> ! {
@@ -128,7 +135,7 @@ fn smoke(brokers: &str) {
         rate: 0,
         partitions: 3,
         connect_timeout: Duration::from_secs(10),
-        extra_config: Vec::new(),
+        kafka: KafkaClientSettings::default(),
         progress: false,
     };
     let summary = produce(FleetConfig { vehicles: 10, ..FleetConfig::default() }, &produce_opts).unwrap_or_else(|e| panic!("produce into {brokers}: {e}"));
