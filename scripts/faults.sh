@@ -2,7 +2,7 @@
 # The fault suite (tests/faults.rs) at a chosen size, with a results table.
 #
 # Usage: scripts/faults.sh [--scale small|large] [--seed N] [--results FILE]
-#   --scale    large (default here): the documented size (docs/faults.md); small: what CI runs
+#   --scale    large (default here): the documented size (docs/operations.md); small: what CI runs
 #              as part of `cargo test --all-targets` (scripts/test.sh)
 #   --seed N   replay the kill moments, victims and records of an earlier run
 #   --results  JSON lines of the results (default: target/faults-results-<time>.jsonl)

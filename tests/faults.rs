@@ -9,7 +9,7 @@
 //! the same kill moments, victims and records) and every wait has a limit. The sizes are those
 //! CI runs; `CITYSTREAM_FAULTS_SCALE=large` (scripts/faults.sh) runs the documented large size,
 //! and each `CITYSTREAM_FAULTS_<KNOB>` below overrides one size. Each test reports a
-//! `FAULTS-RESULT {json}` line (see docs/faults.md for the large-size results).
+//! `FAULTS-RESULT {json}` line (see docs/operations.md for the large-size results).
 //!
 //! The outage tests stop the services `scripts/with-services.sh` started and always start them
 //! again (also when a test fails); the tests of this binary run one at a time (SERIAL), and
