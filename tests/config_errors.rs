@@ -9,11 +9,9 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -44,37 +42,8 @@ impl Outcome {
 /// Runs `citystream args` with no inherited `CITYSTREAM_*` variable (the `AWS_*` ones stay)
 /// plus `env`; kills it and fails if it runs longer than [`FAST`].
 fn citystream(args: &[&str], env: &[(&str, &str)]) -> Outcome {
-    let mut cmd = Command::new(common::bin());
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("CITYSTREAM_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.envs(env.iter().copied());
-    let start = Instant::now();
-    let mut child = cmd.spawn().expect("spawn citystream");
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = r.read_to_string(&mut s);
-            s
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > FAST {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`citystream {}` did not fail within {FAST:?}; stderr:\n{}", args.join(" "), err.join().unwrap_or_default());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Outcome { code: status.code(), stdout: out.join().unwrap(), stderr: err.join().unwrap(), elapsed: start.elapsed() }
+    let b = common::run_bounded(args, env, FAST);
+    Outcome { code: b.code, stdout: b.stdout, stderr: b.stderr, elapsed: b.elapsed }
 }
 
 fn path(p: &Path) -> String {

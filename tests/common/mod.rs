@@ -314,3 +314,52 @@ pub fn fault_result(result: serde_json::Value) {
         writeln!(f, "{result}").unwrap();
     }
 }
+
+/// What a bounded run of the binary printed (see [`run_bounded`]).
+pub struct Bounded {
+    /// Exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Everything on stdout.
+    pub stdout: String,
+    /// Everything on stderr.
+    pub stderr: String,
+    /// How long it ran.
+    pub elapsed: Duration,
+}
+
+/// Runs `citystream args` with no inherited `CITYSTREAM_*` variable (the `AWS_*` ones stay)
+/// plus `env`; kills it and fails the test if it runs longer than `limit` (a hang guard).
+pub fn run_bounded(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Bounded {
+    use std::io::Read;
+    let mut cmd = Command::new(bin());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("CITYSTREAM_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("spawn citystream");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`citystream {}` did not finish within {limit:?}; stderr:\n{}", args.join(" "), err.join().unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Bounded { code: status.code(), stdout: out.join().unwrap(), stderr: err.join().unwrap(), elapsed: start.elapsed() }
+}
