@@ -205,12 +205,24 @@ fn kafka_down_for_20s_mid_run_then_the_run_finishes_by_itself_exactly_once() {
     produce(&prefix, records, test_seed);
     let out = dir.path().join("lake");
     let out_s = out.display().to_string();
-    // 64 KiB of prefetch per partition (the defaults allow 1 MiB): most records are still in the
-    // broker, not in the consumers' queues, when it stops — the outage surely hits mid-read.
+    // Reading is throttled so that the outage surely hits mid-read, on a machine of any speed: 64
+    // KiB per fetch, at most 64 KiB queued per partition, and librdkafka's default 1 s pause before
+    // fetching a full partition again (citystream sets 1 ms) — at most ~64 KiB/s per partition,
+    // so the ~2 MB of each partition takes ~30 s to read.
     let flags = run_flags(
         &prefix,
         &out_s,
-        &["--until-caught-up", "--window", "5m", "--kafka-option", "queued.max.messages.kbytes=64", "--kafka-option", "max.partition.fetch.bytes=65536"],
+        &[
+            "--until-caught-up",
+            "--window",
+            "5m",
+            "--kafka-option",
+            "queued.max.messages.kbytes=64",
+            "--kafka-option",
+            "max.partition.fetch.bytes=65536",
+            "--kafka-option",
+            "fetch.queue.backoff.ms=1000",
+        ],
     );
     let mut procs = start_cluster(dir.path(), "kafka", 2, 1, &flags);
     wait_for_commits(&mut procs, 1);
