@@ -88,6 +88,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     let lake = Lake::open(&cfg.output)?;
     rt.block_on(lake.check_access())?;
     let previous = rt.block_on(manifest::latest(&lake))?;
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "start-up: output checked, latest manifest read");
     let prefix = match &cfg.source {
         SourceConfig::Kafka(k) => k.topic_prefix.clone(),
         SourceConfig::Embedded { .. } => String::new(),
@@ -116,7 +117,9 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         SourceConfig::Kafka(k) => {
             tracing::info!(brokers = %k.brokers, security = %k.client.describe(), "connecting to Kafka");
             let all = k.discover()?;
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, partitions = all.len(), "start-up: partitions discovered");
             let stops = if cfg.until_caught_up { k.high_watermarks(&all)? } else { HashMap::new() };
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "start-up: stop offsets taken");
             (all, stops)
         }
         SourceConfig::Embedded { fleet, partitions } => (embedded::all_partitions(*partitions), EmbeddedReader::journey_ends(fleet, *partitions)),
@@ -146,6 +149,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             tracing::info!(objects = garbage_collected, "deleted objects a crashed run left uncommitted");
         }
         claim = Some(m);
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "start-up: output claimed");
     }
 
     // SIGTERM / SIGINT: stop reading, seal, commit, exit 0. Before the workers run (while
@@ -248,7 +252,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             rt: handle.clone(),
             run: format!("{run}{index:02x}"),
             clock: cfg.clock,
-            encode: EncodeOptions::default(),
+            encode: EncodeOptions { codec: cfg.compression, ..EncodeOptions::default() },
             part_size: 8 << 20,
             batch_rows: 1024,
             topic_prefix: prefix.clone(),
@@ -264,6 +268,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             summary: summary.clone(),
         };
         worker.dataflow::<Epoch, _, _>(|scope| crate::dataflow::build(scope, source, sink, committer));
+        tracing::debug!(worker = index, ms = started.elapsed().as_millis() as u64, "start-up: worker running");
         while worker.step_or_park(Some(Duration::from_millis(100))) {}
         summary.borrow().clone()
     })

@@ -11,6 +11,7 @@ use crate::contract::Micros;
 use crate::contract::timestamp::parse_timestamp;
 use crate::epoch::EpochClock;
 use crate::simulate::FleetConfig;
+use crate::sink::encode::Codec;
 use crate::source::kafka::KafkaOptions;
 
 /// One process of a citystream cluster (timely's -w/-n/-p/-h flags; help is --help only).
@@ -69,6 +70,9 @@ pub struct RunArgs {
     /// Event times before this instant go to the dead-letter output (ISO-8601; no zone = UTC).
     #[arg(long, env = "CITYSTREAM_NOT_BEFORE", value_parser = parse_instant, default_value = "2000-01-01T00:00:00Z")]
     pub not_before: Micros,
+    /// Parquet page compression: zstd, zstd:<level 1-22>, snappy or none.
+    #[arg(long, env = "CITYSTREAM_COMPRESSION", value_parser = Codec::parse, default_value = "zstd:1")]
+    pub compression: Codec,
     /// Embedded source: vehicles in the simulated fleet (one journey each).
     #[arg(long, env = "CITYSTREAM_VEHICLES", default_value_t = 200)]
     pub vehicles: u32,
@@ -130,6 +134,8 @@ pub struct RunConfig {
     pub not_before: Micros,
     /// Event times further than this ahead of the wall clock are implausible.
     pub max_future: Duration,
+    /// Parquet page compression.
+    pub compression: Codec,
 }
 
 impl RunArgs {
@@ -208,6 +214,7 @@ impl RunArgs {
             max_value_bytes: self.max_value_bytes,
             not_before: self.not_before,
             max_future: self.max_future,
+            compression: self.compression,
         })
     }
 }

@@ -110,6 +110,7 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
         let mut max_sent: Epoch = committed_below;
         let mut pending: BTreeMap<Epoch, Vec<Row>> = BTreeMap::new();
         let mut stopping = false;
+        let mut read_any = false;
 
         move |_frontiers| {
             // Announcements of the other workers: keep the newest per worker.
@@ -185,6 +186,11 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                     }
                 });
                 match result {
+                    Ok(n) if n > 0 && !read_any => {
+                        read_any = true;
+                        read = n;
+                        tracing::debug!(worker, "first records read");
+                    }
                     Ok(n) => read = n,
                     Err(e) => super::fatal(&format!("worker {worker}: reading failed: {e}")),
                 }
