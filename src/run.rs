@@ -112,17 +112,21 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     }
     let first_epoch = previous.as_ref().map_or(0, |m| m.upper);
 
-    // Partitions and where each stops.
-    let (all, stops): (Vec<PartitionId>, HashMap<PartitionId, i64>) = match &cfg.source {
+    // Partitions, where reading starts if no manifest knows them, and where it stops.
+    let (all, lows, stops): (Vec<PartitionId>, HashMap<PartitionId, i64>, HashMap<PartitionId, i64>) = match &cfg.source {
         SourceConfig::Kafka(k) => {
             tracing::info!(brokers = %k.brokers, security = %k.client.describe(), "connecting to Kafka");
             let all = k.discover()?;
             tracing::debug!(ms = started.elapsed().as_millis() as u64, partitions = all.len(), "start-up: partitions discovered");
-            let stops = if cfg.until_caught_up { k.high_watermarks(&all)? } else { HashMap::new() };
-            tracing::debug!(ms = started.elapsed().as_millis() as u64, "start-up: stop offsets taken");
-            (all, stops)
+            let marks = k.watermarks(&all)?;
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "start-up: watermarks taken");
+            let lows = marks.iter().map(|(id, w)| (*id, w.low)).collect();
+            let stops = if cfg.until_caught_up { marks.iter().map(|(id, w)| (*id, w.high)).collect() } else { HashMap::new() };
+            (all, lows, stops)
         }
-        SourceConfig::Embedded { fleet, partitions } => (embedded::all_partitions(*partitions), EmbeddedReader::journey_ends(fleet, *partitions)),
+        SourceConfig::Embedded { fleet, partitions } => {
+            (embedded::all_partitions(*partitions), HashMap::new(), EmbeddedReader::journey_ends(fleet, *partitions))
+        }
     };
 
     let run = run_id();
@@ -204,6 +208,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         Arc::new(previous.as_ref().map(|m| m.partitions.iter().map(|s| (s.id, s.clone())).collect()).unwrap_or_default());
     let all = Arc::new(all);
     let stops = Arc::new(stops);
+    let lows = Arc::new(lows);
     let handle = rt.handle().clone();
     let cfg2 = cfg.clone();
     let lake2 = lake.clone();
@@ -215,13 +220,14 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         let partitions: Vec<OwnedPartition> = owned
             .iter()
             .map(|id| OwnedPartition {
-                clock: PartitionClock::resume(*id, cfg.clock, states.get(id), 0, first_epoch),
+                clock: PartitionClock::resume(*id, cfg.clock, states.get(id), lows.get(id).copied().unwrap_or(0), first_epoch),
                 stop: if cfg.until_caught_up { Some(stops.get(id).copied().unwrap_or(0)) } else { None },
             })
             .collect();
         let reader: Box<dyn Reader> = match &cfg.source {
             SourceConfig::Kafka(k) => {
-                let starts: Vec<(PartitionId, Option<i64>)> = owned.iter().map(|id| (*id, states.get(id).map(|s| s.position.offset))).collect();
+                let starts: Vec<(PartitionId, Option<i64>)> =
+                    owned.iter().map(|id| (*id, states.get(id).map(|s| s.position.offset).or_else(|| lows.get(id).copied()))).collect();
                 match KafkaReader::new(k, &starts, &format!("citystream-{}-w{index}", cfg.process)) {
                     Ok(r) => Box::new(r),
                     Err(e) => crate::dataflow::fatal(&format!("worker {index}: {e}")),

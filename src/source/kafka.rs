@@ -100,20 +100,32 @@ impl KafkaOptions {
         Ok(out)
     }
 
-    /// High watermarks (next offset to be written) of `partitions`.
-    pub fn high_watermarks(&self, partitions: &[PartitionId]) -> Result<HashMap<PartitionId, i64>, SourceError> {
+    /// Low and high watermarks (first offset still held, next offset to be written) of
+    /// `partitions`. Reading a partition that no manifest knows starts at its low watermark,
+    /// given as an explicit offset: librdkafka's `BEGINNING` costs an extra offset lookup that
+    /// took ≈ 0.5 s before the first record (measured; docs/benchmarks.md).
+    pub fn watermarks(&self, partitions: &[PartitionId]) -> Result<HashMap<PartitionId, Watermarks>, SourceError> {
         let probe = Arc::new(StartupProbe::default());
         let consumer: BaseConsumer<ProbeContext> =
             self.client_config().create_with_context(ProbeContext(probe.clone())).map_err(|e| SourceError::Client(self.client.scrub(&e.to_string())))?;
         let mut out = HashMap::new();
         for p in partitions {
             let topic = self.topic(p.stream);
-            let (_, high) =
+            let (low, high) =
                 probe.wait_for(&self.brokers, self.timeout, &self.client, |t| consumer.fetch_watermarks(&topic, p.partition, t), || serve(&consumer))?;
-            out.insert(*p, high);
+            out.insert(*p, Watermarks { low, high });
         }
         Ok(out)
     }
+}
+
+/// A partition's offsets at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermarks {
+    /// The first offset the broker still holds (retention deletes below it).
+    pub low: i64,
+    /// The next offset to be written.
+    pub high: i64,
 }
 
 /// What librdkafka reported while a start-up request waited: its error-level log lines and
@@ -302,7 +314,9 @@ pub struct KafkaReader {
 }
 
 impl KafkaReader {
-    /// Assigns `owned` partitions at their start offsets (`None`: the beginning).
+    /// Assigns `owned` partitions at their start offsets (`None`: the beginning). An offset that
+    /// retention has deleted in the meantime restarts at the earliest one still held
+    /// (`auto.offset.reset=earliest`).
     pub fn new(opts: &KafkaOptions, owned: &[(PartitionId, Option<i64>)], client_id: &str) -> Result<Self, SourceError> {
         let consumer: Arc<BaseConsumer<Quiet>> = Arc::new(opts.client_config().set("client.id", client_id).create_with_context(Quiet)?);
         let mut tpl = TopicPartitionList::new();
