@@ -147,6 +147,7 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
     builder.build_reschedule(move |_caps| {
         let mut open: BTreeMap<Epoch, (Capability<Epoch>, HashMap<FileKey, OpenFile>)> = BTreeMap::new();
         let mut sealing: BTreeMap<Epoch, Sealing> = BTreeMap::new();
+        let mut most_open = 0;
 
         move |frontiers| {
             input.for_each(|cap, data| {
@@ -174,6 +175,13 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
                     }
                 }
             });
+
+            // Open epochs are what memory grows with (tests/run_cluster.rs bounds them).
+            if open.len() > most_open {
+                most_open = open.len();
+                let files: usize = open.values().map(|(_, f)| f.len()).sum();
+                tracing::debug!(epochs = most_open, files, "sink: most epochs open so far");
+            }
 
             // Seal every epoch the frontier has passed: finish its objects in the background.
             let frontier = &frontiers[0];

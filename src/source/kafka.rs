@@ -308,6 +308,8 @@ impl ConsumerContext for Quiet {}
 pub struct KafkaReader {
     consumer: Arc<BaseConsumer<Quiet>>,
     queues: Vec<(PartitionId, String, PartitionQueue<Quiet>)>,
+    /// Partitions held back (see [`Reader::hold`]), by their index in `queues`.
+    held: Vec<bool>,
     next_queue: usize,
     /// Since when the consumer reports errors and no record arrived (a broker outage).
     troubled_since: Option<Instant>,
@@ -333,7 +335,7 @@ impl KafkaReader {
                 .ok_or_else(|| SourceError::Kafka(KafkaError::Subscription(format!("no queue for {topic}/{}", id.partition))))?;
             queues.push((*id, topic, q));
         }
-        Ok(KafkaReader { consumer, queues, next_queue: 0, troubled_since: None })
+        Ok(KafkaReader { consumer, held: vec![false; queues.len()], queues, next_queue: 0, troubled_since: None })
     }
 }
 
@@ -353,7 +355,11 @@ impl Reader for KafkaReader {
         let per_queue = (budget / n.max(1)).max(64);
         for _ in 0..n {
             let (id, _, queue) = &self.queues[self.next_queue];
+            let held = self.held[self.next_queue];
             self.next_queue = (self.next_queue + 1) % n;
+            if held {
+                continue;
+            }
             let mut taken = 0;
             while taken < per_queue {
                 match queue.poll(Duration::ZERO) {
@@ -388,6 +394,12 @@ impl Reader for KafkaReader {
             }
         }
         Ok(delivered)
+    }
+
+    fn hold(&mut self, id: PartitionId, held: bool) {
+        if let Some(i) = self.queues.iter().position(|(q, _, _)| *q == id) {
+            self.held[i] = held;
+        }
     }
 
     fn pause(&mut self, id: PartitionId) {

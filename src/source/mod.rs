@@ -74,4 +74,10 @@ pub trait Reader {
     fn poll(&mut self, budget: usize, f: &mut dyn FnMut(Event<'_>)) -> Result<usize, SourceError>;
     /// Stops delivering partition `id` (it reached its stop offset).
     fn pause(&mut self, id: PartitionId);
+    /// Holds back (`true`) or releases partition `id`: a held partition is not read, so its
+    /// prefetch queue fills and fetching stops (bounded memory). Readers that cannot hold
+    /// partitions back ignore it (the default).
+    fn hold(&mut self, id: PartitionId, held: bool) {
+        let _ = (id, held);
+    }
 }
