@@ -89,7 +89,7 @@ pub struct Announce {
     pub seq: u64,
     /// Least epoch among its active (not caught-up) partitions; `None`: it has none.
     pub active: Option<Epoch>,
-    /// Least epoch among its caught-up partitions that have a watermark (have seen data).
+    /// Greatest epoch among its caught-up partitions that have a watermark (have seen data).
     pub idle: Option<Epoch>,
 }
 

@@ -224,12 +224,16 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
             }
 
             // Idle partitions follow the least epoch of the active ones, cluster-wide; when
-            // every partition is idle, the least epoch of those that have seen data (an empty
-            // partition has no watermark of its own and must not hold anything back).
+            // every partition is idle, the greatest epoch of those that have seen data (an empty
+            // partition has no watermark of its own and must not hold anything back). The
+            // greatest, because that is where the idle ones would have followed the last active
+            // partition to, had it been seen active: a partition that reads a whole burst and
+            // its end within one activation is never seen active, and with the least, partitions
+            // that stopped would hold the frontier forever (tests/run_cluster.rs, under load).
             let local_active = parts.iter().filter(|p| !p.caught_up && !p.finished).map(|p| p.clock.epoch()).min();
-            let local_idle = parts.iter().filter(|p| p.caught_up && !p.finished && p.clock.watermark().is_some()).map(|p| p.clock.epoch()).min();
+            let local_idle = parts.iter().filter(|p| p.caught_up && !p.finished && p.clock.watermark().is_some()).map(|p| p.clock.epoch()).max();
             let global_active = others.values().filter_map(|o| o.active).chain(local_active).min();
-            let global_idle = others.values().filter_map(|o| o.idle).chain(local_idle).min();
+            let global_idle = others.values().filter_map(|o| o.idle).chain(local_idle).max();
             if let Some(g) = global_active.or(global_idle) {
                 for p in parts.iter_mut().filter(|p| p.caught_up && !p.finished) {
                     p.clock.advance_idle(g);
@@ -240,6 +244,7 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                 let held = global_active.is_some_and(|g| p.clock.epoch() > g.saturating_add(READ_AHEAD_EPOCHS));
                 if held != p.held {
                     p.held = held;
+                    tracing::debug!(worker, partition = %p.clock.id(), held, epoch = p.clock.epoch(), least_active = ?global_active, "read-ahead bound");
                     reader.hold(p.clock.id(), held);
                 }
             }

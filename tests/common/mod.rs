@@ -51,12 +51,17 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `citystream <args>` with logs in `dir/<name>.log`.
+    /// Starts `citystream <args>` with logs in `dir/<name>.log` (log filter: `CITYSTREAM_TEST_LOG`,
+    /// default `info,rdkafka=warn`).
     pub fn start(dir: &Path, name: &str, args: &[String], env_remove: &[&str]) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(bin());
-        cmd.args(args).stdout(file.try_clone().unwrap()).stderr(file).stdin(Stdio::null()).env("RUST_LOG", "info,rdkafka=warn");
+        cmd.args(args)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .env("RUST_LOG", std::env::var("CITYSTREAM_TEST_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()));
         for k in env_remove {
             cmd.env_remove(k);
         }
