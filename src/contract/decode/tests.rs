@@ -214,3 +214,26 @@ fn corpus_cases_are_refused_with_their_reason() {
         assert!(cases.iter().filter(|c| c.stream == s).count() >= 5, "{s} has cases");
     }
 }
+
+#[test]
+fn uuids_are_checked_character_by_character() {
+    let v = Validator { stream: Stream::Vehicle, opts: &DecodeOptions::default() };
+    assert!(v.uuid("id", UUID.to_owned()).is_ok());
+    assert!(v.uuid("id", UUID.to_uppercase()).is_ok());
+    for (i, &good) in UUID.as_bytes().iter().enumerate() {
+        // A non-hex letter, a misplaced hyphen, a digit where a hyphen belongs: each is refused.
+        for c in [b'g', b'-', b'0', b' ', 0xff] {
+            if c == good || (good != b'-' && c == b'0') {
+                continue;
+            }
+            let mut bad = UUID.as_bytes().to_vec();
+            bad[i] = c;
+            let s = String::from_utf8_lossy(&bad).into_owned();
+            let e = v.uuid("id", s.clone()).expect_err(&s);
+            assert_eq!((e.class, e.field.as_deref()), (ErrorClass::BadValue, Some("id")), "{s}");
+        }
+    }
+    for s in [&UUID[..35], &format!("{UUID}0"), "", &UUID.replace('-', "")] {
+        assert!(v.uuid("id", s.to_owned()).is_err(), "{s:?}");
+    }
+}
