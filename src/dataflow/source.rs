@@ -277,6 +277,14 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                 }
                 if all_finished {
                     tracing::debug!(worker, epoch = cap, "all partitions finished");
+                    // Tell the others this worker holds nothing back any more. Without it, they
+                    // keep its last announcement, whose least active epoch may be far behind:
+                    // their partitions beyond the read-ahead bound of it would be held forever
+                    // (tests/faults.rs, sigterm, hung once in CI).
+                    if let Some(ac) = announce_cap.as_ref() {
+                        announce_seq += 1;
+                        announce_out.activate().session(ac).give(Announce { worker, seq: announce_seq, active: None, idle: None });
+                    }
                     data_cap = None;
                     report_cap = None;
                     announce_cap = None;
@@ -417,5 +425,81 @@ mod tests {
         // it, at most the bound, one poll's worth (64 epochs) and the lateness.
         assert!(most_ahead <= READ_AHEAD_EPOCHS as i64 + 64 + 3, "the sparse partition ran {most_ahead} epochs ahead");
         assert!(most_ahead > READ_AHEAD_EPOCHS as i64, "the test must make one partition run ahead ({most_ahead})");
+    }
+
+    /// One partition of [`Uneven`]'s two, for a worker of its own.
+    struct One {
+        i: usize,
+        next: i64,
+        records: i64,
+        held: bool,
+    }
+
+    impl Reader for One {
+        fn poll(&mut self, _budget: usize, f: &mut dyn FnMut(Event<'_>)) -> Result<usize, crate::source::SourceError> {
+            let mut taken = 0;
+            while !self.held && taken < 64 && self.next < self.records {
+                let (i, offset) = (self.i, self.next);
+                let value = format!(
+                    r#"{{"id": "{i:08x}-0000-4000-8000-{offset:012x}", "deviceId": "v-{i}", "timestamp": "{}", "speed": 50.0, "direction": "North", "vehicleType": "private"}}"#,
+                    format_naive(Uneven::time(i, offset))
+                );
+                f(Event::Record { id: Uneven::id(i), offset, payload: value.as_bytes() });
+                self.next += 1;
+                taken += 1;
+            }
+            Ok(taken)
+        }
+
+        fn pause(&mut self, _id: PartitionId) {}
+
+        fn hold(&mut self, _id: PartitionId, held: bool) {
+            self.held = held;
+        }
+    }
+
+    #[test]
+    fn a_worker_that_finishes_early_does_not_hold_back_the_others() {
+        // Worker 0 reads 100 dense records (5 epochs) in two polls and finishes; worker 1's
+        // sparse partition runs one epoch per record, far past the read-ahead bound of worker 0's
+        // last active epoch. Worker 0 must say it holds nothing back any more, or worker 1's
+        // partition stays held forever (it did: tests/faults.rs, sigterm, hung in CI).
+        let records = [500i64, 100];
+        let delivered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let total = delivered.clone();
+        timely::execute(timely::Config::process(2), move |worker| {
+            let w = worker.index();
+            let i = 1 - w;
+            let clock = EpochClock::new(WINDOW, 2 * WINDOW);
+            let spec = SourceSpec {
+                worker: w,
+                committed_below: 0,
+                partitions: vec![OwnedPartition { clock: PartitionClock::resume(Uneven::id(i), clock, None, 0, 0), stop: Some(records[i]) }],
+                reader: Box::new(One { i, next: 0, records: records[i], held: false }),
+                decode: DecodeOptions::default(),
+                max_future: None,
+                shutdown: Arc::new(AtomicBool::new(false)),
+                budget: 4096,
+            };
+            let count = total.clone();
+            worker.dataflow::<Epoch, _, _>(|scope| {
+                let (handle, announcements) = scope.feedback::<Vec<Announce>>(1);
+                let (rows, _states, announced) = reclock_source(scope, spec, announcements);
+                announced.broadcast().connect_loop(handle);
+                use timely::dataflow::operators::Inspect;
+                rows.inspect(move |_| {
+                    count.fetch_add(1, Ordering::Relaxed);
+                });
+            });
+            let started = Instant::now();
+            while worker.step_or_park(Some(Duration::from_millis(5))) {
+                assert!(started.elapsed() < Duration::from_secs(60), "worker {w} did not finish: a partition stayed held");
+            }
+        })
+        .expect("timely runs")
+        .join()
+        .into_iter()
+        .for_each(|r| r.expect("a worker failed"));
+        assert_eq!(delivered.load(Ordering::Relaxed), 600, "every record of both workers arrives");
     }
 }
