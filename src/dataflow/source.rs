@@ -249,6 +249,19 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                 }
             }
 
+            // Announce before the capabilities may be dropped below: a worker whose partitions
+            // all finished announces "nothing active, nothing idle" this way. Otherwise the others
+            // keep its last announcement, whose least active epoch may be far behind, and hold
+            // their partitions beyond the read-ahead bound of it forever (tests/faults.rs,
+            // sigterm, hung once in CI).
+            if last_announced != Some((local_active, local_idle))
+                && let Some(ac) = announce_cap.as_ref()
+            {
+                announce_seq += 1;
+                announce_out.activate().session(ac).give(Announce { worker, seq: announce_seq, active: local_active, idle: local_idle });
+                last_announced = Some((local_active, local_idle));
+            }
+
             // Advance the capability to the least epoch of the unfinished partitions.
             let all_finished = parts.iter().all(|p| p.finished);
             let new_cap =
@@ -277,14 +290,6 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                 }
                 if all_finished {
                     tracing::debug!(worker, epoch = cap, "all partitions finished");
-                    // Tell the others this worker holds nothing back any more. Without it, they
-                    // keep its last announcement, whose least active epoch may be far behind:
-                    // their partitions beyond the read-ahead bound of it would be held forever
-                    // (tests/faults.rs, sigterm, hung once in CI).
-                    if let Some(ac) = announce_cap.as_ref() {
-                        announce_seq += 1;
-                        announce_out.activate().session(ac).give(Announce { worker, seq: announce_seq, active: None, idle: None });
-                    }
                     data_cap = None;
                     report_cap = None;
                     announce_cap = None;
@@ -293,14 +298,6 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                 for c in [&mut data_cap, &mut report_cap, &mut announce_cap].into_iter().flatten() {
                     c.downgrade(&new_cap);
                 }
-            }
-
-            if last_announced != Some((local_active, local_idle))
-                && let Some(ac) = announce_cap.as_ref()
-            {
-                announce_seq += 1;
-                announce_out.activate().session(ac).give(Announce { worker, seq: announce_seq, active: local_active, idle: local_idle });
-                last_announced = Some((local_active, local_idle));
             }
 
             if read > 0 || started.elapsed() > Duration::from_millis(50) {
@@ -353,6 +350,13 @@ mod tests {
         fn time(i: usize, offset: i64) -> Micros {
             START + offset * if i == 0 { WINDOW } else { WINDOW / 20 }
         }
+        /// The GPS record at `offset` of partition `i`.
+        fn value(i: usize, offset: i64) -> String {
+            format!(
+                r#"{{"id": "{i:08x}-0000-4000-8000-{offset:012x}", "deviceId": "v-{i}", "timestamp": "{}", "speed": 50.0, "direction": "North", "vehicleType": "private"}}"#,
+                format_naive(Self::time(i, offset))
+            )
+        }
     }
 
     impl Reader for Uneven {
@@ -362,12 +366,7 @@ mod tests {
                 let mut taken = 0;
                 while !self.held[i] && taken < 64 && self.next[i] < self.records {
                     let offset = self.next[i];
-                    let value = format!(
-                        r#"{{"id": "{:08x}-0000-4000-8000-{offset:012x}", "deviceId": "v-{i}", "timestamp": "{}", "speed": 50.0, "direction": "North", "vehicleType": "private"}}"#,
-                        i,
-                        format_naive(Self::time(i, offset))
-                    );
-                    f(Event::Record { id: Self::id(i), offset, payload: value.as_bytes() });
+                    f(Event::Record { id: Self::id(i), offset, payload: Self::value(i, offset).as_bytes() });
                     self.next[i] += 1;
                     taken += 1;
                 }
@@ -388,12 +387,30 @@ mod tests {
         }
     }
 
+    /// Runs the source alone, with its announcement loop, to the end, counting the rows it
+    /// sends into `delivered`; fails if it has not finished within 60 s (a partition held forever).
+    fn run_source(worker: &mut timely::worker::Worker, spec: SourceSpec, delivered: Arc<std::sync::atomic::AtomicUsize>) {
+        worker.dataflow::<Epoch, _, _>(|scope| {
+            let (handle, announcements) = scope.feedback::<Vec<Announce>>(1);
+            let (rows, _states, announced) = reclock_source(scope, spec, announcements);
+            announced.broadcast().connect_loop(handle);
+            use timely::dataflow::operators::Inspect;
+            rows.inspect(move |_| {
+                delivered.fetch_add(1, Ordering::Relaxed);
+            });
+        });
+        let started = Instant::now();
+        while worker.step_or_park(Some(Duration::from_millis(5))) {
+            assert!(started.elapsed() < Duration::from_secs(60), "worker {} did not finish: a held partition was never released", worker.index());
+        }
+    }
+
     #[test]
     fn a_partition_far_ahead_in_event_time_is_held_back_and_every_record_still_arrives() {
         let records = 2000;
         let (most_ahead, delivered) = timely::execute_directly(move |worker| {
             let most_ahead = Rc::new(Cell::new(0));
-            let delivered = Rc::new(Cell::new(0usize));
+            let delivered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let clock = EpochClock::new(WINDOW, 2 * WINDOW);
             let reader = Uneven { next: [0, 0], records, held: [false; 2], most_ahead: most_ahead.clone() };
             let spec = SourceSpec {
@@ -406,19 +423,8 @@ mod tests {
                 shutdown: Arc::new(AtomicBool::new(false)),
                 budget: 4096,
             };
-            let count = delivered.clone();
-            worker.dataflow::<Epoch, _, _>(|scope| {
-                let (handle, announcements) = scope.feedback::<Vec<Announce>>(1);
-                let (rows, _states, announced) = reclock_source(scope, spec, announcements);
-                announced.broadcast().connect_loop(handle);
-                use timely::dataflow::operators::Inspect;
-                rows.inspect(move |_| count.set(count.get() + 1));
-            });
-            let started = Instant::now();
-            while worker.step_or_park(Some(Duration::from_millis(5))) {
-                assert!(started.elapsed() < Duration::from_secs(60), "the source did not finish: a held partition was never released");
-            }
-            (most_ahead.get(), delivered.get())
+            run_source(worker, spec, delivered.clone());
+            (most_ahead.get(), delivered.load(Ordering::Relaxed))
         });
         assert_eq!(delivered, 2 * records as usize, "every record of both partitions arrives");
         // Without the bound the sparse partition runs ~1,900 epochs ahead of the dense one; with
@@ -440,11 +446,7 @@ mod tests {
             let mut taken = 0;
             while !self.held && taken < 64 && self.next < self.records {
                 let (i, offset) = (self.i, self.next);
-                let value = format!(
-                    r#"{{"id": "{i:08x}-0000-4000-8000-{offset:012x}", "deviceId": "v-{i}", "timestamp": "{}", "speed": 50.0, "direction": "North", "vehicleType": "private"}}"#,
-                    format_naive(Uneven::time(i, offset))
-                );
-                f(Event::Record { id: Uneven::id(i), offset, payload: value.as_bytes() });
+                f(Event::Record { id: Uneven::id(i), offset, payload: Uneven::value(i, offset).as_bytes() });
                 self.next += 1;
                 taken += 1;
             }
@@ -481,20 +483,7 @@ mod tests {
                 shutdown: Arc::new(AtomicBool::new(false)),
                 budget: 4096,
             };
-            let count = total.clone();
-            worker.dataflow::<Epoch, _, _>(|scope| {
-                let (handle, announcements) = scope.feedback::<Vec<Announce>>(1);
-                let (rows, _states, announced) = reclock_source(scope, spec, announcements);
-                announced.broadcast().connect_loop(handle);
-                use timely::dataflow::operators::Inspect;
-                rows.inspect(move |_| {
-                    count.fetch_add(1, Ordering::Relaxed);
-                });
-            });
-            let started = Instant::now();
-            while worker.step_or_park(Some(Duration::from_millis(5))) {
-                assert!(started.elapsed() < Duration::from_secs(60), "worker {w} did not finish: a partition stayed held");
-            }
+            run_source(worker, spec, total.clone());
         })
         .expect("timely runs")
         .join()
