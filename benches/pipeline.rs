@@ -1,14 +1,16 @@
 //! Micro-benchmarks of citystream's per-record hot path, one stream at a time, without Kafka:
 //!
-//! - `decode/<stream>`: JSON value → typed `Record` (`contract::decode`), the simulator's
-//!   own records (no late or malformed ones).
+//! - `decode/<stream>`: JSON value → typed `Record` owning its strings (`contract::decode`),
+//!   the simulator's own records (no late or malformed ones).
+//! - `decode_borrowed/<stream>`: the same into a record whose strings borrow from the value
+//!   (`contract::decode_borrowed`), which is what the source does.
 //! - `arrow/<stream>`: typed records → Arrow `RecordBatch`es (`BatchBuilder`, with the
 //!   provenance columns, 1,024 rows per batch as the sink hands them over).
 //! - `parquet/<stream>`: those batches → one zstd Parquet file (`ParquetEncoder`).
 //! - `parquet_small_files/<stream>`: the same rows as files of 160 rows each, which is what
 //!   a 60 s window gives for the simulated fleet (≈ 160 rows per object): the per-file cost.
-//! - `pipeline/<stream>`: decode + Arrow + Parquet (small files) together, what one worker
-//!   thread does per record, without Kafka and without timely.
+//! - `pipeline/<stream>`: decode (borrowed) + Arrow + Parquet (small files) together, what one
+//!   worker thread does per record, without Kafka and without timely.
 //! - `parquet_variants/<variant>`: all five streams as 160-row files again, from ready Arrow
 //!   batches, with citystream's writer settings and with one change each (no dictionary for
 //!   the unique-id columns, statistics per column chunk instead of per page, no embedded Arrow
@@ -33,7 +35,7 @@ use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 use citystream::contract::schema::{BatchBuilder, Provenance};
-use citystream::contract::{DecodeOptions, Record, Stream, decode};
+use citystream::contract::{DecodeOptions, Record, Stream, decode, decode_borrowed};
 use citystream::epoch::EpochClock;
 use citystream::ownership::PartitionId;
 use citystream::reclock::PartitionClock;
@@ -148,7 +150,7 @@ fn build_batches(stream: Stream, records: &[Record]) -> Vec<RecordBatch> {
 }
 
 /// Encodes records as Parquet files of `rows_per_file` rows; returns the bytes written.
-fn encode_files(stream: Stream, records: &[Record], rows_per_file: usize, opts: &EncodeOptions) -> usize {
+fn encode_files<S: AsRef<str>>(stream: Stream, records: &[Record<S>], rows_per_file: usize, opts: &EncodeOptions) -> usize {
     let mut written = 0;
     for chunk in records.chunks(rows_per_file) {
         let mut b = BatchBuilder::new(stream, true);
@@ -229,6 +231,19 @@ fn bench_all(c: &mut Criterion<ThreadCpu>, corpora: &[Corpus]) {
     }
     g.finish();
 
+    let mut g = c.benchmark_group("decode_borrowed");
+    for k in corpora {
+        g.throughput(Throughput::Bytes(k.bytes));
+        g.bench_function(BenchmarkId::from_parameter(k.stream.name()), |b| {
+            b.iter(|| {
+                for v in &k.values {
+                    black_box(decode_borrowed(k.stream, black_box(v), &dopts).ok());
+                }
+            })
+        });
+    }
+    g.finish();
+
     let mut g = c.benchmark_group("arrow");
     for k in corpora {
         g.throughput(Throughput::Bytes(k.bytes));
@@ -264,7 +279,7 @@ fn bench_all(c: &mut Criterion<ThreadCpu>, corpora: &[Corpus]) {
         g.throughput(Throughput::Bytes(k.bytes));
         g.bench_function(BenchmarkId::from_parameter(k.stream.name()), |b| {
             b.iter(|| {
-                let records: Vec<Record> = k.values.iter().filter_map(|v| decode(k.stream, v, &dopts).ok()).collect();
+                let records: Vec<_> = k.values.iter().filter_map(|v| decode_borrowed(k.stream, v, &dopts).ok()).collect();
                 black_box(encode_files(k.stream, &records, SMALL_FILE_ROWS, &eopts))
             })
         });
@@ -335,7 +350,7 @@ fn summary(corpora: &[Corpus], per_stream: usize) {
         println!("{group:<22} {id:<16} {rps:>14.0} {mbps:>10.1} {:>12.0}", s * 1e9 / records as f64);
         rows.push(serde_json::json!({"group": group, "stream": id, "records_per_s": rps, "mb_per_s": mbps, "ns_per_record": s * 1e9 / records as f64}));
     };
-    for group in ["decode", "arrow", "parquet", "parquet_small_files", "pipeline"] {
+    for group in ["decode", "decode_borrowed", "arrow", "parquet", "parquet_small_files", "pipeline"] {
         for k in corpora {
             row(group, k.stream.name(), k.records.len(), k.bytes);
         }

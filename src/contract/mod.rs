@@ -12,7 +12,7 @@ mod records;
 pub mod schema;
 pub mod timestamp;
 
-pub use decode::{DecodeError, DecodeOptions, ErrorClass, NOT_BEFORE_DEFAULT, decode};
+pub use decode::{DecodeError, DecodeOptions, ErrorClass, NOT_BEFORE_DEFAULT, decode, decode_borrowed};
 pub use records::{EmergencyRecord, GpsRecord, Location, TrafficRecord, VehicleRecord, WeatherRecord};
 pub use timestamp::Micros;
 
@@ -77,22 +77,26 @@ impl FromStr for Stream {
     }
 }
 
-/// A decoded record of any stream.
+/// A decoded record of any stream, owning its strings (`S = String`, the default) or borrowing
+/// them from the value it was decoded from (`S = Cow<str>`, see [`decode_borrowed`]).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Record {
+pub enum Record<S = String> {
     /// From `vehicle_data`.
-    Vehicle(VehicleRecord),
+    Vehicle(VehicleRecord<S>),
     /// From `gps_data`.
-    Gps(GpsRecord),
+    Gps(GpsRecord<S>),
     /// From `traffic_data`.
-    Traffic(TrafficRecord),
+    Traffic(TrafficRecord<S>),
     /// From `weather_data`.
-    Weather(WeatherRecord),
+    Weather(WeatherRecord<S>),
     /// From `emergency_data`.
-    Emergency(EmergencyRecord),
+    Emergency(EmergencyRecord<S>),
 }
 
-impl Record {
+/// A record whose strings borrow from the Kafka value it was decoded from.
+pub type BorrowedRecord<'a> = Record<std::borrow::Cow<'a, str>>;
+
+impl<S> Record<S> {
     /// The record's stream.
     pub fn stream(&self) -> Stream {
         match self {
@@ -114,29 +118,33 @@ impl Record {
             Record::Emergency(r) => r.timestamp,
         }
     }
+}
 
+impl<S: AsRef<str>> Record<S> {
     /// The record's `deviceId`.
     pub fn device_id(&self) -> &str {
         match self {
-            Record::Vehicle(r) => &r.device_id,
-            Record::Gps(r) => &r.device_id,
-            Record::Traffic(r) => &r.device_id,
-            Record::Weather(r) => &r.device_id,
-            Record::Emergency(r) => &r.device_id,
+            Record::Vehicle(r) => r.device_id.as_ref(),
+            Record::Gps(r) => r.device_id.as_ref(),
+            Record::Traffic(r) => r.device_id.as_ref(),
+            Record::Weather(r) => r.device_id.as_ref(),
+            Record::Emergency(r) => r.device_id.as_ref(),
         }
     }
 
     /// The record's `id`.
     pub fn id(&self) -> &str {
         match self {
-            Record::Vehicle(r) => &r.id,
-            Record::Gps(r) => &r.id,
-            Record::Traffic(r) => &r.id,
-            Record::Weather(r) => &r.id,
-            Record::Emergency(r) => &r.id,
+            Record::Vehicle(r) => r.id.as_ref(),
+            Record::Gps(r) => r.id.as_ref(),
+            Record::Traffic(r) => r.id.as_ref(),
+            Record::Weather(r) => r.id.as_ref(),
+            Record::Emergency(r) => r.id.as_ref(),
         }
     }
+}
 
+impl<S: serde::Serialize> Record<S> {
     /// The JSON the original producer would have sent for this record.
     pub fn to_json(&self) -> Vec<u8> {
         let out = match self {

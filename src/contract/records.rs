@@ -6,6 +6,8 @@
 //! which is what the simulator sends; deserialising accepts what the producer sends,
 //! including an integer where a float is expected and unknown extra fields.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::timestamp::{Micros, format_naive};
@@ -52,26 +54,24 @@ impl<'de> Deserialize<'de> for Location {
 }
 
 /// An event timestamp: parsed later (see [`super::timestamp`]) so that a bad one gets its own
-/// error class and the configured zone for naive timestamps applies.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RawTimestamp(pub String);
-
-impl<'de> Deserialize<'de> for RawTimestamp {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(RawTimestamp)
-    }
-}
+/// error class and the configured zone for naive timestamps applies. Borrowed from the value
+/// unless it holds escapes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RawTimestamp<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
 /// Serialises event time the way Python's `datetime.isoformat()` does.
 pub fn serialize_naive<S: Serializer>(t: &Micros, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&format_naive(*t))
 }
 
+// Every record is generic in its string type `S`: `String` (the default) for records that own
+// their text, `Cow<str>` for records borrowed from the Kafka value they were decoded from, which
+// is what the pipeline appends to its Arrow builders without allocating a `String` per field.
 macro_rules! record {
     ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $wire:literal $field:ident : $ty:ty),* $(,)? }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Serialize)]
-        pub struct $name {
+        pub struct $name<S = String> {
             $($(#[$fmeta])* #[serde(rename = $wire)] pub $field: $ty,)*
         }
     };
@@ -81,9 +81,9 @@ record!(
     /// One reading of the vehicle itself (topic `vehicle_data`).
     VehicleRecord {
         /// Record UUID.
-        "id" id: String,
+        "id" id: S,
         /// The vehicle.
-        "deviceId" device_id: String,
+        "deviceId" device_id: S,
         /// Event time.
         #[serde(serialize_with = "serialize_naive")]
         "timestamp" timestamp: Micros,
@@ -92,15 +92,15 @@ record!(
         /// km/h.
         "speed" speed: f64,
         /// Heading, e.g. `North-East`.
-        "direction" direction: String,
+        "direction" direction: S,
         /// Manufacturer.
-        "maker" maker: String,
+        "maker" maker: S,
         /// Model name.
-        "model" model: String,
+        "model" model: S,
         /// Model year.
         "year" year: i32,
         /// Fuel type, e.g. `Hybrid`.
-        "fueltype" fueltype: String,
+        "fueltype" fueltype: S,
     }
 );
 
@@ -108,18 +108,18 @@ record!(
     /// A GPS fix (topic `gps_data`).
     GpsRecord {
         /// Record UUID.
-        "id" id: String,
+        "id" id: S,
         /// The vehicle.
-        "deviceId" device_id: String,
+        "deviceId" device_id: S,
         /// Event time.
         #[serde(serialize_with = "serialize_naive")]
         "timestamp" timestamp: Micros,
         /// km/h.
         "speed" speed: f64,
         /// Heading.
-        "direction" direction: String,
+        "direction" direction: S,
         /// e.g. `private`.
-        "vehicleType" vehicle_type: String,
+        "vehicleType" vehicle_type: S,
     }
 );
 
@@ -127,18 +127,18 @@ record!(
     /// A traffic camera snapshot (topic `traffic_data`).
     TrafficRecord {
         /// Record UUID.
-        "id" id: String,
+        "id" id: S,
         /// The vehicle that passed.
-        "deviceId" device_id: String,
+        "deviceId" device_id: S,
         /// The camera.
-        "cameraId" camera_id: String,
+        "cameraId" camera_id: S,
         /// Where the camera is.
         "location" location: Location,
         /// Event time.
         #[serde(serialize_with = "serialize_naive")]
         "timestamp" timestamp: Micros,
         /// Base64 image (a placeholder string in the simulation).
-        "snapshot" snapshot: String,
+        "snapshot" snapshot: S,
     }
 );
 
@@ -146,9 +146,9 @@ record!(
     /// A weather reading (topic `weather_data`).
     WeatherRecord {
         /// Record UUID.
-        "id" id: String,
+        "id" id: S,
         /// The vehicle that measured it.
-        "deviceId" device_id: String,
+        "deviceId" device_id: S,
         /// Where.
         "location" location: Location,
         /// Event time.
@@ -157,7 +157,7 @@ record!(
         /// °C, a float (the original Spark schema said integer and produced nulls).
         "temperature" temperature: f64,
         /// One of `sunny`, `rainy`, `cloudy`, `snowy`.
-        "weatherCondition" weather_condition: String,
+        "weatherCondition" weather_condition: S,
         /// mm.
         "precipitation" precipitation: f64,
         /// km/h.
@@ -173,51 +173,90 @@ record!(
     /// An emergency incident (topic `emergency_data`).
     EmergencyRecord {
         /// Record UUID.
-        "id" id: String,
+        "id" id: S,
         /// The vehicle that reported it.
-        "deviceId" device_id: String,
+        "deviceId" device_id: S,
         /// Incident UUID.
-        "incidentId" incident_id: String,
+        "incidentId" incident_id: S,
         /// One of `Accident`, `Fire`, `Medical`, `Police`, `None`.
-        "incident" incident: String,
+        "incident" incident: S,
         /// Event time.
         #[serde(serialize_with = "serialize_naive")]
         "timestamp" timestamp: Micros,
         /// Where.
         "location" location: Location,
         /// `Active` or `Resolved`.
-        "status" status: String,
+        "status" status: S,
         /// Free text.
-        "description" description: String,
+        "description" description: S,
     }
 );
 
-/// Wire shapes used for decoding: identical fields, but the timestamp still a string.
+/// Wire shapes used for decoding: identical fields, but the timestamp still a string, and every
+/// string borrowed from the value where it holds no escapes.
 pub(crate) mod wire {
+    use std::borrow::Cow;
+
     use super::{Location, RawTimestamp};
     use serde::Deserialize;
 
     macro_rules! wire {
-        ($name:ident { $($wire:literal $field:ident : $ty:ty),* $(,)? }) => {
+        ($name:ident { $($(#[$fmeta:meta])* $wire:literal $field:ident : $ty:ty),* $(,)? }) => {
             #[derive(Debug, Deserialize)]
-            pub struct $name {
-                $(#[serde(rename = $wire)] pub $field: $ty,)*
+            pub struct $name<'a> {
+                $($(#[$fmeta])* #[serde(rename = $wire)] pub $field: $ty,)*
             }
         };
     }
 
-    wire!(Vehicle { "id" id: String, "deviceId" device_id: String, "timestamp" timestamp: RawTimestamp,
-        "location" location: Location, "speed" speed: f64, "direction" direction: String, "maker" maker: String,
-        "model" model: String, "year" year: i32, "fueltype" fueltype: String });
-    wire!(Gps { "id" id: String, "deviceId" device_id: String, "timestamp" timestamp: RawTimestamp,
-        "speed" speed: f64, "direction" direction: String, "vehicleType" vehicle_type: String });
-    wire!(Traffic { "id" id: String, "deviceId" device_id: String, "cameraId" camera_id: String,
-        "location" location: Location, "timestamp" timestamp: RawTimestamp, "snapshot" snapshot: String });
-    wire!(Weather { "id" id: String, "deviceId" device_id: String, "location" location: Location,
-        "timestamp" timestamp: RawTimestamp, "temperature" temperature: f64, "weatherCondition" weather_condition: String,
-        "precipitation" precipitation: f64, "windspeed" windspeed: f64, "humidity" humidity: i32,
-        "airQualityIndex" air_quality_index: f64 });
-    wire!(Emergency { "id" id: String, "deviceId" device_id: String, "incidentId" incident_id: String,
-        "incident" incident: String, "timestamp" timestamp: RawTimestamp, "location" location: Location,
-        "status" status: String, "description" description: String });
+    wire!(Vehicle {
+        #[serde(borrow)] "id" id: Cow<'a, str>,
+        #[serde(borrow)] "deviceId" device_id: Cow<'a, str>,
+        #[serde(borrow)] "timestamp" timestamp: RawTimestamp<'a>,
+        "location" location: Location,
+        "speed" speed: f64,
+        #[serde(borrow)] "direction" direction: Cow<'a, str>,
+        #[serde(borrow)] "maker" maker: Cow<'a, str>,
+        #[serde(borrow)] "model" model: Cow<'a, str>,
+        "year" year: i32,
+        #[serde(borrow)] "fueltype" fueltype: Cow<'a, str>,
+    });
+    wire!(Gps {
+        #[serde(borrow)] "id" id: Cow<'a, str>,
+        #[serde(borrow)] "deviceId" device_id: Cow<'a, str>,
+        #[serde(borrow)] "timestamp" timestamp: RawTimestamp<'a>,
+        "speed" speed: f64,
+        #[serde(borrow)] "direction" direction: Cow<'a, str>,
+        #[serde(borrow)] "vehicleType" vehicle_type: Cow<'a, str>,
+    });
+    wire!(Traffic {
+        #[serde(borrow)] "id" id: Cow<'a, str>,
+        #[serde(borrow)] "deviceId" device_id: Cow<'a, str>,
+        #[serde(borrow)] "cameraId" camera_id: Cow<'a, str>,
+        "location" location: Location,
+        #[serde(borrow)] "timestamp" timestamp: RawTimestamp<'a>,
+        #[serde(borrow)] "snapshot" snapshot: Cow<'a, str>,
+    });
+    wire!(Weather {
+        #[serde(borrow)] "id" id: Cow<'a, str>,
+        #[serde(borrow)] "deviceId" device_id: Cow<'a, str>,
+        "location" location: Location,
+        #[serde(borrow)] "timestamp" timestamp: RawTimestamp<'a>,
+        "temperature" temperature: f64,
+        #[serde(borrow)] "weatherCondition" weather_condition: Cow<'a, str>,
+        "precipitation" precipitation: f64,
+        "windspeed" windspeed: f64,
+        "humidity" humidity: i32,
+        "airQualityIndex" air_quality_index: f64,
+    });
+    wire!(Emergency {
+        #[serde(borrow)] "id" id: Cow<'a, str>,
+        #[serde(borrow)] "deviceId" device_id: Cow<'a, str>,
+        #[serde(borrow)] "incidentId" incident_id: Cow<'a, str>,
+        #[serde(borrow)] "incident" incident: Cow<'a, str>,
+        #[serde(borrow)] "timestamp" timestamp: RawTimestamp<'a>,
+        "location" location: Location,
+        #[serde(borrow)] "status" status: Cow<'a, str>,
+        #[serde(borrow)] "description" description: Cow<'a, str>,
+    });
 }

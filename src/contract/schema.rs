@@ -189,59 +189,59 @@ impl BatchBuilder {
     }
 
     /// Appends one record. Panics if the record is of another stream (a programming error).
-    pub fn append(&mut self, record: &Record, provenance: Option<Provenance>) {
+    pub fn append<S: AsRef<str>>(&mut self, record: &Record<S>, provenance: Option<Provenance>) {
         assert_eq!(record.stream(), self.stream, "record appended to another stream's builder");
         let mut c = Cursor(self.cols.iter_mut());
         match record {
             Record::Vehicle(r) => {
-                c.s(&r.id);
-                c.s(&r.device_id);
+                c.s(r.id.as_ref());
+                c.s(r.device_id.as_ref());
                 c.t(r.timestamp);
                 c.loc(&r.location);
                 c.f(r.speed);
-                c.s(&r.direction);
-                c.s(&r.maker);
-                c.s(&r.model);
+                c.s(r.direction.as_ref());
+                c.s(r.maker.as_ref());
+                c.s(r.model.as_ref());
                 c.i(r.year);
-                c.s(&r.fueltype);
+                c.s(r.fueltype.as_ref());
             }
             Record::Gps(r) => {
-                c.s(&r.id);
-                c.s(&r.device_id);
+                c.s(r.id.as_ref());
+                c.s(r.device_id.as_ref());
                 c.t(r.timestamp);
                 c.f(r.speed);
-                c.s(&r.direction);
-                c.s(&r.vehicle_type);
+                c.s(r.direction.as_ref());
+                c.s(r.vehicle_type.as_ref());
             }
             Record::Traffic(r) => {
-                c.s(&r.id);
-                c.s(&r.device_id);
-                c.s(&r.camera_id);
+                c.s(r.id.as_ref());
+                c.s(r.device_id.as_ref());
+                c.s(r.camera_id.as_ref());
                 c.loc(&r.location);
                 c.t(r.timestamp);
-                c.s(&r.snapshot);
+                c.s(r.snapshot.as_ref());
             }
             Record::Weather(r) => {
-                c.s(&r.id);
-                c.s(&r.device_id);
+                c.s(r.id.as_ref());
+                c.s(r.device_id.as_ref());
                 c.loc(&r.location);
                 c.t(r.timestamp);
                 c.f(r.temperature);
-                c.s(&r.weather_condition);
+                c.s(r.weather_condition.as_ref());
                 c.f(r.precipitation);
                 c.f(r.windspeed);
                 c.i(r.humidity);
                 c.f(r.air_quality_index);
             }
             Record::Emergency(r) => {
-                c.s(&r.id);
-                c.s(&r.device_id);
-                c.s(&r.incident_id);
-                c.s(&r.incident);
+                c.s(r.id.as_ref());
+                c.s(r.device_id.as_ref());
+                c.s(r.incident_id.as_ref());
+                c.s(r.incident.as_ref());
                 c.t(r.timestamp);
                 c.loc(&r.location);
-                c.s(&r.status);
-                c.s(&r.description);
+                c.s(r.status.as_ref());
+                c.s(r.description.as_ref());
             }
         }
         if let Some((part, off, late)) = &mut self.provenance {

@@ -218,8 +218,8 @@ fn corpus_cases_are_refused_with_their_reason() {
 #[test]
 fn uuids_are_checked_character_by_character() {
     let v = Validator { stream: Stream::Vehicle, opts: &DecodeOptions::default() };
-    assert!(v.uuid("id", UUID.to_owned()).is_ok());
-    assert!(v.uuid("id", UUID.to_uppercase()).is_ok());
+    assert!(v.uuid("id", UUID.into()).is_ok());
+    assert!(v.uuid("id", UUID.to_uppercase().into()).is_ok());
     for (i, &good) in UUID.as_bytes().iter().enumerate() {
         // A non-hex letter, a misplaced hyphen, a digit where a hyphen belongs: each is refused.
         for c in [b'g', b'-', b'0', b' ', 0xff] {
@@ -229,11 +229,49 @@ fn uuids_are_checked_character_by_character() {
             let mut bad = UUID.as_bytes().to_vec();
             bad[i] = c;
             let s = String::from_utf8_lossy(&bad).into_owned();
-            let e = v.uuid("id", s.clone()).expect_err(&s);
+            let e = v.uuid("id", s.clone().into()).expect_err(&s);
             assert_eq!((e.class, e.field.as_deref()), (ErrorClass::BadValue, Some("id")), "{s}");
         }
     }
     for s in [&UUID[..35], &format!("{UUID}0"), "", &UUID.replace('-', "")] {
-        assert!(v.uuid("id", s.to_owned()).is_err(), "{s:?}");
+        assert!(v.uuid("id", s.into()).is_err(), "{s:?}");
     }
+}
+
+#[test]
+fn borrowed_decoding_agrees_with_owned_decoding_and_borrows_plain_strings() {
+    let opts = DecodeOptions::default();
+    // A string with escapes gets its own allocation, unescaped; plain ones point into the value.
+    let v = vehicle().replace("Vehicle-CodeWithYu-123", r#"Vehicle-\u00e9\"q"#);
+    let r = decode_borrowed(Stream::Vehicle, v.as_bytes(), &opts).unwrap();
+    let Record::Vehicle(b) = &r else { panic!("a vehicle record: {r:?}") };
+    assert!(matches!(b.id, Cow::Borrowed(_)) && matches!(b.maker, Cow::Borrowed(_)), "{b:?}");
+    assert!(matches!(b.device_id, Cow::Owned(_)) && b.device_id == "Vehicle-é\"q", "{b:?}");
+    assert_eq!(r.to_json(), dec(Stream::Vehicle, &v).unwrap().to_json());
+
+    // The same verdict and the same record for the corpus and for mutated values of every stream.
+    let same = |stream: Stream, bytes: &[u8], opts: &DecodeOptions| {
+        let owned = decode(stream, bytes, opts).map(|r| r.to_json());
+        let borrowed = decode_borrowed(stream, bytes, opts).map(|r| r.to_json());
+        assert_eq!(owned, borrowed, "{stream}: {}", String::from_utf8_lossy(bytes));
+        owned.is_ok()
+    };
+    let corpus_opts = DecodeOptions { max_value_bytes: CORPUS_MAX_VALUE_BYTES, not_after: 1_795_000_000_000_000, ..opts };
+    for c in corpus() {
+        assert!(!same(c.stream, &c.value, &corpus_opts), "{}", c.file);
+    }
+    let mut decoded = 0;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for _ in 0..5_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut bytes = vehicle().into_bytes();
+        let pos = (x as usize) % bytes.len();
+        bytes[pos] = b"0a-\\\" x9}"[(x >> 40) as usize % 9];
+        for s in Stream::ALL {
+            decoded += usize::from(same(s, &bytes, &opts));
+        }
+    }
+    assert!(decoded > 1_000, "the mutations leave many values valid: {decoded}");
 }
