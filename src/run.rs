@@ -18,6 +18,7 @@ use anyhow::{Context, bail};
 use crate::cli::run::{RunConfig, SourceConfig};
 use crate::commit::manifest::{self, FORMAT, Manifest, ManifestKind};
 use crate::contract::DecodeOptions;
+use crate::dataflow::batches::EpochBatches;
 use crate::dataflow::commit::{CommitSpec, CommitSummary};
 use crate::dataflow::sink::SinkSpec;
 use crate::dataflow::source::{OwnedPartition, SourceSpec};
@@ -252,6 +253,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             max_future: Some(cfg.max_future),
             shutdown: shutdown.clone(),
             budget: 4096,
+            batches: EpochBatches::new(cfg.clock, 1024, &prefix),
         };
         let sink = SinkSpec {
             lake: lake2.clone(),
@@ -260,8 +262,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             clock: cfg.clock,
             encode: EncodeOptions { codec: cfg.compression, ..EncodeOptions::default() },
             part_size: 8 << 20,
-            batch_rows: 1024,
-            topic_prefix: prefix.clone(),
+            encode_after_rows: 1024,
         };
         let committer = CommitSpec {
             lake: lake2.clone(),

@@ -1,7 +1,7 @@
 //! The dataflow, top to bottom:
 //!
 //! ```text
-//!  Kafka partitions ──► reclock_source ──rows@epoch──► parquet_sink ──files@epoch──┐
+//!  Kafka partitions ──► reclock_source ─chunks@epoch─► parquet_sink ──files@epoch──┐
 //!       (owned by        │      ▲                                                  ├─► exchange(0) ─► commit
 //!        this worker)    │      └── announcements (broadcast, feedback +1) ◄──┐    │      (manifests)
 //!                        ├──────────────────────────────────────────────────────────┘
@@ -13,7 +13,12 @@
 //! its active partitions' watermarks, so the frontier at the committer is the cluster's
 //! watermark, and "the frontier passed `e`" means: epoch `e` is sealed everywhere and its
 //! objects are durable.
+//!
+//! The source decodes each value into a record that borrows its strings from the value and
+//! appends it straight into the Arrow builders of its object ([`batches`]); what travels to the
+//! sink are Arrow batches, so no record is allocated, moved or copied field by field on the way.
 
+pub mod batches;
 pub mod commit;
 pub mod sink;
 pub mod source;
@@ -22,40 +27,35 @@ use timely::dataflow::Scope;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concat, ConnectLoop, Exchange, Feedback};
 
+use arrow::record_batch::RecordBatch;
+
 use crate::commit::manifest::FileEntry;
-use crate::contract::{ErrorClass, Record, Stream};
+use crate::contract::{Micros, Stream};
 use crate::epoch::Epoch;
+use crate::lake::FileKind;
 use crate::reclock::ResumeState;
 
-/// A record on its way to the lake.
+/// Which object of an epoch rows belong to: one per (stream, kind, hour) per worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    /// The stream.
+    pub stream: Stream,
+    /// On-time data, late data or dead letters.
+    pub kind: FileKind,
+    /// Start of the hour that names the object: the epoch's hour, or for late rows their
+    /// event time's hour.
+    pub hour: Micros,
+}
+
+/// Rows on their way to the lake: an Arrow batch of one object of one epoch.
 #[derive(Debug, Clone)]
-pub enum Row {
-    /// A decoded record.
-    Record {
-        /// The record.
-        record: Record,
-        /// Kafka partition.
-        partition: i32,
-        /// Kafka offset.
-        offset: i64,
-        /// Whether it arrived behind the watermark.
-        late: bool,
-    },
-    /// A value that did not decode.
-    Dead {
-        /// Its stream.
-        stream: Stream,
-        /// Kafka partition.
-        partition: i32,
-        /// Kafka offset.
-        offset: i64,
-        /// Error class.
-        class: ErrorClass,
-        /// Reason naming the field.
-        reason: String,
-        /// The raw value.
-        raw: Vec<u8>,
-    },
+pub struct Chunk {
+    /// The object.
+    pub key: FileKey,
+    /// The rows, with provenance columns (data, late) or as dead letters.
+    pub batch: RecordBatch,
+    /// The Kafka partitions the rows came from, ascending.
+    pub partitions: Vec<i32>,
 }
 
 /// What workers tell the committer.
@@ -105,8 +105,8 @@ pub fn fatal(message: &str) -> ! {
 /// Builds the whole pipeline in `scope`.
 pub fn build<'s>(scope: Scope<'s, Epoch>, source: source::SourceSpec, sink: sink::SinkSpec, committer: commit::CommitSpec) {
     let (loop_handle, announcements) = scope.feedback::<Vec<Announce>>(1);
-    let (rows, states, announced) = source::reclock_source(scope, source, announcements);
+    let (chunks, states, announced) = source::reclock_source(scope, source, announcements);
     announced.broadcast().connect_loop(loop_handle);
-    let files = sink::parquet_sink(rows, sink);
+    let files = sink::parquet_sink(chunks, sink);
     commit::commit(states.concat(files).exchange(|_| 0), committer);
 }

@@ -1,11 +1,13 @@
-//! `parquet_sink`: rows at their epochs → Parquet objects, finished when the epoch is sealed.
+//! `parquet_sink`: Arrow batches at their epochs → Parquet objects, finished when the epoch is
+//! sealed.
 //!
-//! In: rows stamped with the epoch that commits them. Out: at epoch `e`, the list of objects
+//! In: [`Chunk`]s of rows stamped with the epoch that commits them, built by the source. Out: at epoch `e`, the list of objects
 //! written for `e` ([`Report::Files`]), sent only once every one of them is complete in the
 //! store. Guarantees: one object per (epoch, stream, kind[, event hour for late rows]) per
 //! worker, holding the rows of all the partitions the worker owns (their `_partition` column
-//! and the manifest entry say which); rows stream out as row groups and upload parts while the epoch is open, so memory
-//! per open file is bounded by the batch, row-group and part sizes, not by the epoch's size;
+//! and the manifest entry say which); rows stream out as row groups and upload parts while the
+//! epoch is open, so memory per open file is bounded by the batch, row-group and part sizes,
+//! not by the epoch's size;
 //! the operator holds a capability for `e` until its objects are durable, so the committer's
 //! frontier passing `e` means "every object of `e` exists". When the store is slow or down,
 //! at most `MAX_UNFINISHED_OBJECTS` / `MAX_UNFINISHED_BYTES` of closed objects wait for it: then
@@ -14,6 +16,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
@@ -22,11 +26,10 @@ use timely::dataflow::{Scope, Stream};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use super::{Report, Row};
+use super::{Chunk, FileKey, Report};
 use crate::commit::manifest::FileEntry;
-use crate::contract::schema::{BatchBuilder, DeadLetterBuilder, DeadLetterRow, Provenance, dead_letter_schema, schema};
-use crate::contract::timestamp::{MICROS_PER_SEC, format_naive};
-use crate::contract::{Micros, Stream as DataStream};
+use crate::contract::schema::{dead_letter_schema, schema};
+use crate::contract::timestamp::format_naive;
 use crate::epoch::{Epoch, EpochClock};
 use crate::lake::{FileKind, Lake, file_path};
 use crate::sink::encode::{EncodeOptions, ParquetEncoder};
@@ -47,32 +50,23 @@ pub struct SinkSpec {
     pub encode: EncodeOptions,
     /// Multipart part size (S3 needs ≥ 5 MiB).
     pub part_size: usize,
-    /// Rows buffered per file before they are encoded.
-    pub batch_rows: usize,
-    /// Kafka topic prefix, for the dead-letter `topic` column.
-    pub topic_prefix: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct FileKey {
-    stream: DataStream,
-    kind: FileKind,
-    hour: Micros,
-}
-
-enum Rows {
-    Data(Box<BatchBuilder>),
-    Dead(Box<DeadLetterBuilder>),
+    /// A file starts encoding once this many rows have arrived for it; smaller files are
+    /// encoded in one go when their epoch is sealed. An encoder holds compression state of
+    /// ≈ 100 KiB per column (parquet's zstd codec has a compression and a decompression
+    /// context per column chunk), so encoders are created late, and only files that are
+    /// large enough stream out before the seal.
+    pub encode_after_rows: usize,
 }
 
 struct OpenFile {
     entry: FileEntry,
-    rows: Rows,
-    encoder: ParquetEncoder,
+    schema: SchemaRef,
+    /// Rows that arrived before the encoder was started.
+    held: Vec<RecordBatch>,
+    held_rows: usize,
+    encoder: Option<ParquetEncoder>,
     upload: ObjectUpload,
 }
-
-const HOUR: Micros = 3600 * MICROS_PER_SEC;
 
 /// An object being finished in the background; the handle yields its size.
 type Upload = (FileEntry, JoinHandle<Result<u64, object_store::Error>>);
@@ -84,40 +78,49 @@ type Sealing = (Capability<Epoch>, Vec<Upload>, i64);
 impl OpenFile {
     fn new(spec: &SinkSpec, epoch: Epoch, key: FileKey) -> Self {
         let path = file_path(key.stream, key.kind, epoch, &spec.run, key.hour);
-        let (rows, schema) = match key.kind {
-            FileKind::DeadLetter => (Rows::Dead(Box::default()), dead_letter_schema()),
-            _ => (Rows::Data(Box::new(BatchBuilder::new(key.stream, true))), schema(key.stream, true)),
+        let schema = match key.kind {
+            FileKind::DeadLetter => dead_letter_schema(),
+            FileKind::Data | FileKind::Late => schema(key.stream, true),
         };
-        let encoder = ParquetEncoder::new(schema, &spec.encode).unwrap_or_else(|e| super::fatal(&format!("cannot start a Parquet file: {e}")));
         let entry = FileEntry { path: path.to_string(), stream: key.stream, kind: key.kind, epoch, partitions: Vec::new(), rows: 0, bytes: 0 };
-        OpenFile { entry, rows, encoder, upload: ObjectUpload::new(spec.lake.store.clone(), path, spec.part_size) }
+        OpenFile { entry, schema, held: Vec::new(), held_rows: 0, encoder: None, upload: ObjectUpload::new(spec.lake.store.clone(), path, spec.part_size) }
     }
 
-    fn pending(&self) -> usize {
-        match &self.rows {
-            Rows::Data(b) => b.len(),
-            Rows::Dead(b) => b.len(),
+    /// Takes a chunk: held while the file is small, else encoded, finished bytes passed on to
+    /// the upload.
+    fn write(&mut self, spec: &SinkSpec, chunk: Chunk) {
+        for partition in &chunk.partitions {
+            if let Err(i) = self.entry.partitions.binary_search(partition) {
+                self.entry.partitions.insert(i, *partition);
+            }
+        }
+        self.held_rows += chunk.batch.num_rows();
+        self.held.push(chunk.batch);
+        if self.held_rows >= spec.encode_after_rows {
+            self.encode_held(spec);
         }
     }
 
-    /// Encodes buffered rows and passes finished bytes on to the upload.
-    fn flush(&mut self, spec: &SinkSpec) {
-        if self.pending() > 0 {
-            let batch = match &mut self.rows {
-                Rows::Data(b) => b.finish(),
-                Rows::Dead(b) => b.finish(),
-            };
-            let batch = batch.unwrap_or_else(|e| super::fatal(&format!("building a batch for {}: {e}", self.entry.path)));
-            self.encoder.write(&batch).unwrap_or_else(|e| super::fatal(&format!("encoding {}: {e}", self.entry.path)));
+    /// Encodes the held rows, starting the encoder if need be.
+    fn encode_held(&mut self, spec: &SinkSpec) -> &mut ParquetEncoder {
+        let (path, schema) = (&self.entry.path, &self.schema);
+        let encoder = self.encoder.get_or_insert_with(|| {
+            ParquetEncoder::new(schema.clone(), &spec.encode).unwrap_or_else(|e| super::fatal(&format!("cannot start the Parquet file {path}: {e}")))
+        });
+        for batch in self.held.drain(..) {
+            encoder.write(&batch).unwrap_or_else(|e| super::fatal(&format!("encoding {path}: {e}")));
         }
-        let bytes = self.encoder.take_bytes();
+        self.held_rows = 0;
+        let bytes = encoder.take_bytes();
         if !bytes.is_empty() {
-            self.upload.write(&spec.rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {}: {e}; {}", self.entry.path, spec.lake.gave_up())));
+            self.upload.write(&spec.rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {path}: {e}; {}", spec.lake.gave_up())));
         }
+        encoder
     }
 
     fn close(mut self, spec: &SinkSpec) -> Upload {
-        self.flush(spec);
+        self.encode_held(spec);
+        let Some(encoder) = self.encoder.take() else { unreachable!("encode_held starts the encoder") };
         let e = self.entry.epoch;
         let metadata = vec![
             ("citystream.epoch".to_owned(), e.to_string()),
@@ -127,8 +130,8 @@ impl OpenFile {
             ("citystream.stream".to_owned(), self.entry.stream.name().to_owned()),
             ("citystream.partitions".to_owned(), self.entry.partitions.iter().map(i32::to_string).collect::<Vec<_>>().join(",")),
         ];
-        self.entry.rows = self.encoder.rows();
-        let bytes = self.encoder.close(metadata).unwrap_or_else(|e| super::fatal(&format!("finishing {}: {e}", self.entry.path)));
+        self.entry.rows = encoder.rows();
+        let bytes = encoder.close(metadata).unwrap_or_else(|e| super::fatal(&format!("finishing {}: {e}", self.entry.path)));
         self.upload.write(&spec.rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {}: {e}; {}", self.entry.path, spec.lake.gave_up())));
         self.entry.bytes = self.upload.size();
         (self.entry, self.upload.finish(&spec.rt))
@@ -136,11 +139,11 @@ impl OpenFile {
 }
 
 /// Builds the sink operator; its output carries the objects of each sealed epoch.
-pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> Stream<'s, Epoch, Vec<Report>> {
-    let scope: Scope<'s, Epoch> = rows.scope();
+pub fn parquet_sink<'s>(chunks: Stream<'s, Epoch, Vec<Chunk>>, spec: SinkSpec) -> Stream<'s, Epoch, Vec<Report>> {
+    let scope: Scope<'s, Epoch> = chunks.scope();
     let mut builder = OperatorBuilder::new("ParquetSink".to_owned(), scope);
     let activator = scope.activator_for(builder.operator_info().address.clone());
-    let mut input = builder.new_input(rows, Pipeline);
+    let mut input = builder.new_input(chunks, Pipeline);
     let (output, reports) = builder.new_output();
     let mut output: OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Report>>> = OutputBuilder::from(output);
 
@@ -153,26 +156,8 @@ pub fn parquet_sink<'s>(rows: Stream<'s, Epoch, Vec<Row>>, spec: SinkSpec) -> St
             input.for_each(|cap, data| {
                 let Some(&t) = cap.least() else { return };
                 let (_, files) = open.entry(t).or_insert_with(|| (cap.retain_least(0).expect("a stamped message"), HashMap::new()));
-                for row in data.drain(..) {
-                    let key = route(&row, t, &spec.clock);
-                    let file = files.entry(key).or_insert_with(|| OpenFile::new(&spec, t, key));
-                    let (Row::Record { partition, .. } | Row::Dead { partition, .. }) = &row;
-                    if let Err(i) = file.entry.partitions.binary_search(partition) {
-                        file.entry.partitions.insert(i, *partition);
-                    }
-                    match (&mut file.rows, &row) {
-                        (Rows::Data(b), Row::Record { record, partition, offset, late }) => {
-                            b.append(record, Some(Provenance { partition: *partition, offset: *offset, late: *late }))
-                        }
-                        (Rows::Dead(b), Row::Dead { stream, partition, offset, class, reason, raw }) => {
-                            let topic = format!("{}{}", spec.topic_prefix, stream.name());
-                            b.append(&DeadLetterRow { topic: &topic, partition: *partition, offset: *offset, class: class.as_str(), reason, raw });
-                        }
-                        _ => unreachable!("rows are routed to files of their kind"),
-                    }
-                    if file.pending() >= spec.batch_rows {
-                        file.flush(&spec);
-                    }
+                for chunk in data.drain(..) {
+                    files.entry(chunk.key).or_insert_with(|| OpenFile::new(&spec, t, chunk.key)).write(&spec, chunk);
                 }
             });
 
@@ -263,17 +248,4 @@ fn over_budget(sealing: &BTreeMap<Epoch, Sealing>) -> bool {
 /// Wall clock, microseconds since the Unix epoch (for latency measurements only).
 pub fn now_us() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
-}
-
-/// The file a row belongs to at epoch `t`.
-fn route(row: &Row, t: Epoch, clock: &EpochClock) -> FileKey {
-    let epoch_hour = clock.start_of(t) - clock.start_of(t).rem_euclid(HOUR);
-    match row {
-        Row::Record { record, late: false, .. } => FileKey { stream: record.stream(), kind: FileKind::Data, hour: epoch_hour },
-        Row::Record { record, late: true, .. } => {
-            let ts = record.timestamp();
-            FileKey { stream: record.stream(), kind: FileKind::Late, hour: ts - ts.rem_euclid(HOUR) }
-        }
-        Row::Dead { stream, .. } => FileKey { stream: *stream, kind: FileKind::DeadLetter, hour: epoch_hour },
-    }
 }

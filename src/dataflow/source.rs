@@ -1,16 +1,17 @@
-//! `reclock_source`: Kafka partitions → records stamped with their epoch.
+//! `reclock_source`: Kafka partitions → Arrow batches stamped with their epoch.
 //!
 //! In: a [`Reader`] over the partitions this worker owns, their [`PartitionClock`]s (resumed
 //! from the latest manifest), and the other workers' announcements of their least active
-//! epoch. Out: rows at their epoch, resume states for the committer, and this worker's own
-//! announcements. Guarantees: the data output's capability sits at the least epoch of the
+//! epoch. Out: [`Chunk`]s of rows at their epoch (decoded values appended straight into the
+//! builders of their objects, see [`super::batches`]), resume states for the committer, and
+//! this worker's own announcements. Guarantees: the data output's capability sits at the least epoch of the
 //! owned partitions that are still active, so the cluster frontier *is* the watermark; idle
 //! partitions follow the cluster's least active epoch (recorded as idle advances) so they never
 //! stall it; each time the capability advances past `e`, the resume states for committing `e`
-//! are sent; when every owned partition is finished (stop offset reached: `--until-caught-up`
+//! are sent, after every row of the epochs below the new capability; when every owned partition is finished (stop offset reached: `--until-caught-up`
 //! or shutdown), final states are sent and all capabilities dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,8 +21,10 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{Scope, Stream};
 
-use super::{Announce, Report, Row};
-use crate::contract::{DecodeOptions, decode};
+use super::batches::EpochBatches;
+use super::{Announce, Chunk, Report};
+use crate::contract::schema::Provenance;
+use crate::contract::{DecodeOptions, decode_borrowed};
 use crate::epoch::Epoch;
 use crate::ownership::PartitionId;
 use crate::reclock::{Class, PartitionClock};
@@ -54,6 +57,8 @@ pub struct SourceSpec {
     pub shutdown: Arc<AtomicBool>,
     /// Events read per activation before yielding to other operators.
     pub budget: usize,
+    /// Where decoded rows are built into the batches of their objects.
+    pub batches: EpochBatches,
 }
 
 struct Part {
@@ -84,8 +89,8 @@ impl Part {
     }
 }
 
-/// The source's outputs: rows, resume-state reports, announcements.
-pub type SourceOutputs<'s> = (Stream<'s, Epoch, Vec<Row>>, Stream<'s, Epoch, Vec<Report>>, Stream<'s, Epoch, Vec<Announce>>);
+/// The source's outputs: chunks of rows, resume-state reports, announcements.
+pub type SourceOutputs<'s> = (Stream<'s, Epoch, Vec<Chunk>>, Stream<'s, Epoch, Vec<Report>>, Stream<'s, Epoch, Vec<Announce>>);
 
 /// Builds the source operator.
 pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcements: Stream<'s, Epoch, Vec<Announce>>) -> SourceOutputs<'s> {
@@ -93,15 +98,15 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address.clone());
     let mut input = builder.new_input(announcements, Pipeline);
-    let (rows_out, rows) = builder.new_output();
+    let (chunks_out, chunks) = builder.new_output();
     let (reports_out, reports) = builder.new_output();
     let (announce_out, announced) = builder.new_output();
-    let mut rows_out: OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Row>>> = OutputBuilder::from(rows_out);
+    let mut chunks_out: OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Chunk>>> = OutputBuilder::from(chunks_out);
     let mut reports_out: OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Report>>> = OutputBuilder::from(reports_out);
     let mut announce_out: OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Announce>>> = OutputBuilder::from(announce_out);
 
     builder.build(move |mut caps| {
-        let SourceSpec { worker, committed_below, partitions, mut reader, decode: mut decode_opts, max_future, shutdown, budget } = spec;
+        let SourceSpec { worker, committed_below, partitions, mut reader, decode: mut decode_opts, max_future, shutdown, budget, mut batches } = spec;
         let mut announce_cap = caps.pop();
         let mut report_cap = caps.pop();
         let mut data_cap = caps.pop();
@@ -120,7 +125,6 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
         let mut announce_seq: u64 = 0;
         let mut last_announced: Option<(Option<Epoch>, Option<Epoch>)> = None;
         let mut max_sent: Epoch = committed_below;
-        let mut pending: BTreeMap<Epoch, Vec<Row>> = BTreeMap::new();
         let mut stopping = false;
         let mut read_any = false;
 
@@ -159,7 +163,7 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                             return;
                         }
                         p.caught_up = false;
-                        let decoded = decode(id.stream, payload, &decode_opts);
+                        let decoded = decode_borrowed(id.stream, payload, &decode_opts);
                         let event_time = decoded.as_ref().ok().map(|r| r.timestamp());
                         if let Some(class) = p.clock.observe(offset, event_time) {
                             // Idle partitions were lifted to at least the capability, and after a
@@ -168,20 +172,15 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                             if class.epoch() < cap {
                                 super::fatal(&format!("internal error: {id} offset {offset} classified at epoch {} below the capability {cap}", class.epoch()));
                             }
-                            let row = match (decoded, class) {
-                                (Ok(record), Class::Late(_)) => Row::Record { record, partition: id.partition, offset, late: true },
-                                (Ok(record), _) => Row::Record { record, partition: id.partition, offset, late: false },
-                                (Err(e), _) => Row::Dead {
-                                    stream: id.stream,
-                                    partition: id.partition,
-                                    offset,
-                                    class: e.class,
-                                    reason: e.to_string(),
-                                    raw: payload.to_vec(),
-                                },
-                            };
-                            max_sent = max_sent.max(class.epoch());
-                            pending.entry(class.epoch()).or_default().push(row);
+                            let epoch = class.epoch();
+                            match decoded {
+                                Ok(record) => {
+                                    let late = matches!(class, Class::Late(_));
+                                    batches.record(epoch, &record, Provenance { partition: id.partition, offset, late });
+                                }
+                                Err(e) => batches.dead(epoch, id.stream, id.partition, offset, &e, payload),
+                            }
+                            max_sent = max_sent.max(epoch);
                         }
                         p.check_finished();
                     }
@@ -214,12 +213,11 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                 }
             }
 
-            // Send what was read, at its epochs.
+            // Send the chunks that filled up, at their epochs.
             if let Some(c) = data_cap.as_ref() {
-                let mut out = rows_out.activate();
-                for (t, mut rows) in std::mem::take(&mut pending) {
-                    let at = c.delayed(&t);
-                    out.session(&at).give_container(&mut rows);
+                let mut out = chunks_out.activate();
+                for (t, chunk) in batches.take_ready() {
+                    out.session(&c.delayed(&t)).give(chunk);
                 }
             }
 
@@ -267,6 +265,13 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
             let new_cap =
                 if all_finished { max_sent.max(cap) } else { parts.iter().filter(|p| !p.finished).map(|p| p.clock.epoch()).min().unwrap_or(cap).max(cap) };
             if new_cap > cap || all_finished {
+                // Every row of the epochs the capability passes goes out first, at its epoch.
+                if let Some(c) = data_cap.as_ref() {
+                    let mut out = chunks_out.activate();
+                    for (t, chunk) in batches.take_below((!all_finished).then_some(new_cap)) {
+                        out.session(&c.delayed(&t)).give(chunk);
+                    }
+                }
                 // States valid for committing through any epoch in [cap, new_cap - 1]: every
                 // record read from now on gets an epoch ≥ new_cap (see PartitionClock).
                 // A finished worker covers [cap, max_sent - 1] like any jump, then hands out its
@@ -307,7 +312,7 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
             }
         }
     });
-    (rows, reports, announced)
+    (chunks, reports, announced)
 }
 
 /// Microseconds since the Unix epoch, by the wall clock.
@@ -392,11 +397,11 @@ mod tests {
     fn run_source(worker: &mut timely::worker::Worker, spec: SourceSpec, delivered: Arc<std::sync::atomic::AtomicUsize>) {
         worker.dataflow::<Epoch, _, _>(|scope| {
             let (handle, announcements) = scope.feedback::<Vec<Announce>>(1);
-            let (rows, _states, announced) = reclock_source(scope, spec, announcements);
+            let (chunks, _states, announced) = reclock_source(scope, spec, announcements);
             announced.broadcast().connect_loop(handle);
             use timely::dataflow::operators::Inspect;
-            rows.inspect(move |_| {
-                delivered.fetch_add(1, Ordering::Relaxed);
+            chunks.inspect(move |c: &Chunk| {
+                delivered.fetch_add(c.batch.num_rows(), Ordering::Relaxed);
             });
         });
         let started = Instant::now();
@@ -422,6 +427,7 @@ mod tests {
                 max_future: None,
                 shutdown: Arc::new(AtomicBool::new(false)),
                 budget: 4096,
+                batches: EpochBatches::new(clock, 1024, ""),
             };
             run_source(worker, spec, delivered.clone());
             (most_ahead.get(), delivered.load(Ordering::Relaxed))
@@ -482,6 +488,7 @@ mod tests {
                 max_future: None,
                 shutdown: Arc::new(AtomicBool::new(false)),
                 budget: 4096,
+                batches: EpochBatches::new(clock, 1024, ""),
             };
             run_source(worker, spec, total.clone());
         })
