@@ -7,15 +7,17 @@
 //! - `arrow/<stream>`: typed records → Arrow `RecordBatch`es (`BatchBuilder`, with the
 //!   provenance columns, 1,024 rows per batch as the sink hands them over).
 //! - `parquet/<stream>`: those batches → one zstd Parquet file (`ParquetEncoder`).
-//! - `parquet_small_files/<stream>`: the same rows as files of 160 rows each, which is what
-//!   a 60 s window gives for the simulated fleet (≈ 160 rows per object): the per-file cost.
+//! - `parquet_small_files/<stream>`: the same rows as files of 330 rows each, which is what
+//!   a 60 s window gives for the simulated fleet of 1,000 vehicles read by two workers
+//!   (≈ 330 rows per object): the per-file cost.
 //! - `pipeline/<stream>`: decode (borrowed) + Arrow + Parquet (small files) together, what one
 //!   worker thread does per record, without Kafka and without timely.
-//! - `parquet_variants/<variant>`: all five streams as 160-row files again, from ready Arrow
-//!   batches, with citystream's writer settings and with one change each (no dictionary for
-//!   the unique-id columns, statistics per column chunk instead of per page, no embedded Arrow
-//!   schema, snappy, no compression, those three first changes together), and as one file per
-//!   stream: what each setting costs per record and in output bytes, for tuning `sink::encode`.
+//! - `parquet_variants/<variant>`: all five streams as 330-row files again, from ready Arrow
+//!   batches, with citystream's writer settings (a dictionary and compression per column by
+//!   its `Shape`), with one change each (statistics per column chunk instead of per page, no
+//!   embedded Arrow schema), with the uniform settings citystream used before (a dictionary
+//!   and zstd for every column; with snappy; uncompressed), and as one file per stream: what
+//!   each setting costs per record and in output bytes, for tuning `sink::encode`.
 //! - `route/all`: reclocking, `PartitionClock::observe` per record (event time → epoch,
 //!   on time or late), over one partition holding all five streams' event times.
 //!
@@ -33,8 +35,9 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use arrow::datatypes::{Field, Schema};
 use arrow::record_batch::RecordBatch;
-use citystream::contract::schema::{BatchBuilder, Provenance};
+use citystream::contract::schema::{BatchBuilder, Provenance, schema};
 use citystream::contract::{DecodeOptions, Record, Stream, decode, decode_borrowed};
 use citystream::epoch::EpochClock;
 use citystream::ownership::PartitionId;
@@ -48,7 +51,6 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
-use parquet::schema::types::ColumnPath;
 
 thread_local! {
     /// Output bytes of each `parquet_variants` variant, for the summary.
@@ -95,7 +97,7 @@ impl Measurement for ThreadCpu {
 /// Rows per batch handed to the encoder (as `dataflow::sink` does).
 const BATCH_ROWS: usize = 1024;
 /// Rows per object at the default 60 s window for the simulated fleet (docs/benchmarks.md).
-const SMALL_FILE_ROWS: usize = 160;
+const SMALL_FILE_ROWS: usize = 330;
 
 /// The simulator's records of one stream: raw JSON values and event times.
 struct Corpus {
@@ -180,21 +182,29 @@ struct Variant {
 }
 
 fn variants() -> Vec<Variant> {
-    let base = || writer_properties(&EncodeOptions::default()).into_builder();
-    let no_id_dict = |b: WriterPropertiesBuilder| {
-        b.set_column_dictionary_enabled(ColumnPath::from("id"), false).set_column_dictionary_enabled(ColumnPath::from("incidentId"), false)
-    };
+    // citystream's settings for every column name of the five streams (they are per column name).
+    let mut fields: Vec<Field> = Vec::new();
+    for stream in Stream::ALL {
+        for f in schema(stream, true).fields() {
+            if !fields.iter().any(|g| g.name() == f.name()) {
+                fields.push(f.as_ref().clone());
+            }
+        }
+    }
+    let ours = || writer_properties(&EncodeOptions::default(), &Schema::new(fields.clone())).into_builder();
+    // What citystream did before the column shapes: a dictionary and zstd level 1 for every column.
+    let uniform = || writer_properties(&EncodeOptions::default(), &Schema::empty()).into_builder();
     let v =
         |name, props: WriterPropertiesBuilder, skip_arrow_metadata, rows_per_file| Variant { name, props: props.build(), skip_arrow_metadata, rows_per_file };
     vec![
-        v("citystream", base(), false, SMALL_FILE_ROWS),
-        v("no_id_dictionary", no_id_dict(base()), false, SMALL_FILE_ROWS),
-        v("chunk_statistics", base().set_statistics_enabled(EnabledStatistics::Chunk), false, SMALL_FILE_ROWS),
-        v("no_arrow_schema", base(), true, SMALL_FILE_ROWS),
-        v("snappy", base().set_compression(Compression::SNAPPY), false, SMALL_FILE_ROWS),
-        v("uncompressed", base().set_compression(Compression::UNCOMPRESSED), false, SMALL_FILE_ROWS),
-        v("three_together", no_id_dict(base()).set_statistics_enabled(EnabledStatistics::Chunk), true, SMALL_FILE_ROWS),
-        v("one_file_per_stream", base(), false, usize::MAX),
+        v("citystream", ours(), false, SMALL_FILE_ROWS),
+        v("uniform_zstd", uniform(), false, SMALL_FILE_ROWS),
+        v("chunk_statistics", ours().set_statistics_enabled(EnabledStatistics::Chunk), false, SMALL_FILE_ROWS),
+        v("no_arrow_schema", ours(), true, SMALL_FILE_ROWS),
+        v("uniform_snappy", uniform().set_compression(Compression::SNAPPY), false, SMALL_FILE_ROWS),
+        v("uncompressed", uniform().set_compression(Compression::UNCOMPRESSED), false, SMALL_FILE_ROWS),
+        v("citystream_one_file_per_stream", ours(), false, usize::MAX),
+        v("uniform_zstd_one_file_per_stream", uniform(), false, usize::MAX),
     ]
 }
 

@@ -8,13 +8,16 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use crate::contract::schema::{Shape, shape};
 
 /// The compression of Parquet pages (`--compression`). Every codec here is read by Athena,
 /// Redshift Spectrum, Spark, DuckDB and pyarrow.
@@ -81,15 +84,26 @@ impl Default for EncodeOptions {
     }
 }
 
-/// The writer properties used for every file: the codec, statistics per page (for predicate
-/// pushdown in Athena/DuckDB), and our name as the creator.
-pub fn writer_properties(opts: &EncodeOptions) -> WriterProperties {
-    WriterProperties::builder()
+/// The writer properties of a file of `schema`: the codec where it pays, a dictionary where it
+/// pays (both by the column's [`Shape`]), statistics per page (for predicate pushdown in
+/// Athena/DuckDB), and our name as the creator. Compression and encoding are per column chunk
+/// in Parquet, and every reader handles them mixed.
+pub fn writer_properties(opts: &EncodeOptions, schema: &Schema) -> WriterProperties {
+    let mut b = WriterProperties::builder()
         .set_compression(opts.codec.compression())
         .set_max_row_group_row_count(Some(opts.max_row_group_rows))
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_created_by(format!("citystream {}", env!("CARGO_PKG_VERSION")))
-        .build()
+        .set_created_by(format!("citystream {}", env!("CARGO_PKG_VERSION")));
+    for field in schema.fields() {
+        let column = ColumnPath::from(field.name().as_str());
+        b = match shape(field.name()) {
+            Shape::Few => b.set_column_compression(column, Compression::UNCOMPRESSED),
+            Shape::Unique => b.set_column_dictionary_enabled(column, false),
+            Shape::Measure => b.set_column_dictionary_enabled(column.clone(), false).set_column_compression(column, Compression::UNCOMPRESSED),
+            Shape::Text => b,
+        };
+    }
+    b.build()
 }
 
 /// A `Write` whose bytes can be taken out while the writer still owns it.
@@ -124,7 +138,8 @@ impl ParquetEncoder {
     /// Starts a file of `schema`.
     pub fn new(schema: SchemaRef, opts: &EncodeOptions) -> Result<Self, ParquetError> {
         let out = SharedBuffer::default();
-        let writer = ArrowWriter::try_new(out.clone(), schema, Some(writer_properties(opts)))?;
+        let props = writer_properties(opts, &schema);
+        let writer = ArrowWriter::try_new(out.clone(), schema, Some(props))?;
         Ok(ParquetEncoder { writer, out, row_group_bytes: opts.row_group_bytes, rows: 0 })
     }
 
@@ -207,5 +222,46 @@ mod tests {
         assert!(kv.iter().any(|k| k.key == "citystream.epoch" && k.value.as_deref() == Some("7")));
         let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 5000);
+    }
+
+    #[test]
+    fn columns_are_stored_by_their_shape_and_read_back() {
+        use parquet::basic::{Compression, Encoding};
+        let mut fleet = Fleet::new(FleetConfig { vehicles: 50, ..FleetConfig::default() });
+        let mut b = BatchBuilder::new(Stream::Weather, true);
+        let mut expect = Vec::new();
+        for i in 0..330 {
+            let rec = decode(Stream::Weather, &fleet.step()[3].value, &DecodeOptions::default()).unwrap();
+            b.append(&rec, Some(Provenance { partition: 2, offset: i, late: false }));
+            expect.push(rec);
+        }
+        let mut enc = ParquetEncoder::new(crate::contract::schema::schema(Stream::Weather, true), &EncodeOptions::default()).unwrap();
+        enc.write(&b.finish().unwrap()).unwrap();
+        let mut bytes = enc.take_bytes();
+        bytes.extend(enc.close(Vec::new()).unwrap());
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).unwrap();
+        let rg = reader.metadata().row_group(0).clone();
+        let chunk = |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap_or_else(|| panic!("{name}")).clone();
+        let dictionary = |name: &str| chunk(name).encodings().any(|e| e == Encoding::RLE_DICTIONARY || e == Encoding::PLAIN_DICTIONARY);
+        for (name, compression, dict) in [
+            ("weatherCondition", Compression::UNCOMPRESSED, true),  // Few
+            ("_partition", Compression::UNCOMPRESSED, true),        // Few
+            ("id", Compression::ZSTD(ZstdLevel::default()), false), // Unique
+            ("_offset", Compression::ZSTD(ZstdLevel::default()), false),
+            ("temperature", Compression::UNCOMPRESSED, false), // Measure
+            ("latitude", Compression::UNCOMPRESSED, false),
+            ("deviceId", Compression::ZSTD(ZstdLevel::default()), true), // Text
+        ] {
+            assert_eq!(chunk(name).compression(), compression, "{name}");
+            assert_eq!(dictionary(name), dict, "{name}: dictionary");
+        }
+        // Every value reads back as written.
+        let batch = reader.build().unwrap().next().unwrap().unwrap();
+        assert_eq!(batch.num_rows(), 330);
+        let mut again = BatchBuilder::new(Stream::Weather, true);
+        for (i, rec) in expect.iter().enumerate() {
+            again.append(rec, Some(Provenance { partition: 2, offset: i as i64, late: false }));
+        }
+        assert_eq!(batch, again.finish().unwrap());
     }
 }
