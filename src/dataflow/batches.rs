@@ -8,7 +8,7 @@
 //! Guarantee: every appended row is in exactly one chunk, at the epoch it was appended with;
 //! [`EpochBatches::take_below`] hands out every row of the epochs below its argument.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::{Chunk, FileKey};
 use crate::contract::schema::{BatchBuilder, DeadLetterBuilder, DeadLetterRow, Provenance};
@@ -74,7 +74,9 @@ pub struct EpochBatches {
     batch_rows: usize,
     /// The dead-letter `topic` column of each stream: the prefix + the stream's name.
     topics: [String; 5],
-    open: BTreeMap<Epoch, HashMap<FileKey, Building>>,
+    /// Per epoch, its objects' builders: a handful (stream × data, late hours, dead letters),
+    /// found by a linear search, which is cheaper than hashing the key for every record.
+    open: BTreeMap<Epoch, Vec<(FileKey, Building)>>,
     ready: Vec<(Epoch, Chunk)>,
 }
 
@@ -92,14 +94,21 @@ impl EpochBatches {
         start - start.rem_euclid(HOUR)
     }
 
-    fn building(&mut self, epoch: Epoch, key: FileKey) -> &mut Building {
-        self.open.entry(epoch).or_default().entry(key).or_insert_with(|| Building::new(key))
-    }
-
-    fn full(&mut self, epoch: Epoch, key: FileKey) {
-        let batch_rows = self.batch_rows;
-        if let Some(b) = self.open.get_mut(&epoch).and_then(|files| files.get_mut(&key))
-            && b.len() >= batch_rows
+    /// Appends one row with `append` to the builder of `key` at `epoch`, and hands the builder's
+    /// rows out if it is full.
+    fn append(&mut self, epoch: Epoch, key: FileKey, partition: i32, append: impl FnOnce(&mut Rows)) {
+        let files = self.open.entry(epoch).or_default();
+        let i = match files.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                files.push((key, Building::new(key)));
+                files.len() - 1
+            }
+        };
+        let b = &mut files[i].1;
+        b.note_partition(partition);
+        append(&mut b.rows);
+        if b.len() >= self.batch_rows
             && let Some(chunk) = b.take(key)
         {
             self.ready.push((epoch, chunk));
@@ -116,13 +125,10 @@ impl EpochBatches {
         } else {
             FileKey { stream, kind: FileKind::Data, hour: self.epoch_hour(epoch) }
         };
-        let b = self.building(epoch, key);
-        b.note_partition(provenance.partition);
-        match &mut b.rows {
+        self.append(epoch, key, provenance.partition, |rows| match rows {
             Rows::Data(rows) => rows.append(record, Some(provenance)),
             Rows::Dead(_) => unreachable!("data keys get data builders"),
-        }
-        self.full(epoch, key);
+        });
     }
 
     /// Appends a value of `stream` that did not decode, with its reason, to the dead-letter
@@ -131,14 +137,11 @@ impl EpochBatches {
         let key = FileKey { stream, kind: FileKind::DeadLetter, hour: self.epoch_hour(epoch) };
         let reason = error.to_string();
         let topic = std::mem::take(&mut self.topics[stream.index()]);
-        let b = self.building(epoch, key);
-        b.note_partition(partition);
-        match &mut b.rows {
+        self.append(epoch, key, partition, |rows| match rows {
             Rows::Dead(rows) => rows.append(&DeadLetterRow { topic: &topic, partition, offset, class: error.class.as_str(), reason: &reason, raw }),
             Rows::Data(_) => unreachable!("dead-letter keys get dead-letter builders"),
-        }
+        });
         self.topics[stream.index()] = topic;
-        self.full(epoch, key);
     }
 
     /// Chunks that filled up, in the order they did.
@@ -155,7 +158,7 @@ impl EpochBatches {
             None => BTreeMap::new(),
         };
         for (e, files) in std::mem::replace(&mut self.open, rest) {
-            let mut files: Vec<(FileKey, Building)> = files.into_iter().collect();
+            let mut files = files;
             files.sort_by_key(|(k, _)| *k);
             out.extend(files.into_iter().filter_map(|(k, mut b)| b.take(k).map(|c| (e, c))));
         }
@@ -164,7 +167,7 @@ impl EpochBatches {
 
     /// Rows appended and not yet handed out.
     pub fn pending_rows(&self) -> usize {
-        self.open.values().flat_map(HashMap::values).map(Building::len).sum::<usize>() + self.ready.iter().map(|(_, c)| c.batch.num_rows()).sum::<usize>()
+        self.open.values().flatten().map(|(_, b)| b.len()).sum::<usize>() + self.ready.iter().map(|(_, c)| c.batch.num_rows()).sum::<usize>()
     }
 }
 
