@@ -70,7 +70,8 @@ pub struct RunArgs {
     /// Event times before this instant go to the dead-letter output (ISO-8601; no zone = UTC).
     #[arg(long, env = "CITYSTREAM_NOT_BEFORE", value_parser = parse_instant, default_value = "2000-01-01T00:00:00Z")]
     pub not_before: Micros,
-    /// Parquet page compression: zstd, zstd:<level 1-22>, snappy or none.
+    /// Parquet compression of the columns where it pays (ids, timestamps, offsets, text; columns of
+    /// few values and float measurements are stored uncompressed): zstd, zstd:<level 1-22>, snappy or none.
     #[arg(long, env = "CITYSTREAM_COMPRESSION", value_parser = Codec::parse, default_value = "zstd:1")]
     pub compression: Codec,
     /// Embedded source: vehicles in the simulated fleet (one journey each).
