@@ -274,7 +274,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             offsets,
             summary: summary.clone(),
         };
-        worker.dataflow::<Epoch, _, _>(|scope| crate::dataflow::build(scope, source, sink, committer));
+        worker.dataflow::<Epoch, _, _>(|scope| crate::dataflow::build(scope, cfg.threads, source, sink, committer));
         tracing::debug!(worker = index, ms = started.elapsed().as_millis() as u64, "start-up: worker running");
         while worker.step_or_park(Some(Duration::from_millis(100))) {}
         summary.borrow().clone()

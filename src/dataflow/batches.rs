@@ -53,7 +53,7 @@ impl Building {
     }
 
     /// The pending rows as a chunk (`None` if there are none); the builder starts afresh.
-    fn take(&mut self, key: FileKey) -> Option<Chunk> {
+    fn take(&mut self, epoch: Epoch, key: FileKey) -> Option<Chunk> {
         if self.len() == 0 {
             return None;
         }
@@ -64,7 +64,7 @@ impl Building {
         // The builders produce their own schema's columns, all of the same length: a failure
         // here is a bug in them, not bad input.
         let batch = batch.unwrap_or_else(|e| super::fatal(&format!("internal error: building a batch of {key:?}: {e}")));
-        Some(Chunk { key, batch, partitions: std::mem::take(&mut self.partitions) })
+        Some(Chunk { key, epoch, batch, partitions: std::mem::take(&mut self.partitions) })
     }
 }
 
@@ -109,7 +109,7 @@ impl EpochBatches {
         b.note_partition(partition);
         append(&mut b.rows);
         if b.len() >= self.batch_rows
-            && let Some(chunk) = b.take(key)
+            && let Some(chunk) = b.take(epoch, key)
         {
             self.ready.push((epoch, chunk));
         }
@@ -160,7 +160,7 @@ impl EpochBatches {
         for (e, files) in std::mem::replace(&mut self.open, rest) {
             let mut files = files;
             files.sort_by_key(|(k, _)| *k);
-            out.extend(files.into_iter().filter_map(|(k, mut b)| b.take(k).map(|c| (e, c))));
+            out.extend(files.into_iter().filter_map(|(k, mut b)| b.take(e, k).map(|c| (e, c))));
         }
         out
     }

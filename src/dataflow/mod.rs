@@ -1,12 +1,11 @@
 //! The dataflow, top to bottom:
 //!
 //! ```text
-//!  Kafka partitions ──► reclock_source ─chunks@epoch─► parquet_sink ──files@epoch──┐
-//!       (owned by        │      ▲                                                  ├─► exchange(0) ─► commit
-//!        this worker)    │      └── announcements (broadcast, feedback +1) ◄──┐    │      (manifests)
-//!                        ├──────────────────────────────────────────────────────────┘
-//!                        └─ resume states@epoch                                │
-//!                        └─ announcements ─────────────────────────────────────┘
+//!  Kafka partitions ─► reclock_source ─chunks@epoch─► exchange(writer_of) ─► parquet_sink ─files@epoch─┐
+//!     (owned by        │     ▲                    (to a worker of the same process)                  │
+//!      this worker)    │     └─ announcements (broadcast, feedback +1) ◄─┐                           ├─► exchange(0) ─► commit
+//!                      ├─ resume states@epoch ───────────────────────────┼───────────────────────────┘      (manifests)
+//!                      └─ announcements ─────────────────────────────────┘
 //! ```
 //!
 //! The timely time is the epoch. A worker's source holds its capability at the least epoch of
@@ -17,6 +16,8 @@
 //! The source decodes each value into a record that borrows its strings from the value and
 //! appends it straight into the Arrow builders of its object ([`batches`]); what travels to the
 //! sink are Arrow batches, so no record is allocated, moved or copied field by field on the way.
+//! The batches of one (stream, epoch) from all workers of a process go to one of them
+//! ([`writer_of`]), which writes them into one object.
 
 pub mod batches;
 pub mod commit;
@@ -35,8 +36,8 @@ use crate::epoch::Epoch;
 use crate::lake::FileKind;
 use crate::reclock::ResumeState;
 
-/// Which object of an epoch rows belong to: one per (stream, kind, hour) per worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Which object of an epoch rows belong to: one per (stream, kind, hour) per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct FileKey {
     /// The stream.
     pub stream: Stream,
@@ -48,14 +49,46 @@ pub struct FileKey {
 }
 
 /// Rows on their way to the lake: an Arrow batch of one object of one epoch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
     /// The object.
     pub key: FileKey,
+    /// The epoch that commits the rows (also the chunk's timely time).
+    pub epoch: Epoch,
     /// The rows, with provenance columns (data, late) or as dead letters.
     pub batch: RecordBatch,
     /// The Kafka partitions the rows came from, ascending.
     pub partitions: Vec<i32>,
+}
+
+// Chunks go to the worker of their own process that writes their object (see `build`), so they
+// are moved, never serialised. A channel between workers still needs the type to be
+// serialisable; it is, as a small uncompressed Parquet file, which keeps every type exactly.
+impl serde::Serialize for Chunk {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let parquet = crate::sink::encode::batch_to_parquet(&self.batch).map_err(serde::ser::Error::custom)?;
+        (self.key, self.epoch, &self.partitions, parquet).serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Chunk {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (key, epoch, partitions, parquet): (FileKey, Epoch, Vec<i32>, Vec<u8>) = serde::Deserialize::deserialize(d)?;
+        let batch = crate::sink::encode::batch_from_parquet(parquet).map_err(serde::de::Error::custom)?;
+        Ok(Chunk { key, epoch, batch, partitions })
+    }
+}
+
+/// The worker that writes the objects of `stream` at `epoch` for the process of `worker`, when
+/// each process runs `workers_per_process` workers (numbered process by process, as timely
+/// does): the streams are dealt over the process's workers, turning with the epoch so that each
+/// worker gets its share of the heavier streams. One object per (stream, epoch) per process,
+/// instead of one per worker, halves the small objects at `-w 2` — most of Parquet's cost for
+/// them is per object.
+pub fn writer_of(worker: usize, workers_per_process: usize, stream: Stream, epoch: Epoch) -> usize {
+    let w = workers_per_process.max(1);
+    let first = worker - worker % w;
+    first + ((stream.index() as u64 + epoch) % w as u64) as usize
 }
 
 /// What workers tell the committer.
@@ -102,11 +135,62 @@ pub fn fatal(message: &str) -> ! {
     std::process::exit(crate::run::FATAL_EXIT_CODE)
 }
 
-/// Builds the whole pipeline in `scope`.
-pub fn build<'s>(scope: Scope<'s, Epoch>, source: source::SourceSpec, sink: sink::SinkSpec, committer: commit::CommitSpec) {
+/// Builds the whole pipeline in `scope`, for a cluster of processes with `workers_per_process`
+/// workers each.
+pub fn build<'s>(scope: Scope<'s, Epoch>, workers_per_process: usize, source: source::SourceSpec, sink: sink::SinkSpec, committer: commit::CommitSpec) {
     let (loop_handle, announcements) = scope.feedback::<Vec<Announce>>(1);
     let (chunks, states, announced) = source::reclock_source(scope, source, announcements);
     announced.broadcast().connect_loop(loop_handle);
+    let me = scope.index();
+    let chunks = chunks.exchange(move |c: &Chunk| writer_of(me, workers_per_process, c.key.stream, c.epoch) as u64);
     let files = sink::parquet_sink(chunks, sink);
     commit::commit(states.concat(files).exchange(|_| 0), committer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::schema::{BatchBuilder, Provenance};
+    use crate::contract::{DecodeOptions, decode};
+    use crate::simulate::{Fleet, FleetConfig};
+
+    #[test]
+    fn each_object_has_one_writer_per_process_and_the_writers_take_turns() {
+        for processes in 1..=3 {
+            for w in 1..=4 {
+                for worker in 0..processes * w {
+                    let first = worker / w * w;
+                    for stream in Stream::ALL {
+                        let writers: std::collections::BTreeSet<usize> = (0..w as u64).map(|e| writer_of(worker, w, stream, e)).collect();
+                        // Every worker of the process agrees on the writer, which is in the process…
+                        for e in 0..w as u64 {
+                            assert_eq!(writer_of(worker, w, stream, e), writer_of(first, w, stream, e));
+                        }
+                        // …and over `w` epochs each of them writes the stream once.
+                        assert_eq!(writers, (first..first + w).collect(), "processes={processes} w={w} worker={worker} {stream}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_chunk_survives_serialisation_exactly() {
+        let mut fleet = Fleet::new(FleetConfig { vehicles: 5, ..FleetConfig::default() });
+        let mut b = BatchBuilder::new(Stream::Emergency, true);
+        for i in 0..40 {
+            let rec = decode(Stream::Emergency, &fleet.step()[4].value, &DecodeOptions::default()).unwrap();
+            b.append(&rec, Some(Provenance { partition: 3, offset: 1000 + i, late: i % 7 == 0 }));
+        }
+        let chunk = Chunk {
+            key: FileKey { stream: Stream::Emergency, kind: FileKind::Late, hour: 1_740_823_200_000_000 },
+            epoch: 29_013_720,
+            batch: b.finish().unwrap(),
+            partitions: vec![3, 5],
+        };
+        let bytes = bincode::serde::encode_to_vec(&chunk, bincode::config::standard()).unwrap();
+        let (back, _): (Chunk, usize) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        assert_eq!(back, chunk);
+        assert_eq!(back.batch.schema(), crate::contract::schema::schema(Stream::Emergency, true), "the types come back exactly");
+    }
 }

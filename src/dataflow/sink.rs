@@ -1,17 +1,19 @@
 //! `parquet_sink`: Arrow batches at their epochs → Parquet objects, finished when the epoch is
 //! sealed.
 //!
-//! In: [`Chunk`]s of rows stamped with the epoch that commits them, built by the source. Out: at epoch `e`, the list of objects
-//! written for `e` ([`Report::Files`]), sent only once every one of them is complete in the
-//! store. Guarantees: one object per (epoch, stream, kind[, event hour for late rows]) per
-//! worker, holding the rows of all the partitions the worker owns (their `_partition` column
+//! In: [`Chunk`]s of rows stamped with the epoch that commits them, built by the sources of
+//! this process's workers and sent to the worker that writes their object
+//! ([`super::writer_of`]). Out: at epoch `e`, the list of objects written for `e`
+//! ([`Report::Files`]), sent only once every one of them is complete in the store.
+//! Guarantees: one object per (epoch, stream, kind[, event hour for late rows]) per process,
+//! holding the rows of all the partitions the process's workers own (their `_partition` column
 //! and the manifest entry say which); rows stream out as row groups and upload parts while the
 //! epoch is open, so memory per open file is bounded by the batch, row-group and part sizes,
-//! not by the epoch's size;
-//! the operator holds a capability for `e` until its objects are durable, so the committer's
-//! frontier passing `e` means "every object of `e` exists". When the store is slow or down,
-//! at most `MAX_UNFINISHED_OBJECTS` / `MAX_UNFINISHED_BYTES` of closed objects wait for it: then
-//! the worker waits too (and so stops reading), instead of buffering without bound.
+//! not by the epoch's size; the operator holds a capability for `e` until its objects are
+//! durable, so the committer's frontier passing `e` means "every object of `e` exists". When
+//! the store is slow or down, at most `MAX_UNFINISHED_OBJECTS` / `MAX_UNFINISHED_BYTES` of
+//! closed objects wait for it: then the worker waits too (and so stops reading), instead of
+//! buffering without bound.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

@@ -178,6 +178,25 @@ impl ParquetEncoder {
     }
 }
 
+/// A batch as an uncompressed Parquet file (the Arrow schema embedded, so every type comes back
+/// exactly), for moving it between processes.
+pub fn batch_to_parquet(batch: &RecordBatch) -> Result<Vec<u8>, ParquetError> {
+    let opts = EncodeOptions { codec: Codec::None, ..EncodeOptions::default() };
+    let mut enc = ParquetEncoder::new(batch.schema(), &opts)?;
+    enc.write(batch)?;
+    let mut bytes = enc.take_bytes();
+    bytes.extend(enc.close(Vec::new())?);
+    Ok(bytes)
+}
+
+/// The batch of [`batch_to_parquet`].
+pub fn batch_from_parquet(bytes: Vec<u8>) -> Result<RecordBatch, ParquetError> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))?;
+    let schema = reader.schema().clone();
+    let batches = reader.build()?.collect::<Result<Vec<_>, _>>()?;
+    Ok(arrow::compute::concat_batches(&schema, &batches)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
