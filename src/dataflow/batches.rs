@@ -46,12 +46,6 @@ impl Building {
         }
     }
 
-    fn note_partition(&mut self, partition: i32) {
-        if let Err(i) = self.partitions.binary_search(&partition) {
-            self.partitions.insert(i, partition);
-        }
-    }
-
     /// The pending rows as a chunk (`None` if there are none); the builder starts afresh.
     fn take(&mut self, epoch: Epoch, key: FileKey) -> Option<Chunk> {
         if self.len() == 0 {
@@ -106,7 +100,7 @@ impl EpochBatches {
             }
         };
         let b = &mut files[i].1;
-        b.note_partition(partition);
+        super::note_partition(&mut b.partitions, partition);
         append(&mut b.rows);
         if b.len() >= self.batch_rows
             && let Some(chunk) = b.take(epoch, key)
@@ -166,7 +160,8 @@ impl EpochBatches {
     }
 
     /// Rows appended and not yet handed out.
-    pub fn pending_rows(&self) -> usize {
+    #[cfg(test)]
+    fn pending_rows(&self) -> usize {
         self.open.values().flatten().map(|(_, b)| b.len()).sum::<usize>() + self.ready.iter().map(|(_, c)| c.batch.num_rows()).sum::<usize>()
     }
 }

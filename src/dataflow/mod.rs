@@ -79,6 +79,13 @@ impl<'de> serde::Deserialize<'de> for Chunk {
     }
 }
 
+/// Adds `partition` to the ascending list `partitions` unless it is there.
+pub fn note_partition(partitions: &mut Vec<i32>, partition: i32) {
+    if let Err(i) = partitions.binary_search(&partition) {
+        partitions.insert(i, partition);
+    }
+}
+
 /// The worker that writes the objects of `stream` at `epoch` for the process of `worker`, when
 /// each process runs `workers_per_process` workers (numbered process by process, as timely
 /// does): the streams are dealt over the process's workers, turning with the epoch so that each

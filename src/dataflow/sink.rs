@@ -30,10 +30,9 @@ use tokio::task::JoinHandle;
 
 use super::{Chunk, FileKey, Report};
 use crate::commit::manifest::FileEntry;
-use crate::contract::schema::{dead_letter_schema, schema};
 use crate::contract::timestamp::format_naive;
 use crate::epoch::{Epoch, EpochClock};
-use crate::lake::{FileKind, Lake, file_path};
+use crate::lake::{Lake, file_path};
 use crate::sink::encode::{EncodeOptions, ParquetEncoder};
 use crate::sink::upload::ObjectUpload;
 
@@ -62,10 +61,10 @@ pub struct SinkSpec {
 
 struct OpenFile {
     entry: FileEntry,
+    /// The schema of the chunks, which the source's builders give them.
     schema: SchemaRef,
     /// Rows that arrived before the encoder was started.
     held: Vec<RecordBatch>,
-    held_rows: usize,
     encoder: Option<ParquetEncoder>,
     upload: ObjectUpload,
 }
@@ -78,27 +77,20 @@ type Upload = (FileEntry, JoinHandle<Result<u64, object_store::Error>>);
 type Sealing = (Capability<Epoch>, Vec<Upload>, i64);
 
 impl OpenFile {
-    fn new(spec: &SinkSpec, epoch: Epoch, key: FileKey) -> Self {
+    fn new(spec: &SinkSpec, epoch: Epoch, key: FileKey, schema: SchemaRef) -> Self {
         let path = file_path(key.stream, key.kind, epoch, &spec.run, key.hour);
-        let schema = match key.kind {
-            FileKind::DeadLetter => dead_letter_schema(),
-            FileKind::Data | FileKind::Late => schema(key.stream, true),
-        };
         let entry = FileEntry { path: path.to_string(), stream: key.stream, kind: key.kind, epoch, partitions: Vec::new(), rows: 0, bytes: 0 };
-        OpenFile { entry, schema, held: Vec::new(), held_rows: 0, encoder: None, upload: ObjectUpload::new(spec.lake.store.clone(), path, spec.part_size) }
+        OpenFile { entry, schema, held: Vec::new(), encoder: None, upload: ObjectUpload::new(spec.lake.store.clone(), path, spec.part_size) }
     }
 
     /// Takes a chunk: held while the file is small, else encoded, finished bytes passed on to
     /// the upload.
     fn write(&mut self, spec: &SinkSpec, chunk: Chunk) {
-        for partition in &chunk.partitions {
-            if let Err(i) = self.entry.partitions.binary_search(partition) {
-                self.entry.partitions.insert(i, *partition);
-            }
+        for &partition in &chunk.partitions {
+            super::note_partition(&mut self.entry.partitions, partition);
         }
-        self.held_rows += chunk.batch.num_rows();
         self.held.push(chunk.batch);
-        if self.held_rows >= spec.encode_after_rows {
+        if self.held.iter().map(RecordBatch::num_rows).sum::<usize>() >= spec.encode_after_rows {
             self.encode_held(spec);
         }
     }
@@ -112,7 +104,6 @@ impl OpenFile {
         for batch in self.held.drain(..) {
             encoder.write(&batch).unwrap_or_else(|e| super::fatal(&format!("encoding {path}: {e}")));
         }
-        self.held_rows = 0;
         let bytes = encoder.take_bytes();
         if !bytes.is_empty() {
             self.upload.write(&spec.rt, &bytes).unwrap_or_else(|e| super::fatal(&format!("uploading {path}: {e}; {}", spec.lake.gave_up())));
@@ -159,7 +150,7 @@ pub fn parquet_sink<'s>(chunks: Stream<'s, Epoch, Vec<Chunk>>, spec: SinkSpec) -
                 let Some(&t) = cap.least() else { return };
                 let (_, files) = open.entry(t).or_insert_with(|| (cap.retain_least(0).expect("a stamped message"), HashMap::new()));
                 for chunk in data.drain(..) {
-                    files.entry(chunk.key).or_insert_with(|| OpenFile::new(&spec, t, chunk.key)).write(&spec, chunk);
+                    files.entry(chunk.key).or_insert_with(|| OpenFile::new(&spec, t, chunk.key, chunk.batch.schema())).write(&spec, chunk);
                 }
             });
 

@@ -395,6 +395,21 @@ mod tests {
         }
     }
 
+    /// A source for `worker` reading `parts` (each from offset 0 up to its stop offset).
+    fn test_spec(worker: usize, clock: EpochClock, parts: Vec<(PartitionId, i64)>, reader: Box<dyn Reader>) -> SourceSpec {
+        SourceSpec {
+            worker,
+            committed_below: 0,
+            partitions: parts.into_iter().map(|(id, stop)| OwnedPartition { clock: PartitionClock::resume(id, clock, None, 0, 0), stop: Some(stop) }).collect(),
+            reader,
+            decode: DecodeOptions::default(),
+            max_future: None,
+            shutdown: Arc::new(AtomicBool::new(false)),
+            budget: 4096,
+            batches: EpochBatches::new(clock, 1024, ""),
+        }
+    }
+
     /// Runs the source alone, with its announcement loop, to the end, counting the rows it
     /// sends into `delivered`; fails if it has not finished within 60 s (a partition held forever).
     fn run_source(worker: &mut timely::worker::Worker, spec: SourceSpec, delivered: Arc<std::sync::atomic::AtomicUsize>) {
@@ -421,17 +436,7 @@ mod tests {
             let delivered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let clock = EpochClock::new(WINDOW, 2 * WINDOW);
             let reader = Uneven { next: [0, 0], records, held: [false; 2], most_ahead: most_ahead.clone() };
-            let spec = SourceSpec {
-                worker: 0,
-                committed_below: 0,
-                partitions: (0..2).map(|i| OwnedPartition { clock: PartitionClock::resume(Uneven::id(i), clock, None, 0, 0), stop: Some(records) }).collect(),
-                reader: Box::new(reader),
-                decode: DecodeOptions::default(),
-                max_future: None,
-                shutdown: Arc::new(AtomicBool::new(false)),
-                budget: 4096,
-                batches: EpochBatches::new(clock, 1024, ""),
-            };
+            let spec = test_spec(0, clock, (0..2).map(|i| (Uneven::id(i), records)).collect(), Box::new(reader));
             run_source(worker, spec, delivered.clone());
             (most_ahead.get(), delivered.load(Ordering::Relaxed))
         });
@@ -482,17 +487,7 @@ mod tests {
             let w = worker.index();
             let i = 1 - w;
             let clock = EpochClock::new(WINDOW, 2 * WINDOW);
-            let spec = SourceSpec {
-                worker: w,
-                committed_below: 0,
-                partitions: vec![OwnedPartition { clock: PartitionClock::resume(Uneven::id(i), clock, None, 0, 0), stop: Some(records[i]) }],
-                reader: Box::new(One { i, next: 0, records: records[i], held: false }),
-                decode: DecodeOptions::default(),
-                max_future: None,
-                shutdown: Arc::new(AtomicBool::new(false)),
-                budget: 4096,
-                batches: EpochBatches::new(clock, 1024, ""),
-            };
+            let spec = test_spec(w, clock, vec![(Uneven::id(i), records[i])], Box::new(One { i, next: 0, records: records[i], held: false }));
             run_source(worker, spec, total.clone());
         })
         .expect("timely runs")
