@@ -55,6 +55,9 @@ def faults(r):
         return f'S3 down {r["outage_seconds"]:.0f} s ({r["store_retries_logged"]} retries logged)'
     if t == "sigterm":
         return f'{r["sigterms"]} × SIGTERM'
+    if t == "live_outages":
+        return (f'Kafka down {r["kafka_outage_seconds"]:.0f} s, S3 down {r["s3_outage_seconds"]:.0f} s, then SIGTERM; '
+                f'{r["stalls_detected"]} stalls detected, {r["clients_recreated"]} clients re-created')
     return "?"
 print("| test | scale | seed | faults | records | checked | data / late / dead letters | files | manifests | lost | doubled | s |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -254,6 +254,8 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             shutdown: shutdown.clone(),
             budget: 4096,
             batches: EpochBatches::new(cfg.clock, 1024, &prefix),
+            stall: cfg.stall,
+            fail: crate::dataflow::fatal,
         };
         let sink = SinkSpec {
             lake: lake2.clone(),

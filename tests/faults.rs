@@ -17,6 +17,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -349,6 +350,162 @@ fn sigterm_mid_run_is_a_clean_shutdown_and_a_restart_resumes_exactly_once() {
         "records": records, "records_checked": check.kafka_records, "data_rows": check.data_rows, "late_rows": check.late_rows,
         "dead_letters": check.dead_letters, "files": check.files, "manifests": check.manifests, "lost": 0, "duplicated": 0,
         "seconds": started.elapsed().as_secs(), "rounds": rounds,
+    }));
+}
+
+/// Produces one batch of the live scenario: records shaped like the original producer's (a few
+/// devices, keys = record ids over 4 partitions, some late and malformed), event times from
+/// `start`.
+fn produce_batch(prefix: &str, records: u64, start: &str, seed: u64) {
+    simulate(
+        prefix,
+        &[
+            "--vehicles",
+            "5",
+            "--key",
+            "id",
+            "--events",
+            &records.to_string(),
+            "--partitions",
+            "4",
+            "--late-fraction",
+            "0.01",
+            "--malformed-fraction",
+            "0.005",
+            "--seed",
+            &seed.to_string(),
+            "--start",
+            start,
+        ],
+    );
+}
+
+/// The end offset of every partition of the five topics of `prefix`.
+fn end_offsets(prefix: &str) -> BTreeMap<(String, i32), i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let metadata = client.fetch_metadata(None, Duration::from_secs(30)).unwrap();
+    let mut ends = BTreeMap::new();
+    for t in metadata.topics().iter().filter(|t| t.name().starts_with(prefix)) {
+        for p in t.partitions() {
+            let (_, high) = client.fetch_watermarks(t.name(), p.id(), Duration::from_secs(30)).unwrap();
+            ends.insert((t.name().to_owned(), p.id()), high);
+        }
+    }
+    assert_eq!(ends.len(), 20, "five topics of four partitions: {ends:?}");
+    ends
+}
+
+/// Rows committed so far in `output` (local or S3), by its manifests; `None` while they cannot
+/// be read.
+fn committed_rows_in(output: &str) -> Option<u64> {
+    use citystream::commit::manifest::{Manifest, ManifestKind};
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let lake = citystream::lake::Lake::open(output).ok()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let listed: Vec<_> = lake.store.list(Some(&object_store::path::Path::from("_manifests"))).try_collect().await.ok()?;
+        let mut rows = 0;
+        for meta in listed {
+            let bytes = lake.store.get(&meta.location).await.ok()?.bytes().await.ok()?;
+            let m: Manifest = serde_json::from_slice(&bytes).ok()?;
+            if m.kind == ManifestKind::Commit {
+                rows += m.files.iter().map(|f| f.rows).sum::<u64>();
+            }
+        }
+        Some(rows)
+    })
+}
+
+#[test]
+fn a_live_cluster_reads_every_partition_through_kafka_and_s3_outages() {
+    // The scenario of issue 18: a live 2-process cluster (no --until-caught-up) writing to S3;
+    // Kafka restarted while its partitions are caught up; a batch a day later; S3 stopped while
+    // a batch a day earlier arrives. Every partition must be read to its end by the running
+    // cluster — a client that stops fetching is found by the stall guard and re-created — and
+    // SIGTERM then commits everything, exactly once.
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let started = Instant::now();
+    let (seed, test_seed) = fault_seed("live_outages");
+    let mut rng = Rng::new(test_seed);
+    let batch = fault_size("LIVE_BATCH_RECORDS", 15_000, 100_000);
+    // Small enough that its rows cannot make up for a partition left unread (≥ 750 rows a batch).
+    let tick = 200;
+    let stall_timeout = fault_size("LIVE_STALL_TIMEOUT_SECS", 10, 15);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("{}.", unique("live"));
+    let output = format!("s3://{}/{}", bucket(), prefix.trim_end_matches('.'));
+
+    // Batch 1 (day 1) is there when the cluster starts.
+    produce_batch(&prefix, batch, "2025-03-01T10:00:00.000000", test_seed);
+    let flags = run_flags(&prefix, &output, &["--window", "1m", "--stall-timeout", &format!("{stall_timeout}s")]);
+    let mut procs = start_cluster(dir.path(), "live", 2, 1, &flags);
+
+    // Kafka restarted at a random moment, likely after batch 1 was read.
+    let before_kafka = Duration::from_millis(rng.int_inclusive(2_000, 8_000) as u64);
+    sleep_while_alive(&mut procs, before_kafka, "before the Kafka outage");
+    let kafka_down = Duration::from_secs(rng.int_inclusive(5, 20) as u64);
+    let outage = Outage::begin("kafka");
+    sleep_while_alive(&mut procs, kafka_down.saturating_sub(outage.elapsed()), "while Kafka was down");
+    let kafka_away = outage.end();
+
+    // Batch 2 jumps forward a day; batch 3 goes back half a day, produced while S3 is down.
+    produce_batch(&prefix, batch, "2025-03-03T10:00:00.000000", test_seed ^ 2);
+    sleep_while_alive(&mut procs, Duration::from_millis(rng.int_inclusive(0, 3_000) as u64), "before the S3 outage");
+    let s3_down = Duration::from_secs(rng.int_inclusive(5, 20) as u64);
+    let outage = Outage::begin("s3");
+    produce_batch(&prefix, batch, "2025-03-02T22:00:00.000000", test_seed ^ 3);
+    sleep_while_alive(&mut procs, s3_down.saturating_sub(outage.elapsed()), "while S3 was down");
+    let s3_away = outage.end();
+
+    // A last batch later than everything moves every watermark past the batches before it, so
+    // that the running cluster commits all their rows: the proof that it read every partition.
+    // (Had a partition been left unread and treated as idle, its rows would be missing; had it
+    // been left unread and held the frontier, nothing after it would be committed.)
+    let ends = end_offsets(&prefix);
+    assert_eq!(ends.values().sum::<i64>(), 3 * batch as i64, "the three batches are in Kafka");
+    produce_batch(&prefix, tick, "2025-03-05T10:00:00.000000", test_seed ^ 4);
+    let waited = Instant::now();
+    let mut committed = 0;
+    while waited.elapsed() < LONG {
+        for p in procs.iter_mut() {
+            assert!(alive(p), "{} exited while reading: {}", p.name, p.output());
+        }
+        committed = committed_rows_in(&output).unwrap_or(0);
+        if committed >= 3 * batch {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        committed >= 3 * batch,
+        "the running cluster committed {committed} of the {} rows before the last batch\n{}\n{}",
+        3 * batch,
+        procs[0].output(),
+        procs[1].output()
+    );
+    let read_after = waited.elapsed();
+
+    for p in procs.iter() {
+        p.term();
+    }
+    for p in &mut procs {
+        let status = p.wait(Duration::from_secs(120));
+        assert!(status.success(), "SIGTERM is a clean shutdown: {}: {}", p.name, p.output());
+    }
+    let stalls: usize = procs.iter().map(|p| log_count(p, "partition stalled")).sum();
+    let recreated: usize = procs.iter().map(|p| log_count(p, "re-creating the reading client")).sum();
+    let records = 3 * batch + tick;
+    let check = lake_check(&output, &prefix, records);
+    fault_result(json!({
+        "test": "live_outages", "scale": scale(), "seed": seed,
+        "kafka_outage_seconds": kafka_away.as_secs_f64().round(), "s3_outage_seconds": s3_away.as_secs_f64().round(),
+        "kafka_outage_after_ms": before_kafka.as_millis() as u64, "stall_timeout_seconds": stall_timeout,
+        "stalls_detected": stalls, "clients_recreated": recreated, "seconds_to_read_everything_after_the_last_batch": read_after.as_secs(),
+        "records": records, "records_checked": check.kafka_records, "data_rows": check.data_rows, "late_rows": check.late_rows,
+        "dead_letters": check.dead_letters, "files": check.files, "manifests": check.manifests, "lost": 0, "duplicated": 0,
+        "seconds": started.elapsed().as_secs(),
     }));
 }
 

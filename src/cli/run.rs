@@ -13,6 +13,7 @@ use crate::epoch::EpochClock;
 use crate::simulate::FleetConfig;
 use crate::sink::encode::Codec;
 use crate::source::kafka::KafkaOptions;
+use crate::source::stall::StallConfig;
 
 /// One process of a citystream cluster (timely's -w/-n/-p/-h flags; help is --help only).
 #[derive(Debug, Clone, Args)]
@@ -74,6 +75,15 @@ pub struct RunArgs {
     /// few values and float measurements are stored uncompressed): zstd, zstd:<level 1-22>, snappy or none.
     #[arg(long, env = "CITYSTREAM_COMPRESSION", value_parser = Codec::parse, default_value = "zstd:1")]
     pub compression: Codec,
+    /// A partition that delivers nothing for this long of reading, although the broker holds
+    /// records beyond its position, is stalled: logged as a warning, and the Kafka client is
+    /// re-created at its next offset (again after every further period of this length).
+    #[arg(long, env = "CITYSTREAM_STALL_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub stall_timeout: Duration,
+    /// A partition stalled for this long despite re-created clients stops the process with an
+    /// error (exit code 3), so that its supervisor restarts the cluster from the last manifest.
+    #[arg(long, env = "CITYSTREAM_STALL_EXIT", value_parser = parse_duration, default_value = "5m")]
+    pub stall_exit: Duration,
     /// Embedded source: vehicles in the simulated fleet (one journey each).
     #[arg(long, env = "CITYSTREAM_VEHICLES", default_value_t = 200)]
     pub vehicles: u32,
@@ -137,6 +147,8 @@ pub struct RunConfig {
     pub max_future: Duration,
     /// Parquet page compression.
     pub compression: Codec,
+    /// When a partition counts as stalled, and when the process gives up on it.
+    pub stall: StallConfig,
 }
 
 impl RunArgs {
@@ -170,6 +182,15 @@ impl RunArgs {
             return Err(ConfigError::new("--window", "must be at least 1ms"));
         }
         let clock = EpochClock::new(self.window.as_micros() as i64, self.lateness.as_micros() as i64);
+        if self.stall_timeout < Duration::from_millis(100) {
+            return Err(ConfigError::new("--stall-timeout", "must be at least 100ms"));
+        }
+        if self.stall_exit <= self.stall_timeout {
+            return Err(ConfigError::new(
+                "--stall-exit",
+                format!("must be longer than --stall-timeout ({:?}), which first tries to re-create the Kafka client", self.stall_timeout),
+            ));
+        }
         if self.output.trim().is_empty() {
             return Err(ConfigError::new("--output", "is empty; give a directory or s3://bucket/prefix"));
         }
@@ -216,6 +237,7 @@ impl RunArgs {
             not_before: self.not_before,
             max_future: self.max_future,
             compression: self.compression,
+            stall: StallConfig { timeout: self.stall_timeout, give_up: self.stall_exit },
         })
     }
 }

@@ -28,7 +28,8 @@ use crate::contract::{DecodeOptions, decode_borrowed};
 use crate::epoch::Epoch;
 use crate::ownership::PartitionId;
 use crate::reclock::{Class, PartitionClock};
-use crate::source::{Event, Reader};
+use crate::source::stall::{StallConfig, StallGuard, Verdict};
+use crate::source::{Event, Progress, Reader};
 
 /// One owned partition: its clock and where reading stops (if anywhere).
 pub struct OwnedPartition {
@@ -59,6 +60,11 @@ pub struct SourceSpec {
     pub budget: usize,
     /// Where decoded rows are built into the batches of their objects.
     pub batches: EpochBatches,
+    /// When a partition that delivers nothing although the broker has records for it counts as
+    /// stalled (see [`crate::source::stall`]).
+    pub stall: StallConfig,
+    /// Ends the process on an error the cluster cannot continue after ([`super::fatal`]).
+    pub fail: fn(&str) -> !,
 }
 
 struct Part {
@@ -68,7 +74,15 @@ struct Part {
     finished: bool,
     /// Not read for now: too far ahead of the cluster's least active epoch.
     held: bool,
+    /// Since when it is held, and whether that was reported (after [`HOLD_REPORTED_AFTER`]).
+    held_since: Option<(Instant, bool)>,
 }
+
+/// How often each partition's reading state is logged at DEBUG.
+const STATE_LOG_EVERY: Duration = Duration::from_secs(15);
+
+/// A read-ahead hold lasting longer than this is logged at INFO, with its release.
+pub const HOLD_REPORTED_AFTER: Duration = Duration::from_secs(5);
 
 /// How many epochs a partition may read ahead of the least epoch of the active partitions,
 /// cluster-wide. In a backlog, partitions are fetched at uneven speeds; without a bound the
@@ -106,7 +120,7 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
     let mut announce_out: OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Announce>>> = OutputBuilder::from(announce_out);
 
     builder.build(move |mut caps| {
-        let SourceSpec { worker, committed_below, partitions, mut reader, decode: mut decode_opts, max_future, shutdown, budget, mut batches } = spec;
+        let SourceSpec { worker, committed_below, partitions, mut reader, decode: mut decode_opts, max_future, shutdown, budget, mut batches, stall, fail } = spec;
         let mut announce_cap = caps.pop();
         let mut report_cap = caps.pop();
         let mut data_cap = caps.pop();
@@ -114,7 +128,7 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
             c.downgrade(&committed_below);
         }
         let mut parts: Vec<Part> =
-            partitions.into_iter().map(|p| Part { clock: p.clock, stop: p.stop, caught_up: false, finished: false, held: false }).collect();
+            partitions.into_iter().map(|p| Part { clock: p.clock, stop: p.stop, caught_up: false, finished: false, held: false, held_since: None }).collect();
         // Sorted, for a binary search per record (cheaper than hashing the id).
         let mut index: Vec<(PartitionId, usize)> = parts.iter().enumerate().map(|(i, p)| (p.clock.id(), i)).collect();
         index.sort_unstable();
@@ -130,6 +144,12 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
         let mut max_sent: Epoch = committed_below;
         let mut stopping = false;
         let mut read_any = false;
+        let mut guard = StallGuard::new(stall);
+        let check_every = (stall.timeout / 4).min(Duration::from_secs(1));
+        let mut last_check = Instant::now();
+        let mut progress: Vec<Progress> = Vec::new();
+        let mut holds: u64 = 0;
+        let mut last_state_log = Instant::now();
 
         move |_frontiers| {
             // Announcements of the other workers: keep the newest per worker.
@@ -173,7 +193,7 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                             // restart everything below it is skipped as committed: a time below
                             // the capability would be a bug that breaks exactly-once. Stop.
                             if class.epoch() < cap {
-                                super::fatal(&format!("internal error: {id} offset {offset} classified at epoch {} below the capability {cap}", class.epoch()));
+                                fail(&format!("internal error: {id} offset {offset} classified at epoch {} below the capability {cap}", class.epoch()));
                             }
                             let epoch = class.epoch();
                             match decoded {
@@ -206,7 +226,51 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                         tracing::debug!(worker, "first records read");
                     }
                     Ok(n) => read = n,
-                    Err(e) => super::fatal(&format!("worker {worker}: reading failed: {e}")),
+                    Err(e) => fail(&format!("worker {worker}: reading failed: {e}")),
+                }
+            }
+
+            // Where reading stands against the broker. A partition is caught up when the broker's
+            // end, asked after its last record, is reached (an end-of-partition event may never
+            // come if the client stalls right before it). It is never idle while the broker
+            // holds records beyond its position: an idle partition follows the others upward, so
+            // its unread records would be committed past and turned late when read.
+            progress.clear();
+            if !stopping && last_check.elapsed() >= check_every {
+                last_check = Instant::now();
+                progress = reader.progress();
+                if last_state_log.elapsed() >= STATE_LOG_EVERY && tracing::enabled!(tracing::Level::DEBUG) {
+                    last_state_log = Instant::now();
+                    for pr in &progress {
+                        let Some(p) = find(&pr.id).map(|i| &parts[i]) else { continue };
+                        tracing::debug!(
+                            worker,
+                            partition = %pr.id,
+                            position = pr.position,
+                            end = ?pr.end,
+                            fresh = pr.fresh,
+                            caught_up = p.caught_up,
+                            held = p.held,
+                            epoch = p.clock.epoch(),
+                            client = %reader.describe(pr.id),
+                            "partition state"
+                        );
+                    }
+                }
+                for pr in &progress {
+                    let Some(p) = find(&pr.id).map(|i| &mut parts[i]) else { continue };
+                    if p.finished {
+                        continue;
+                    }
+                    if pr.caught() {
+                        p.caught_up = true;
+                        if p.stop.is_some() {
+                            p.finished = true;
+                        }
+                    } else if p.caught_up && pr.lag() > 0 {
+                        tracing::debug!(worker, partition = %pr.id, position = pr.position, end = ?pr.end, "caught up, but the broker holds more: not idle");
+                        p.caught_up = false;
+                    }
                 }
             }
             for p in &mut parts {
@@ -241,12 +305,78 @@ pub fn reclock_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcemen
                 }
             }
             // Bound the read-ahead (see READ_AHEAD_EPOCHS).
+            let least_active_worker = others.values().filter_map(|o| o.active.map(|a| (a, o.worker))).chain(local_active.map(|a| (a, worker))).min().map(|(_, w)| w);
             for p in parts.iter_mut().filter(|p| !p.finished) {
                 let held = global_active.is_some_and(|g| p.clock.epoch() > g.saturating_add(READ_AHEAD_EPOCHS));
+                let id = p.clock.id();
                 if held != p.held {
                     p.held = held;
-                    tracing::debug!(worker, partition = %p.clock.id(), held, epoch = p.clock.epoch(), least_active = ?global_active, "read-ahead bound");
-                    reader.hold(p.clock.id(), held);
+                    tracing::debug!(worker, partition = %id, held, epoch = p.clock.epoch(), least_active = ?global_active, "read-ahead bound");
+                    reader.hold(id, held);
+                    if held {
+                        holds += 1;
+                        p.held_since = Some((Instant::now(), false));
+                    } else if let Some((since, true)) = p.held_since.take() {
+                        tracing::info!(worker, partition = %id, after = ?since.elapsed(), epoch = p.clock.epoch(), least_active = ?global_active, "read-ahead hold released");
+                    }
+                } else if let Some((since, reported @ false)) = p.held_since.as_mut()
+                    && since.elapsed() >= HOLD_REPORTED_AFTER
+                {
+                    *reported = true;
+                    tracing::info!(
+                        worker,
+                        partition = %id,
+                        epoch = p.clock.epoch(),
+                        least_active = ?global_active,
+                        least_active_worker = ?least_active_worker,
+                        bound = READ_AHEAD_EPOCHS,
+                        holds_so_far = holds,
+                        "read-ahead hold: this partition is more epochs ahead of the cluster's least active epoch than the bound; it is read again when that epoch advances"
+                    );
+                }
+            }
+
+            // The stall guard (see crate::source::stall).
+            if !progress.is_empty() {
+                let asked = |id: PartitionId| find(&id).is_some_and(|i| !parts[i].held && !parts[i].finished);
+                match guard.check(Instant::now(), &progress, asked) {
+                    Verdict::Fine => {}
+                    Verdict::Recover(stalled) => {
+                        let holding_back = parts.iter().filter(|p| p.held).count();
+                        for s in &stalled {
+                            let id = s.progress.id;
+                            let epoch = find(&id).map(|i| parts[i].clock.epoch());
+                            tracing::warn!(
+                                worker,
+                                partition = %id,
+                                position = s.progress.position,
+                                end = ?s.progress.end,
+                                lag = s.progress.lag(),
+                                starved = ?s.starved,
+                                recoveries = s.recoveries,
+                                held = false,
+                                epoch = ?epoch,
+                                least_active = ?global_active,
+                                holding_back,
+                                client = %reader.describe(id),
+                                "partition stalled: the broker holds records beyond its position, none arrived; re-creating the Kafka client at its next offset"
+                            );
+                        }
+                        if let Err(e) = reader.recover() {
+                            tracing::warn!(worker, error = %e, "re-creating the Kafka client failed; trying again after the next stall timeout");
+                        }
+                    }
+                    Verdict::GiveUp(s) => fail(&format!(
+                        "worker {worker}: partition {} stalled: the broker holds {} records beyond offset {} and none arrived for {:?}, despite {} re-created clients (--stall-exit {:?}); \
+                         stopping so that the cluster is restarted and resumes from the last manifest; client: {}",
+                        s.progress.id,
+                        s.progress.lag(),
+                        s.progress.position,
+                        s.starved,
+                        s.recoveries,
+                        stall.give_up,
+                        reader.describe(s.progress.id)
+                    )),
                 }
             }
 
@@ -325,175 +455,4 @@ fn wall_clock_micros() -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::cell::Cell;
-    use std::rc::Rc;
-
-    use timely::dataflow::operators::vec::Broadcast;
-    use timely::dataflow::operators::{ConnectLoop, Feedback};
-
-    use super::*;
-    use crate::contract::timestamp::{MICROS_PER_SEC, format_naive};
-    use crate::contract::{Micros, Stream as DataStream};
-    use crate::epoch::EpochClock;
-    use crate::source::Event;
-
-    const WINDOW: Micros = 60 * MICROS_PER_SEC;
-    const START: Micros = 1_740_823_200 * MICROS_PER_SEC; // 2025-03-01T10:00:00Z
-
-    /// Two partitions read at the same pace in records: `sparse` advances one epoch per record,
-    /// `dense` one epoch per 20 records. Holds back what the source asks to, and records the
-    /// largest lead of `sparse` over `dense` in event time, in epochs, when it delivers.
-    struct Uneven {
-        next: [i64; 2],
-        records: i64,
-        held: [bool; 2],
-        most_ahead: Rc<Cell<i64>>,
-    }
-
-    impl Uneven {
-        fn id(i: usize) -> PartitionId {
-            PartitionId { stream: DataStream::Gps, partition: i as i32 }
-        }
-        fn time(i: usize, offset: i64) -> Micros {
-            START + offset * if i == 0 { WINDOW } else { WINDOW / 20 }
-        }
-        /// The GPS record at `offset` of partition `i`.
-        fn value(i: usize, offset: i64) -> String {
-            format!(
-                r#"{{"id": "{i:08x}-0000-4000-8000-{offset:012x}", "deviceId": "v-{i}", "timestamp": "{}", "speed": 50.0, "direction": "North", "vehicleType": "private"}}"#,
-                format_naive(Self::time(i, offset))
-            )
-        }
-    }
-
-    impl Reader for Uneven {
-        fn poll(&mut self, _budget: usize, f: &mut dyn FnMut(Event<'_>)) -> Result<usize, crate::source::SourceError> {
-            let mut n = 0;
-            for i in 0..2 {
-                let mut taken = 0;
-                while !self.held[i] && taken < 64 && self.next[i] < self.records {
-                    let offset = self.next[i];
-                    f(Event::Record { id: Self::id(i), offset, payload: Self::value(i, offset).as_bytes() });
-                    self.next[i] += 1;
-                    taken += 1;
-                }
-                n += taken;
-            }
-            // While `dense` has records left (then `sparse` may run on alone).
-            if self.next[1] < self.records {
-                let lead = (Self::time(0, self.next[0] - 1) - Self::time(1, self.next[1] - 1)) / WINDOW;
-                self.most_ahead.set(self.most_ahead.get().max(lead));
-            }
-            Ok(n)
-        }
-
-        fn pause(&mut self, _id: PartitionId) {}
-
-        fn hold(&mut self, id: PartitionId, held: bool) {
-            self.held[id.partition as usize] = held;
-        }
-    }
-
-    /// A source for `worker` reading `parts` (each from offset 0 up to its stop offset).
-    fn test_spec(worker: usize, clock: EpochClock, parts: Vec<(PartitionId, i64)>, reader: Box<dyn Reader>) -> SourceSpec {
-        SourceSpec {
-            worker,
-            committed_below: 0,
-            partitions: parts.into_iter().map(|(id, stop)| OwnedPartition { clock: PartitionClock::resume(id, clock, None, 0, 0), stop: Some(stop) }).collect(),
-            reader,
-            decode: DecodeOptions::default(),
-            max_future: None,
-            shutdown: Arc::new(AtomicBool::new(false)),
-            budget: 4096,
-            batches: EpochBatches::new(clock, 1024, ""),
-        }
-    }
-
-    /// Runs the source alone, with its announcement loop, to the end, counting the rows it
-    /// sends into `delivered`; fails if it has not finished within 60 s (a partition held forever).
-    fn run_source(worker: &mut timely::worker::Worker, spec: SourceSpec, delivered: Arc<std::sync::atomic::AtomicUsize>) {
-        worker.dataflow::<Epoch, _, _>(|scope| {
-            let (handle, announcements) = scope.feedback::<Vec<Announce>>(1);
-            let (chunks, _states, announced) = reclock_source(scope, spec, announcements);
-            announced.broadcast().connect_loop(handle);
-            use timely::dataflow::operators::Inspect;
-            chunks.inspect(move |c: &Chunk| {
-                delivered.fetch_add(c.batch.num_rows(), Ordering::Relaxed);
-            });
-        });
-        let started = Instant::now();
-        while worker.step_or_park(Some(Duration::from_millis(5))) {
-            assert!(started.elapsed() < Duration::from_secs(60), "worker {} did not finish: a held partition was never released", worker.index());
-        }
-    }
-
-    #[test]
-    fn a_partition_far_ahead_in_event_time_is_held_back_and_every_record_still_arrives() {
-        let records = 2000;
-        let (most_ahead, delivered) = timely::execute_directly(move |worker| {
-            let most_ahead = Rc::new(Cell::new(0));
-            let delivered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let clock = EpochClock::new(WINDOW, 2 * WINDOW);
-            let reader = Uneven { next: [0, 0], records, held: [false; 2], most_ahead: most_ahead.clone() };
-            let spec = test_spec(0, clock, (0..2).map(|i| (Uneven::id(i), records)).collect(), Box::new(reader));
-            run_source(worker, spec, delivered.clone());
-            (most_ahead.get(), delivered.load(Ordering::Relaxed))
-        });
-        assert_eq!(delivered, 2 * records as usize, "every record of both partitions arrives");
-        // Without the bound the sparse partition runs ~1,900 epochs ahead of the dense one; with
-        // it, at most the bound, one poll's worth (64 epochs) and the lateness.
-        assert!(most_ahead <= READ_AHEAD_EPOCHS as i64 + 64 + 3, "the sparse partition ran {most_ahead} epochs ahead");
-        assert!(most_ahead > READ_AHEAD_EPOCHS as i64, "the test must make one partition run ahead ({most_ahead})");
-    }
-
-    /// One partition of [`Uneven`]'s two, for a worker of its own.
-    struct One {
-        i: usize,
-        next: i64,
-        records: i64,
-        held: bool,
-    }
-
-    impl Reader for One {
-        fn poll(&mut self, _budget: usize, f: &mut dyn FnMut(Event<'_>)) -> Result<usize, crate::source::SourceError> {
-            let mut taken = 0;
-            while !self.held && taken < 64 && self.next < self.records {
-                let (i, offset) = (self.i, self.next);
-                f(Event::Record { id: Uneven::id(i), offset, payload: Uneven::value(i, offset).as_bytes() });
-                self.next += 1;
-                taken += 1;
-            }
-            Ok(taken)
-        }
-
-        fn pause(&mut self, _id: PartitionId) {}
-
-        fn hold(&mut self, _id: PartitionId, held: bool) {
-            self.held = held;
-        }
-    }
-
-    #[test]
-    fn a_worker_that_finishes_early_does_not_hold_back_the_others() {
-        // Worker 0 reads 100 dense records (5 epochs) in two polls and finishes; worker 1's
-        // sparse partition runs one epoch per record, far past the read-ahead bound of worker 0's
-        // last active epoch. Worker 0 must say it holds nothing back any more, or worker 1's
-        // partition stays held forever (it did: tests/faults.rs, sigterm, hung in CI).
-        let records = [500i64, 100];
-        let delivered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let total = delivered.clone();
-        timely::execute(timely::Config::process(2), move |worker| {
-            let w = worker.index();
-            let i = 1 - w;
-            let clock = EpochClock::new(WINDOW, 2 * WINDOW);
-            let spec = test_spec(w, clock, vec![(Uneven::id(i), records[i])], Box::new(One { i, next: 0, records: records[i], held: false }));
-            run_source(worker, spec, total.clone());
-        })
-        .expect("timely runs")
-        .join()
-        .into_iter()
-        .for_each(|r| r.expect("a worker failed"));
-        assert_eq!(delivered.load(Ordering::Relaxed), 600, "every record of both workers arrives");
-    }
-}
+mod tests;

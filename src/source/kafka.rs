@@ -19,7 +19,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{Event, Reader, SourceError};
+use super::watch::{ClientStates, EndWatcher};
+use super::{Event, Progress, Reader, SourceError};
 use crate::cli::kafka::KafkaClientSettings;
 use crate::contract::Stream;
 use crate::ownership::PartitionId;
@@ -269,13 +270,36 @@ pub struct Quiet;
 
 impl ClientContext for Quiet {
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)) {
-            tracing::trace!(%reason, "end of partition");
-        } else if let Some(suppressed) = throttle(&error) {
-            tracing::warn!(%error, %reason, suppressed, "kafka client (librdkafka retries by itself)");
-        }
+        log_client_error(error, reason);
     }
 }
+
+impl ConsumerContext for Quiet {}
+
+/// How [`Quiet`] and [`ReaderContext`] report a client error.
+fn log_client_error(error: KafkaError, reason: &str) {
+    if matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)) {
+        tracing::trace!(%reason, "end of partition");
+    } else if let Some(suppressed) = throttle(&error) {
+        tracing::warn!(%error, %reason, suppressed, "kafka client (librdkafka retries by itself)");
+    }
+}
+
+/// The reading client's context: [`Quiet`], and it keeps librdkafka's statistics of the
+/// partitions (their fetch state, queue, offsets) for the stall guard's log lines.
+pub struct ReaderContext(Arc<ClientStates>);
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.0.record(statistics);
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
 
 /// How often one kind of client error is logged: while a broker is down every connection of
 /// every client reports it every few hundred milliseconds.
@@ -302,17 +326,41 @@ fn throttle(error: &KafkaError) -> Option<u64> {
     }
 }
 
-impl ConsumerContext for Quiet {}
+/// How often the reading client reports its statistics (read only for log lines about stalls).
+const STATISTICS_EVERY_MS: &str = "5000";
+
+/// One owned partition as the reader sees it.
+struct ReadPartition {
+    id: PartitionId,
+    topic: String,
+    /// Its own queue on the current client (see the module doc); `None` once paused and the
+    /// client re-created without it.
+    queue: Option<PartitionQueue<ReaderContext>>,
+    /// Held back by the source (see [`Reader::hold`]).
+    held: bool,
+    /// Finished: not assigned again when the client is re-created.
+    paused: bool,
+    /// One past the last record delivered (where a re-created client starts).
+    next: i64,
+    /// When the last record or end-of-partition event was delivered.
+    delivered_at: Instant,
+}
 
 /// Reads one worker's partitions.
 pub struct KafkaReader {
-    consumer: Arc<BaseConsumer<Quiet>>,
-    queues: Vec<(PartitionId, String, PartitionQueue<Quiet>)>,
-    /// Partitions held back (see [`Reader::hold`]), by their index in `queues`.
-    held: Vec<bool>,
+    opts: KafkaOptions,
+    client_id: String,
+    consumer: Arc<BaseConsumer<ReaderContext>>,
+    parts: Vec<ReadPartition>,
     next_queue: usize,
     /// Since when the consumer reports errors and no record arrived (a broker outage).
     troubled_since: Option<Instant>,
+    /// The broker's end offsets, from a client of their own.
+    ends: EndWatcher,
+    /// librdkafka's statistics of the current client.
+    states: Arc<ClientStates>,
+    /// How many times the client was re-created.
+    recreated: u32,
 }
 
 impl KafkaReader {
@@ -320,56 +368,122 @@ impl KafkaReader {
     /// retention has deleted in the meantime restarts at the earliest one still held
     /// (`auto.offset.reset=earliest`).
     pub fn new(opts: &KafkaOptions, owned: &[(PartitionId, Option<i64>)], client_id: &str) -> Result<Self, SourceError> {
-        let consumer: Arc<BaseConsumer<Quiet>> = Arc::new(opts.client_config().set("client.id", client_id).create_with_context(Quiet)?);
+        let ids: Vec<PartitionId> = owned.iter().map(|(id, _)| *id).collect();
+        let ends = EndWatcher::start(opts, &ids, client_id)?;
+        let states = Arc::new(ClientStates::default());
+        let starts: Vec<(PartitionId, Offset)> = owned.iter().map(|(id, start)| (*id, start.map_or(Offset::Beginning, Offset::Offset))).collect();
+        let (consumer, queues) = Self::connect(opts, client_id, &states, &starts)?;
+        let now = Instant::now();
+        let parts = owned
+            .iter()
+            .zip(queues)
+            .map(|((id, start), queue)| ReadPartition {
+                id: *id,
+                topic: opts.topic(id.stream),
+                queue: Some(queue),
+                held: false,
+                paused: false,
+                next: start.unwrap_or(0),
+                delivered_at: now,
+            })
+            .collect();
+        Ok(KafkaReader {
+            opts: opts.clone(),
+            client_id: client_id.to_owned(),
+            consumer,
+            parts,
+            next_queue: 0,
+            troubled_since: None,
+            ends,
+            states,
+            recreated: 0,
+        })
+    }
+
+    /// A client assigned to `starts`, with a queue of its own per partition, in that order.
+    #[allow(clippy::type_complexity)]
+    fn connect(
+        opts: &KafkaOptions,
+        client_id: &str,
+        states: &Arc<ClientStates>,
+        starts: &[(PartitionId, Offset)],
+    ) -> Result<(Arc<BaseConsumer<ReaderContext>>, Vec<PartitionQueue<ReaderContext>>), SourceError> {
+        let consumer: Arc<BaseConsumer<ReaderContext>> = Arc::new(
+            opts.client_config()
+                .set("client.id", client_id)
+                .set("statistics.interval.ms", STATISTICS_EVERY_MS)
+                .create_with_context(ReaderContext(states.clone()))?,
+        );
         let mut tpl = TopicPartitionList::new();
-        for (id, start) in owned {
-            let offset = start.map_or(Offset::Beginning, Offset::Offset);
-            tpl.add_partition_offset(&opts.topic(id.stream), id.partition, offset)?;
+        for (id, offset) in starts {
+            tpl.add_partition_offset(&opts.topic(id.stream), id.partition, *offset)?;
         }
         consumer.assign(&tpl)?;
         let mut queues = Vec::new();
-        for (id, _) in owned {
+        for (id, _) in starts {
             let topic = opts.topic(id.stream);
             let q = consumer
                 .split_partition_queue(&topic, id.partition)
                 .ok_or_else(|| SourceError::Kafka(KafkaError::Subscription(format!("no queue for {topic}/{}", id.partition))))?;
-            queues.push((*id, topic, q));
+            queues.push(q);
         }
-        Ok(KafkaReader { consumer, held: vec![false; queues.len()], queues, next_queue: 0, troubled_since: None })
+        Ok((consumer, queues))
+    }
+
+    /// Serves the client's main queue: statistics and errors, which are transient (librdkafka
+    /// reconnects and refetches by itself) and logged, throttled. Every owned partition has a
+    /// queue of its own, so a message here means the client no longer forwards a partition to
+    /// it: its records would be lost to us, so the client is re-created.
+    fn serve_main_queue(&mut self) -> Result<(), SourceError> {
+        match self.consumer.poll(Duration::ZERO) {
+            Some(Err(e)) => {
+                self.troubled_since.get_or_insert_with(Instant::now);
+                if let Some(suppressed) = throttle(&e) {
+                    tracing::warn!(error = %e, suppressed, "kafka consumer event (librdkafka retries by itself)");
+                }
+                Ok(())
+            }
+            Some(Ok(m)) => {
+                let (topic, partition, offset) = (m.topic().to_owned(), m.partition(), m.offset());
+                drop(m);
+                tracing::warn!(
+                    topic,
+                    partition,
+                    offset,
+                    "kafka: a record arrived on the client's main queue instead of its partition's queue; re-creating the client to read it in order"
+                );
+                self.recover()
+            }
+            None => Ok(()),
+        }
     }
 }
 
 impl Reader for KafkaReader {
     fn poll(&mut self, budget: usize, f: &mut dyn FnMut(Event<'_>)) -> Result<usize, SourceError> {
-        // The main queue carries errors and statistics; it must be served too.
-        // Errors here (broker down, transport failure) are transient: librdkafka reconnects and
-        // refetches by itself; they are logged, throttled, and reading goes on.
-        if let Some(Err(e)) = self.consumer.poll(Duration::ZERO) {
-            self.troubled_since.get_or_insert_with(Instant::now);
-            if let Some(suppressed) = throttle(&e) {
-                tracing::warn!(error = %e, suppressed, "kafka consumer event (librdkafka retries by itself)");
-            }
-        }
+        self.serve_main_queue()?;
         let mut delivered = 0;
-        let n = self.queues.len();
+        let n = self.parts.len();
         let per_queue = (budget / n.max(1)).max(64);
         for _ in 0..n {
-            let (id, _, queue) = &self.queues[self.next_queue];
-            let held = self.held[self.next_queue];
+            let part = &mut self.parts[self.next_queue];
             self.next_queue = (self.next_queue + 1) % n;
-            if held {
+            if part.held || part.paused {
                 continue;
             }
+            let Some(queue) = part.queue.as_ref() else { continue };
             let mut taken = 0;
+            let mut last = None;
             while taken < per_queue {
                 match queue.poll(Duration::ZERO) {
                     None => break,
                     Some(Ok(m)) => {
-                        f(Event::Record { id: *id, offset: m.offset(), payload: m.payload().unwrap_or_default() });
+                        f(Event::Record { id: part.id, offset: m.offset(), payload: m.payload().unwrap_or_default() });
+                        last = Some(m.offset());
                         taken += 1;
                     }
                     Some(Err(KafkaError::PartitionEOF(_))) => {
-                        f(Event::Caught { id: *id });
+                        f(Event::Caught { id: part.id });
                         taken += 1;
                         break;
                     }
@@ -377,11 +491,17 @@ impl Reader for KafkaReader {
                         // Fetch errors are transient: librdkafka retries; we report and go on.
                         self.troubled_since.get_or_insert_with(Instant::now);
                         if let Some(suppressed) = throttle(&e) {
-                            tracing::warn!(partition = %id, error = %e, suppressed, "kafka fetch error (librdkafka retries by itself)");
+                            tracing::warn!(partition = %part.id, error = %e, suppressed, "kafka fetch error (librdkafka retries by itself)");
                         }
                         break;
                     }
                 }
+            }
+            if let Some(offset) = last {
+                part.next = offset + 1;
+            }
+            if taken > 0 {
+                part.delivered_at = Instant::now();
             }
             delivered += taken;
             if taken > 0
@@ -397,18 +517,67 @@ impl Reader for KafkaReader {
     }
 
     fn hold(&mut self, id: PartitionId, held: bool) {
-        if let Some(i) = self.queues.iter().position(|(q, _, _)| *q == id) {
-            self.held[i] = held;
+        if let Some(p) = self.parts.iter_mut().find(|p| p.id == id) {
+            p.held = held;
         }
     }
 
     fn pause(&mut self, id: PartitionId) {
-        if let Some((_, topic, _)) = self.queues.iter().find(|(q, _, _)| *q == id) {
+        if let Some(p) = self.parts.iter_mut().find(|p| p.id == id) {
+            p.paused = true;
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(topic, id.partition);
+            tpl.add_partition(&p.topic, id.partition);
             if let Err(e) = self.consumer.pause(&tpl) {
                 tracing::warn!(partition = %id, error = %e, "pausing a finished partition failed; its further records are ignored");
             }
+        }
+    }
+
+    fn progress(&mut self) -> Vec<Progress> {
+        // The client's position is past transaction markers, which are never delivered.
+        let positions: HashMap<(String, i32), i64> = match self.consumer.position() {
+            Ok(tpl) => tpl
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => HashMap::new(),
+        };
+        self.parts
+            .iter()
+            .filter(|p| !p.paused)
+            .map(|p| {
+                let position = positions.get(&(p.topic.clone(), p.id.partition)).map_or(p.next, |&o| o.max(p.next));
+                let end = self.ends.end(p.id);
+                Progress { id: p.id, position, end: end.map(|e| e.offset), fresh: end.is_some_and(|e| e.asked_at > p.delivered_at) }
+            })
+            .collect()
+    }
+
+    fn recover(&mut self) -> Result<(), SourceError> {
+        self.recreated += 1;
+        let starts: Vec<(PartitionId, Offset)> = self.parts.iter().filter(|p| !p.paused).map(|p| (p.id, Offset::Offset(p.next))).collect();
+        tracing::warn!(client = %self.client_id, recreated = self.recreated, partitions = starts.len(), "kafka: re-creating the reading client at the next offset of every partition");
+        let client_id = format!("{}-r{}", self.client_id, self.recreated);
+        let (consumer, queues) = Self::connect(&self.opts, &client_id, &self.states, &starts)?;
+        let mut queues = queues.into_iter();
+        let now = Instant::now();
+        for p in &mut self.parts {
+            p.queue = if p.paused { None } else { queues.next() };
+            p.delivered_at = now;
+        }
+        // The old client goes once no queue refers to it any more (now).
+        self.consumer = consumer;
+        Ok(())
+    }
+
+    fn describe(&self, id: PartitionId) -> String {
+        match self.parts.iter().find(|p| p.id == id) {
+            Some(p) => self.states.describe(&p.topic, id.partition),
+            None => "not owned".to_owned(),
         }
     }
 }

@@ -6,6 +6,8 @@
 
 pub mod embedded;
 pub mod kafka;
+pub mod stall;
+pub mod watch;
 
 use crate::ownership::PartitionId;
 
@@ -79,5 +81,50 @@ pub trait Reader {
     /// partitions back ignore it (the default).
     fn hold(&mut self, id: PartitionId, held: bool) {
         let _ = (id, held);
+    }
+    /// Where reading stands against the broker, per owned partition, as last measured. Readers
+    /// that always deliver [`Event::Caught`] at the end of their input and cannot stall report
+    /// nothing (the default).
+    fn progress(&mut self) -> Vec<Progress> {
+        Vec::new()
+    }
+    /// Re-creates the client after a stall, so that every partition not paused is read again
+    /// from the offset after the last record delivered. Readers without a client to re-create
+    /// do nothing (the default).
+    fn recover(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+    /// The client's own view of partition `id`, for a log line (empty if there is none).
+    fn describe(&self, id: PartitionId) -> String {
+        let _ = id;
+        String::new()
+    }
+}
+
+/// One partition's reading position against the end of the partition on the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The partition.
+    pub id: PartitionId,
+    /// The next offset the reader will deliver: one past the last record it delivered, or past
+    /// the transaction markers after it.
+    pub position: i64,
+    /// The end of the partition on the broker (the last stable offset when only committed data is
+    /// read) when last asked; `None` if the broker has not answered yet.
+    pub end: Option<i64>,
+    /// The end was asked after the last record was delivered, so `end <= position` means the
+    /// partition is caught up, as an [`Event::Caught`] would say.
+    pub fresh: bool,
+}
+
+impl Progress {
+    /// Records on the broker beyond the reader's position (0 if unknown).
+    pub fn lag(&self) -> i64 {
+        self.end.map_or(0, |e| (e - self.position).max(0))
+    }
+
+    /// Caught up by the broker's word: its end, asked after the last delivery, is reached.
+    pub fn caught(&self) -> bool {
+        self.fresh && self.end.is_some_and(|e| e <= self.position)
     }
 }
