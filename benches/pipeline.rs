@@ -94,7 +94,7 @@ impl Measurement for ThreadCpu {
     }
 }
 
-/// Rows per batch handed to the encoder (as `dataflow::sink` does).
+/// Rows per batch handed to the encoder (as `sink::operator` does).
 const BATCH_ROWS: usize = 1024;
 /// Rows per object at the default 60 s window for the simulated fleet (docs/benchmarks.md).
 const SMALL_FILE_ROWS: usize = 330;

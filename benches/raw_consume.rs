@@ -20,12 +20,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use citystream::cli::kafka::{KafkaClientSettings, KafkaOption};
 use citystream::contract::Stream;
+use citystream::kafka::settings::{KafkaClientSettings, KafkaOption};
+use citystream::kafka::{KafkaOptions, Watermarks};
 use citystream::ownership::{PartitionId, owned};
 use citystream::simulate::FleetConfig;
 use citystream::simulate::producer::{ProduceOptions, produce};
-use citystream::source::kafka::{KafkaOptions, Watermarks};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};

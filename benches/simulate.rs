@@ -22,8 +22,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use citystream::cli::kafka::{KafkaClientSettings, KafkaOption};
 use citystream::contract::Stream;
+use citystream::kafka::settings::{KafkaClientSettings, KafkaOption};
 use citystream::simulate::producer::{ProduceOptions, Summary, produce};
 use citystream::simulate::{Fleet, FleetConfig};
 use rdkafka::ClientConfig;

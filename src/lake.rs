@@ -159,7 +159,7 @@ impl Lake {
     /// unreachable endpoint, an unwritable directory. Listing comes first: some S3 servers
     /// create a missing bucket on the first write.
     pub async fn check_access(&self) -> Result<(), LakeError> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        let nanos = crate::clock::now_micros();
         let probe = Path::from(format!("_manifests/.write-check-{}-{nanos}", std::process::id()));
         let manifests = Path::from("_manifests");
         let mut listing = self.store.list(Some(&manifests));

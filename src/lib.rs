@@ -9,11 +9,14 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod clock;
 pub mod commit;
 pub mod contract;
 pub mod dataflow;
 pub mod ddl;
 pub mod epoch;
+pub mod error;
+pub mod kafka;
 pub mod lake;
 pub mod ownership;
 pub mod reclock;

@@ -23,7 +23,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // An error the running pipeline met (the process's peers stop too, and a supervisor
+            // restarts the cluster) is told apart from a configuration error at start.
+            match e.downcast_ref::<citystream::error::PipelineError>() {
+                Some(_) => ExitCode::from(citystream::run::FATAL_EXIT_CODE),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

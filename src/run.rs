@@ -17,22 +17,24 @@ use anyhow::{Context, bail};
 
 use crate::cli::run::{RunConfig, SourceConfig};
 use crate::commit::manifest::{self, FORMAT, Manifest, ManifestKind};
+use crate::commit::offsets::OffsetCommitter;
+use crate::commit::operator::{CommitSpec, CommitSummary};
 use crate::contract::DecodeOptions;
-use crate::dataflow::batches::EpochBatches;
-use crate::dataflow::commit::{CommitSpec, CommitSummary};
-use crate::dataflow::sink::SinkSpec;
-use crate::dataflow::source::{OwnedPartition, SourceSpec};
 use crate::epoch::Epoch;
+use crate::error::{ErrorClass, Failure, PipelineError};
 use crate::lake::{self, Lake};
 use crate::ownership::{self, PartitionId};
 use crate::reclock::PartitionClock;
 use crate::sink::encode::EncodeOptions;
+use crate::sink::operator::SinkSpec;
 use crate::source::Reader;
+use crate::source::batches::EpochBatches;
 use crate::source::embedded::{self, EmbeddedReader};
-use crate::source::kafka::{KafkaReader, OffsetCommitter};
+use crate::source::kafka::KafkaReader;
+use crate::source::operator::{OwnedPartition, SourceSpec};
 
 /// Exit code of a process stopped by an error the cluster cannot continue after.
-pub const FATAL_EXIT_CODE: i32 = 3;
+pub const FATAL_EXIT_CODE: u8 = 3;
 
 /// What a finished run reports.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -51,11 +53,14 @@ pub struct RunReport {
     pub window_us: i64,
 }
 
-/// A short random id for this process's object names.
+/// A short random id for this process's object names: the standard library's randomly keyed
+/// hasher, fed the process id and the wall clock.
 fn run_id() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-    let mut rng = crate::simulate::rng::Rng::new(nanos ^ (u64::from(std::process::id()) << 32));
-    format!("{:08x}", rng.next_u64() as u32)
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_i64(crate::clock::now_micros());
+    format!("{:08x}", h.finish() as u32)
 }
 
 /// Fails fast, naming the address, if this process cannot listen on its own cluster address
@@ -193,7 +198,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     std::panic::set_hook(Box::new(move |info| {
         default_hook(info);
         eprintln!("error: citystream process stopping after a panic (a peer may have died); restart the cluster");
-        std::process::exit(FATAL_EXIT_CODE);
+        std::process::exit(i32::from(FATAL_EXIT_CODE));
     }));
 
     let communication = if cfg.processes > 1 {
@@ -211,11 +216,17 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     let stops = Arc::new(stops);
     let lows = Arc::new(lows);
     let handle = rt.handle().clone();
+    // The first error any worker of this process meets; every worker stops stepping once set.
+    let failure = Failure::default();
+    let failure2 = failure.clone();
+    // Shared by the process's sinks and sources (one per process: chunks stay in their process).
+    let process_backpressure = crate::dataflow::Backpressure::default();
     let cfg2 = cfg.clone();
     let lake2 = lake.clone();
     let guards = timely::execute(config, move |worker| {
         workers_started.store(true, Ordering::SeqCst);
         let cfg = &cfg2;
+        let failure = failure2.clone();
         let (index, peers) = (worker.index(), worker.peers());
         let owned = ownership::owned(&all, index, peers);
         let partitions: Vec<OwnedPartition> = owned
@@ -231,7 +242,10 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
                     owned.iter().map(|id| (*id, states.get(id).map(|s| s.position.offset).or_else(|| lows.get(id).copied()))).collect();
                 match KafkaReader::new(k, &starts, &format!("citystream-{}-w{index}", cfg.process)) {
                     Ok(r) => Box::new(r),
-                    Err(e) => crate::dataflow::fatal(&format!("worker {index}: {e}")),
+                    Err(e) => {
+                        failure.set(PipelineError::caused(ErrorClass::Transient, format!("worker {index}: cannot start reading"), e));
+                        return CommitSummary::default();
+                    }
                 }
             }
             SourceConfig::Embedded { fleet, partitions: p } => {
@@ -243,6 +257,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             (SourceConfig::Kafka(k), 0) => OffsetCommitter::new(k).map_err(|e| tracing::warn!(error = %e, "no consumer-group offset commits")).ok(),
             _ => None,
         };
+        let backpressure = process_backpressure.clone();
         let summary = Rc::new(RefCell::new(CommitSummary::default()));
         let source = SourceSpec {
             worker: index,
@@ -255,7 +270,8 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             budget: 4096,
             batches: EpochBatches::new(cfg.clock, 1024, &prefix),
             stall: cfg.stall,
-            fail: crate::dataflow::fatal,
+            backpressure: backpressure.clone(),
+            failure: failure.clone(),
         };
         let sink = SinkSpec {
             lake: lake2.clone(),
@@ -265,6 +281,8 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             encode: EncodeOptions { codec: cfg.compression, ..EncodeOptions::default() },
             part_size: 8 << 20,
             encode_after_rows: 1024,
+            backpressure,
+            failure: failure.clone(),
         };
         let committer = CommitSpec {
             lake: lake2.clone(),
@@ -275,10 +293,11 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             previous: claim.clone(),
             offsets,
             summary: summary.clone(),
+            failure: failure.clone(),
         };
         worker.dataflow::<Epoch, _, _>(|scope| crate::dataflow::build(scope, cfg.threads, source, sink, committer));
         tracing::debug!(worker = index, ms = started.elapsed().as_millis() as u64, "start-up: worker running");
-        while worker.step_or_park(Some(Duration::from_millis(100))) {}
+        crate::dataflow::step_until_done_or_failed(worker, &failure, Duration::from_millis(100));
         summary.borrow().clone()
     })
     .map_err(|e| anyhow::anyhow!("cannot start the cluster (check -h/--hostfile addresses and that the port of process {} is free): {e}", cfg.process))?;
@@ -291,6 +310,9 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         }
     }
     drop(rt);
+    if let Some(e) = failure.take() {
+        return Err(e.into());
+    }
     Ok(RunReport {
         committed,
         garbage_collected,

@@ -511,9 +511,10 @@ fn a_live_cluster_reads_every_partition_through_kafka_and_s3_outages() {
 
 #[test]
 fn the_final_group_offset_commit_does_not_hold_up_the_exit_when_kafka_is_down() {
+    use citystream::commit::offsets::{FINAL_COMMIT_WAIT, OffsetCommitter};
     use citystream::contract::Stream;
+    use citystream::kafka::KafkaOptions;
     use citystream::ownership::PartitionId;
-    use citystream::source::kafka::{FINAL_COMMIT_WAIT, KafkaOptions, OffsetCommitter};
     // Nothing listens there: the broker is down for good.
     let opts = KafkaOptions {
         brokers: format!("127.0.0.1:{}", free_port()),

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+pub use crate::error::ConfigError;
+
 /// citystream: smart-city telemetry from Kafka to a Parquet lake on S3, exactly once.
 #[derive(Debug, Parser)]
 #[command(name = "citystream", version, about, disable_help_subcommand = true, disable_help_flag = true)]
@@ -46,23 +48,6 @@ pub struct DdlArgs {
     /// Glue/Athena database name.
     #[arg(long, env = "CITYSTREAM_DATABASE", default_value = "citystream")]
     pub database: String,
-}
-
-/// A configuration error, naming the flag at fault.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid {flag}: {problem}")]
-pub struct ConfigError {
-    /// The flag, e.g. `--late-fraction`.
-    pub flag: &'static str,
-    /// What is wrong and what would be accepted.
-    pub problem: String,
-}
-
-impl ConfigError {
-    /// A new error for `flag`.
-    pub fn new(flag: &'static str, problem: impl Into<String>) -> Self {
-        ConfigError { flag, problem: problem.into() }
-    }
 }
 
 /// Parses a human duration such as `60s`, `2m`, `1h30m` or `500ms`.

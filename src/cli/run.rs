@@ -10,9 +10,9 @@ use super::{ConfigError, check_fraction, parse_duration};
 use crate::contract::Micros;
 use crate::contract::timestamp::parse_timestamp;
 use crate::epoch::EpochClock;
+use crate::kafka::KafkaOptions;
 use crate::simulate::FleetConfig;
 use crate::sink::encode::Codec;
-use crate::source::kafka::KafkaOptions;
 use crate::source::stall::StallConfig;
 
 /// One process of a citystream cluster (timely's -w/-n/-p/-h flags; help is --help only).

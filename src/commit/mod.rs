@@ -1,3 +1,5 @@
 //! Committing sealed epochs: the manifest chain and the committer operator.
 
 pub mod manifest;
+pub mod offsets;
+pub mod operator;

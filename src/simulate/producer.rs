@@ -17,10 +17,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 
 use super::fleet::{Fleet, FleetConfig, INJECTED_HEADER};
-use crate::cli::kafka::KafkaClientSettings;
 use crate::contract::Stream;
-use crate::source::SourceError;
-use crate::source::kafka::{ProbeContext, StartupProbe};
+use crate::kafka::ClientError;
+use crate::kafka::probe::{ProbeContext, SERVE_FOR, StartupProbe};
+use crate::kafka::settings::KafkaClientSettings;
 
 /// Errors of the simulator. All are definite: retrying the command as-is will not help.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,7 @@ pub enum SimulateError {
     /// The brokers did not answer, or refused the credentials or the TLS handshake (the
     /// message names the brokers and the settings to check; secrets are scrubbed).
     #[error(transparent)]
-    Connect(crate::source::SourceError),
+    Connect(ClientError),
     /// A topic could not be created.
     #[error("cannot create topic {topic}: {reason}")]
     CreateTopic {
@@ -162,10 +162,10 @@ pub fn ensure_topics(opts: &ProduceOptions, topics: &[String]) -> Result<(), Sim
     // Reach the brokers with a plain client first: its main queue delivers librdkafka's
     // complaints (refused credentials, TLS failures) to the probe, which explains a failure.
     let probe = Arc::new(StartupProbe::default());
-    let client_error = |e: KafkaError| SimulateError::Connect(SourceError::Client(opts.kafka.scrub(&e.to_string())));
+    let client_error = |e: KafkaError| SimulateError::Connect(ClientError::Client(opts.kafka.scrub(&e.to_string())));
     let check: BaseProducer<ProbeContext> = cfg.create_with_context(ProbeContext(probe.clone())).map_err(client_error)?;
     let metadata = probe
-        .wait_for(&opts.brokers, opts.connect_timeout, &opts.kafka, |t| check.client().fetch_metadata(None, t), || check.poll(crate::source::kafka::SERVE_FOR))
+        .wait_for(&opts.brokers, opts.connect_timeout, &opts.kafka, |t| check.client().fetch_metadata(None, t), || check.poll(SERVE_FOR))
         .map_err(SimulateError::Connect)?;
     let brokers = metadata.brokers().len().max(1) as i32;
     let missing: Vec<&String> = topics.iter().filter(|t| !metadata.topics().iter().any(|m| m.name() == t.as_str() && m.error().is_none())).collect();

@@ -1,4 +1,5 @@
 //! Writing epochs as Parquet objects.
 
 pub mod encode;
+pub mod operator;
 pub mod upload;

@@ -4,9 +4,12 @@
 //! partition and an end-of-partition event whenever a partition is caught up. Readers know
 //! nothing of epochs; reclocking happens in the dataflow's source operator.
 
+pub mod batches;
 pub mod embedded;
 pub mod kafka;
+pub mod operator;
 pub mod stall;
+mod state;
 pub mod watch;
 
 use crate::ownership::PartitionId;
@@ -30,45 +33,8 @@ pub enum Event<'a> {
     },
 }
 
-/// Errors of a source. Transient ones are retried by the client library itself (librdkafka
-/// reconnects and refetches); what surfaces here is definite.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The brokers did not answer in time.
-    #[error("cannot reach Kafka brokers at {brokers} within {seconds} s (check --brokers / CITYSTREAM_BROKERS and that the broker runs): {reason}")]
-    Unreachable {
-        /// Bootstrap list.
-        brokers: String,
-        /// How long we waited.
-        seconds: u64,
-        /// librdkafka's words.
-        reason: String,
-    },
-    /// A topic does not exist.
-    #[error("Kafka topic {topic} does not exist on {brokers} (check --topic-prefix; create it or run `citystream simulate` first)")]
-    UnknownTopic {
-        /// The topic.
-        topic: String,
-        /// Bootstrap list.
-        brokers: String,
-    },
-    /// The brokers refused the credentials or the TLS handshake (definite: retrying won't help).
-    #[error("cannot connect to Kafka at {brokers}: {hint} ({reason})")]
-    Refused {
-        /// Bootstrap list.
-        brokers: String,
-        /// What to check, naming the settings.
-        hint: &'static str,
-        /// librdkafka's words, secrets scrubbed.
-        reason: String,
-    },
-    /// The client could not be created from the settings (librdkafka's words, secrets scrubbed).
-    #[error("cannot create the Kafka client (check --kafka-option and the --kafka-* flags): {0}")]
-    Client(String),
-    /// Any other Kafka client error.
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-}
+/// What a reader fails with: only Kafka clients fail (the embedded simulator cannot).
+pub type SourceError = crate::kafka::ClientError;
 
 /// A source of records for one worker's partitions.
 pub trait Reader {

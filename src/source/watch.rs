@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::SourceError;
-use super::kafka::{KafkaOptions, Quiet};
+use crate::kafka::{KafkaOptions, Quiet};
 use crate::ownership::PartitionId;
 
 /// How often the end offsets are asked for.

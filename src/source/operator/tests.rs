@@ -6,13 +6,15 @@ use std::rc::Rc;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{ConnectLoop, Feedback};
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
 use crate::contract::timestamp::{MICROS_PER_SEC, format_naive};
 use crate::contract::{Micros, Stream as DataStream};
 use crate::epoch::EpochClock;
-use crate::source::Event;
+use crate::error::{ErrorClass, PipelineError};
+use crate::ownership::PartitionId;
+use crate::source::{Event, Progress};
 
 const WINDOW: Micros = 60 * MICROS_PER_SEC;
 const START: Micros = 1_740_823_200 * MICROS_PER_SEC; // 2025-03-01T10:00:00Z
@@ -84,13 +86,9 @@ fn test_spec(worker: usize, clock: EpochClock, parts: Vec<(PartitionId, i64)>, r
         budget: 4096,
         batches: EpochBatches::new(clock, 1024, ""),
         stall: StallConfig::default(),
-        fail: test_fail,
+        backpressure: Backpressure::default(),
+        failure: Failure::default(),
     }
-}
-
-/// Where a test source's fatal errors go: a panic, which fails the test (or is expected).
-fn test_fail(message: &str) -> ! {
-    panic!("{message}")
 }
 
 /// Rows the sources of a test sent, over all workers.
@@ -112,15 +110,17 @@ impl Tally {
     }
 }
 
-/// Runs the source alone, with its announcement loop, to the end, counting the rows it sends
-/// into `tally`; fails if it has not finished within `limit` (a partition held forever).
-fn run_source_for(worker: &mut timely::worker::Worker, spec: SourceSpec, tally: Arc<Tally>, limit: Duration) {
+/// Runs the source alone, with its announcement loop, to the end or to its first error, counting
+/// the rows it sends into `tally`; fails if it has not finished within `limit` (a partition held
+/// forever). Returns the error the source stopped with, if any.
+fn run_source_for(worker: &mut timely::worker::Worker, spec: SourceSpec, tally: Arc<Tally>, limit: Duration) -> Option<PipelineError> {
+    let failure = spec.failure.clone();
     worker.dataflow::<Epoch, _, _>(|scope| {
         let (handle, announcements) = scope.feedback::<Vec<Announce>>(1);
-        let (chunks, _states, announced) = reclock_source(scope, spec, announcements);
-        announced.broadcast().connect_loop(handle);
+        let read = scope.reclock(spec, announcements);
+        read.announcements.broadcast().connect_loop(handle);
         use timely::dataflow::operators::Inspect;
-        chunks.inspect(move |c: &Chunk| {
+        read.chunks.inspect(move |c: &Chunk| {
             let rows = tally.rows.fetch_add(c.batch.num_rows(), Ordering::Relaxed) + c.batch.num_rows();
             if c.key.kind == crate::lake::FileKind::Late {
                 tally.late.fetch_add(c.batch.num_rows(), Ordering::Relaxed);
@@ -132,13 +132,18 @@ fn run_source_for(worker: &mut timely::worker::Worker, spec: SourceSpec, tally: 
         });
     });
     let started = Instant::now();
-    while worker.step_or_park(Some(Duration::from_millis(5))) {
+    while !failure.is_set() && worker.step_or_park(Some(Duration::from_millis(5))) {
         assert!(started.elapsed() < limit, "worker {} did not finish within {limit:?}: a partition was held or stalled for good", worker.index());
     }
+    crate::dataflow::step_until_done_or_failed(worker, &failure, Duration::from_millis(5));
+    failure.take()
 }
 
+/// [`run_source_for`] within 60 s, which must end without an error.
 fn run_source(worker: &mut timely::worker::Worker, spec: SourceSpec, tally: Arc<Tally>) {
-    run_source_for(worker, spec, tally, Duration::from_secs(60));
+    if let Some(e) = run_source_for(worker, spec, tally, Duration::from_secs(60)) {
+        panic!("the source failed: {}", e.chain());
+    }
 }
 
 #[test]
@@ -372,7 +377,7 @@ fn a_partition_caught_up_then_silent_while_the_broker_holds_more_is_recovered_an
         spec.partitions[0].stop = stop;
         spec.stall = FAST_STALLS;
         spec.shutdown = t.shutdown.clone();
-        run_source_for(worker, spec, t.clone(), Duration::from_secs(30));
+        assert!(run_source_for(worker, spec, t.clone(), Duration::from_secs(30)).is_none());
     })
     .expect("timely runs")
     .join()
@@ -416,7 +421,7 @@ fn a_partition_silent_before_its_end_of_partition_event_does_not_hold_the_cluste
         spec.partitions[0].stop = stop;
         spec.stall = FAST_STALLS;
         spec.shutdown = t.shutdown.clone();
-        run_source_for(worker, spec, t.clone(), Duration::from_secs(30));
+        assert!(run_source_for(worker, spec, t.clone(), Duration::from_secs(30)).is_none());
     })
     .expect("timely runs")
     .join()
@@ -427,9 +432,8 @@ fn a_partition_silent_before_its_end_of_partition_event_does_not_hold_the_cluste
 }
 
 #[test]
-#[should_panic(expected = "stalled: the broker holds")]
-fn a_partition_that_stays_stalled_stops_the_process_after_the_give_up_bound() {
-    timely::execute_directly(|worker| {
+fn a_partition_that_stays_stalled_stops_the_pipeline_after_the_give_up_bound() {
+    let error = timely::execute_directly(|worker| {
         let clock = EpochClock::new(WINDOW, 2 * WINDOW);
         // Silent after 10 of 100 records, for good: re-creating the client does not help.
         let stalling = Stalling {
@@ -456,6 +460,9 @@ fn a_partition_that_stays_stalled_stops_the_process_after_the_give_up_bound() {
         let mut spec = test_spec(0, clock, vec![(gps_id(0), 0)], Box::new(NeverRecovers(stalling)));
         spec.partitions[0].stop = None;
         spec.stall = StallConfig { timeout: Duration::from_millis(100), give_up: Duration::from_millis(600) };
-        run_source_for(worker, spec, Arc::new(Tally::default()), Duration::from_secs(30));
-    });
+        run_source_for(worker, spec, Arc::new(Tally::default()), Duration::from_secs(30))
+    })
+    .expect("the source stops with an error");
+    assert_eq!(error.class, ErrorClass::Transient, "a restart may help");
+    assert!(error.message.contains("stalled: the broker holds 90 records beyond offset 10"), "{}", error.message);
 }

@@ -10,10 +10,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{Chunk, FileKey};
 use crate::contract::schema::{BatchBuilder, DeadLetterBuilder, DeadLetterRow, Provenance};
 use crate::contract::timestamp::MICROS_PER_SEC;
 use crate::contract::{BorrowedRecord, DecodeError, Micros, Stream};
+use crate::dataflow::{Chunk, FileKey, note_partition};
 use crate::epoch::{Epoch, EpochClock};
 use crate::lake::FileKind;
 
@@ -55,9 +55,9 @@ impl Building {
             Rows::Data(b) => b.finish(),
             Rows::Dead(b) => b.finish(),
         };
-        // The builders produce their own schema's columns, all of the same length: a failure
-        // here is a bug in them, not bad input.
-        let batch = batch.unwrap_or_else(|e| super::fatal(&format!("internal error: building a batch of {key:?}: {e}")));
+        // The builders produce their own schema's columns, all of one length: a failure here is
+        // a bug in them, not bad input, and a panic is how the process reports it.
+        let batch = batch.expect("a batch builder produces its schema's columns, all of one length");
         Some(Chunk { key, epoch, batch, partitions: std::mem::take(&mut self.partitions) })
     }
 }
@@ -100,7 +100,7 @@ impl EpochBatches {
             }
         };
         let b = &mut files[i].1;
-        super::note_partition(&mut b.partitions, partition);
+        note_partition(&mut b.partitions, partition);
         append(&mut b.rows);
         if b.len() >= self.batch_rows
             && let Some(chunk) = b.take(epoch, key)

@@ -20,13 +20,14 @@ use timely::dataflow::{Scope, Stream};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use super::Report;
+use super::offsets::OffsetCommitter;
 use crate::commit::manifest::{self, FORMAT, FileEntry, Manifest, ManifestError, ManifestKind};
+use crate::dataflow::Report;
 use crate::epoch::{Epoch, EpochClock};
+use crate::error::{ErrorClass, Failure, PipelineError};
 use crate::lake::{FileKind, Lake};
 use crate::ownership::PartitionId;
 use crate::reclock::ResumeState;
-use crate::source::kafka::OffsetCommitter;
 
 /// Everything the committer needs.
 pub struct CommitSpec {
@@ -46,6 +47,8 @@ pub struct CommitSpec {
     pub offsets: Option<OffsetCommitter>,
     /// Filled in as manifests become durable.
     pub summary: Rc<RefCell<CommitSummary>>,
+    /// Where an error that stops the pipeline goes.
+    pub failure: Failure,
 }
 
 /// What this run committed.
@@ -95,15 +98,27 @@ impl CommitSummary {
     }
 }
 
-/// Builds the committer. Only the worker that receives reports (worker 0) writes anything.
-pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
+/// The committer as a stream method: `reports.commit(spec)`.
+pub trait Commit {
+    /// Commits the epochs the reports' frontier passes, in manifests. Only the worker that
+    /// receives the reports (worker 0, after an exchange) writes anything.
+    fn commit(self, spec: CommitSpec);
+}
+
+impl<'s> Commit for Stream<'s, Epoch, Vec<Report>> {
+    fn commit(self, spec: CommitSpec) {
+        build_committer(self, spec)
+    }
+}
+
+fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
     let scope: Scope<'s, Epoch> = reports.scope();
     let mut builder = OperatorBuilder::new("Commit".to_owned(), scope);
     let activator = scope.activator_for(builder.operator_info().address.clone());
     let mut input = builder.new_input(reports, Pipeline);
 
     builder.build_reschedule(move |_caps| {
-        let CommitSpec { lake, rt, run, clock, topic_prefix, previous, mut offsets, summary } = spec;
+        let CommitSpec { lake, rt, run, clock, topic_prefix, previous, mut offsets, summary, failure } = spec;
         let mut lower = previous.as_ref().map_or(0, |m| m.upper);
         let mut sequence = previous.as_ref().map_or(0, |m| m.sequence);
         let mut states: BTreeMap<PartitionId, ResumeState> = previous.map(|m| m.partitions.into_iter().map(|s| (s.id, s)).collect()).unwrap_or_default();
@@ -119,6 +134,9 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
         let mut in_flight: Option<InFlight> = None;
 
         move |frontiers| {
+            if failure.is_set() {
+                return false;
+            }
             input.for_each(|cap, data| {
                 let Some(&t) = cap.least() else { return };
                 max_seen = Some(max_seen.map_or(t, |m| m.max(t)));
@@ -148,7 +166,7 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                 match rt.block_on(handle) {
                     Ok(Ok(())) => {
                         tracing::info!(sequence = m.sequence, lower = m.lower, upper = m.upper, objects = m.files.len(), "manifest committed");
-                        let latency = first_sealed.map(|t| (super::sink::now_us() - t) as f64 / 1e6);
+                        let latency = first_sealed.map(|t| (crate::clock::now_micros() - t) as f64 / 1e6);
                         summary.borrow_mut().add(&m, latency);
                         lower = m.upper;
                         sequence = m.sequence;
@@ -157,9 +175,20 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                             committer.commit(&offs);
                         }
                     }
-                    Ok(Err(e @ ManifestError::Lake(_))) => super::fatal(&format!("committing epochs [{}, {}): {e}; {}", m.lower, m.upper, lake.gave_up())),
-                    Ok(Err(e)) => super::fatal(&format!("committing epochs [{}, {}): {e}", m.lower, m.upper)),
-                    Err(e) => super::fatal(&format!("manifest task failed: {e}")),
+                    Ok(Err(e @ ManifestError::Lake(_))) => {
+                        let message = format!("committing epochs [{}, {}): {}", m.lower, m.upper, lake.gave_up());
+                        failure.set(PipelineError::caused(ErrorClass::Transient, message, e));
+                        return false;
+                    }
+                    Ok(Err(e)) => {
+                        // A lost create race: another cluster writes this output.
+                        failure.set(PipelineError::caused(ErrorClass::Definite, format!("committing epochs [{}, {})", m.lower, m.upper), e));
+                        return false;
+                    }
+                    Err(e) => {
+                        failure.set(PipelineError::caused(ErrorClass::Definite, "the manifest task failed", e));
+                        return false;
+                    }
                 }
             }
 
@@ -180,7 +209,9 @@ pub fn commit<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec) {
                 for (id, by_from) in resume.iter_mut() {
                     let Some((&from, (to, state))) = by_from.range(..=e).next_back() else { continue };
                     if to.is_some_and(|t| t < e) {
-                        super::fatal(&format!("internal error: no resume state of {id} covers epoch {e} (latest covers {from}..={to:?})"));
+                        let message = format!("internal error: no resume state of {id} covers epoch {e} (latest covers {from}..={to:?})");
+                        failure.set(PipelineError::new(ErrorClass::Definite, message));
+                        return false;
                     }
                     states.insert(*id, state.clone());
                     // Earlier states are superseded; this one may still serve later commits.

@@ -1,7 +1,7 @@
-//! The dataflow, top to bottom:
+//! The dataflow, top to bottom ([`build`]; each stage is an operator in its own module):
 //!
 //! ```text
-//!  Kafka partitions ─► reclock_source ─chunks@epoch─► exchange(writer_of) ─► parquet_sink ─files@epoch─┐
+//!  Kafka partitions ─► reclock ───────chunks@epoch─► exchange(writer_of) ─► write_parquet ─files@epoch─┐
 //!     (owned by        │     ▲                    (to a worker of the same process)                  │
 //!      this worker)    │     └─ announcements (broadcast, feedback +1) ◄─┐                           ├─► exchange(0) ─► commit
 //!                      ├─ resume states@epoch ───────────────────────────┼───────────────────────────┘      (manifests)
@@ -14,15 +14,13 @@
 //! objects are durable.
 //!
 //! The source decodes each value into a record that borrows its strings from the value and
-//! appends it straight into the Arrow builders of its object ([`batches`]); what travels to the
+//! appends it straight into the Arrow builders of its object ([`crate::source::batches`]); what travels to the
 //! sink are Arrow batches, so no record is allocated, moved or copied field by field on the way.
 //! The batches of one (stream, epoch) from all workers of a process go to one of them
 //! ([`writer_of`]), which writes them into one object.
 
-pub mod batches;
-pub mod commit;
-pub mod sink;
-pub mod source;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use timely::dataflow::Scope;
 use timely::dataflow::operators::vec::Broadcast;
@@ -31,10 +29,14 @@ use timely::dataflow::operators::{Concat, ConnectLoop, Exchange, Feedback};
 use arrow::record_batch::RecordBatch;
 
 use crate::commit::manifest::FileEntry;
+use crate::commit::operator::{Commit, CommitSpec};
 use crate::contract::{Micros, Stream};
 use crate::epoch::Epoch;
+use crate::error::Failure;
 use crate::lake::FileKind;
 use crate::reclock::ResumeState;
+use crate::sink::operator::{SinkSpec, WriteParquet};
+use crate::source::operator::{Reclock, SourceSpec};
 
 /// Which object of an epoch rows belong to: one per (stream, kind, hour) per process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -133,25 +135,51 @@ pub struct Announce {
     pub idle: Option<Epoch>,
 }
 
-/// Ends the process on an error the cluster cannot continue after. Timely has no partial
-/// recovery: the peers notice the lost connection and stop too, and the supervisor restarts
-/// the whole cluster from the last manifest.
-pub fn fatal(message: &str) -> ! {
-    tracing::error!("{message}");
-    eprintln!("error: {message}");
-    std::process::exit(crate::run::FATAL_EXIT_CODE)
+/// Builds the whole pipeline in `scope`, for a cluster of processes with `workers_per_process`
+/// workers each: Kafka partitions are reclocked into epochs, written as Parquet objects by a
+/// worker of the same process, and committed by worker 0.
+pub fn build<'s>(scope: Scope<'s, Epoch>, workers_per_process: usize, source: SourceSpec, sink: SinkSpec, committer: CommitSpec) {
+    let (loop_handle, announcements) = scope.feedback::<Vec<Announce>>(1);
+    let read = scope.reclock(source, announcements);
+    read.announcements.broadcast().connect_loop(loop_handle);
+    let me = scope.index();
+    let files = read.chunks.exchange(move |c: &Chunk| writer_of(me, workers_per_process, c.key.stream, c.epoch) as u64).write_parquet(sink);
+    read.resume.concat(files).exchange(|_| 0).commit(committer);
 }
 
-/// Builds the whole pipeline in `scope`, for a cluster of processes with `workers_per_process`
-/// workers each.
-pub fn build<'s>(scope: Scope<'s, Epoch>, workers_per_process: usize, source: source::SourceSpec, sink: sink::SinkSpec, committer: commit::CommitSpec) {
-    let (loop_handle, announcements) = scope.feedback::<Vec<Announce>>(1);
-    let (chunks, states, announced) = source::reclock_source(scope, source, announcements);
-    announced.broadcast().connect_loop(loop_handle);
-    let me = scope.index();
-    let chunks = chunks.exchange(move |c: &Chunk| writer_of(me, workers_per_process, c.key.stream, c.epoch) as u64);
-    let files = sink::parquet_sink(chunks, sink);
-    commit::commit(states.concat(files).exchange(|_| 0), committer);
+/// Steps `worker` until its dataflows complete or `failure` is set; after a failure the
+/// dataflows are dropped (their operators, and so their clients and open uploads, are dropped
+/// with them), because timely would otherwise wait for them to complete when the worker returns.
+pub fn step_until_done_or_failed(worker: &mut timely::worker::Worker, failure: &Failure, park: std::time::Duration) {
+    while !failure.is_set() && worker.step_or_park(Some(park)) {}
+    if failure.is_set() {
+        for id in worker.installed_dataflows() {
+            worker.drop_dataflow(id);
+        }
+    }
+}
+
+/// Whether the sinks of this process have more unfinished objects than they may (the store is
+/// slow or down): the sources of the process stop reading meanwhile, so that memory and requests
+/// stay bounded, without blocking any worker thread. Counts the sinks that are over budget.
+#[derive(Debug, Clone, Default)]
+pub struct Backpressure(Arc<AtomicUsize>);
+
+impl Backpressure {
+    /// A sink went over its budget.
+    pub fn engage(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A sink that was over its budget is within it again.
+    pub fn release(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether any sink of the process is over its budget.
+    pub fn engaged(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
 }
 
 #[cfg(test)]
