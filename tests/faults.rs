@@ -437,7 +437,9 @@ fn a_live_cluster_reads_every_partition_through_kafka_and_s3_outages() {
     let prefix = format!("{}.", unique("live"));
     let output = format!("s3://{}/{}", bucket(), prefix.trim_end_matches('.'));
 
-    // Batch 1 (day 1) is there when the cluster starts.
+    // A batch spans 7.5 h of event time at CI size and 50 h at the large size (4,000 steps of the
+    // fleet's clock): the batches below are days apart so that they do not overlap.
+    // Batch 1 (March 1) is there when the cluster starts.
     produce_batch(&prefix, batch, "2025-03-01T10:00:00.000000", test_seed);
     let flags = run_flags(&prefix, &output, &["--window", "1m", "--stall-timeout", &format!("{stall_timeout}s")]);
     let mut procs = start_cluster(dir.path(), "live", 2, 1, &flags);
@@ -450,12 +452,13 @@ fn a_live_cluster_reads_every_partition_through_kafka_and_s3_outages() {
     sleep_while_alive(&mut procs, kafka_down.saturating_sub(outage.elapsed()), "while Kafka was down");
     let kafka_away = outage.end();
 
-    // Batch 2 jumps forward a day; batch 3 goes back half a day, produced while S3 is down.
-    produce_batch(&prefix, batch, "2025-03-03T10:00:00.000000", test_seed ^ 2);
+    // Batch 2 jumps forward four days; batch 3 goes back two days (all late), produced while S3
+    // is down.
+    produce_batch(&prefix, batch, "2025-03-05T10:00:00.000000", test_seed ^ 2);
     sleep_while_alive(&mut procs, Duration::from_millis(rng.int_inclusive(0, 3_000) as u64), "before the S3 outage");
     let s3_down = Duration::from_secs(rng.int_inclusive(5, 20) as u64);
     let outage = Outage::begin("s3");
-    produce_batch(&prefix, batch, "2025-03-02T22:00:00.000000", test_seed ^ 3);
+    produce_batch(&prefix, batch, "2025-03-03T10:00:00.000000", test_seed ^ 3);
     sleep_while_alive(&mut procs, s3_down.saturating_sub(outage.elapsed()), "while S3 was down");
     let s3_away = outage.end();
 
@@ -465,7 +468,7 @@ fn a_live_cluster_reads_every_partition_through_kafka_and_s3_outages() {
     // been left unread and held the frontier, nothing after it would be committed.)
     let ends = end_offsets(&prefix);
     assert_eq!(ends.values().sum::<i64>(), 3 * batch as i64, "the three batches are in Kafka");
-    produce_batch(&prefix, tick, "2025-03-05T10:00:00.000000", test_seed ^ 4);
+    produce_batch(&prefix, tick, "2025-03-10T10:00:00.000000", test_seed ^ 4);
     let waited = Instant::now();
     let mut committed = 0;
     while waited.elapsed() < LONG {
@@ -495,6 +498,12 @@ fn a_live_cluster_reads_every_partition_through_kafka_and_s3_outages() {
         assert!(status.success(), "SIGTERM is a clean shutdown: {}: {}", p.name, p.output());
     }
     let stalls: usize = procs.iter().map(|p| log_count(p, "partition stalled")).sum();
+    // The evidence of any stall: the guard's warning names the client's own view (fetch state).
+    for p in &procs {
+        for line in p.output().lines().filter(|l| l.contains("partition stalled") || l.contains("is read again")) {
+            eprintln!("faults: {}: {line}", p.name);
+        }
+    }
     let recreated: usize = procs.iter().map(|p| log_count(p, "re-creating the reading client")).sum();
     let records = 3 * batch + tick;
     let check = lake_check(&output, &prefix, records);
