@@ -46,7 +46,8 @@ pub enum LakeError {
 }
 
 /// What kind of rows a file holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+// Reading accepts exactly the names `as_str` writes (a test holds the two together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileKind {
     /// On-time records of one epoch.
@@ -55,6 +56,29 @@ pub enum FileKind {
     Late,
     /// Records that did not decode.
     DeadLetter,
+}
+
+impl FileKind {
+    /// Every kind, in declaration order (which is also serde's variant index).
+    pub const ALL: [FileKind; 3] = [FileKind::Data, FileKind::Late, FileKind::DeadLetter];
+
+    /// The kind's name wherever it is persisted: in manifests (`kind`) and in the Parquet
+    /// footer (`citystream.kind`), so that the two always agree.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Data => "data",
+            FileKind::Late => "late",
+            FileKind::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+impl serde::Serialize for FileKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // A unit variant, as the derive would write it: the name in JSON manifests, the index
+        // in the binary encoding of chunks exchanged between workers.
+        s.serialize_unit_variant("FileKind", *self as u32, self.as_str())
+    }
 }
 
 /// Environment variable bounding how long one store request is retried (humantime, e.g. `5m`).
@@ -253,6 +277,18 @@ pub async fn collect_garbage(lake: &Lake, committed_below: Epoch) -> Result<usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_kinds_are_read_back_by_the_name_they_are_written_as() {
+        for kind in FileKind::ALL {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(serde_json::from_str::<FileKind>(&json).unwrap(), kind);
+            let bytes = bincode::serde::encode_to_vec(kind, bincode::config::standard()).unwrap();
+            assert_eq!(bincode::serde::decode_from_slice::<FileKind, _>(&bytes, bincode::config::standard()).unwrap().0, kind);
+        }
+        assert_eq!(FileKind::DeadLetter.as_str(), "dead_letter");
+    }
 
     #[test]
     fn layout_is_hive_style_and_parsable() {

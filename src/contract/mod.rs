@@ -7,6 +7,7 @@
 //! where a float is expected) is accepted, and everything else that does not fit is refused
 //! with a reason that a person can act on.
 
+mod columns;
 mod decode;
 mod records;
 pub mod schema;

@@ -1,4 +1,5 @@
-//! One Arrow schema per stream, and builders that turn records into `RecordBatch`es.
+//! One Arrow schema per stream, and builders that turn records into `RecordBatch`es, both
+//! derived from the column tables in [`super::columns`].
 //!
 //! Columns are typed: `timestamp` is `Timestamp(Microsecond, "UTC")`, `location` becomes two
 //! `Float64` columns `latitude` and `longitude`, every other field keeps its original name and
@@ -8,203 +9,66 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::ArrayRef;
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use super::{Location, Record, Stream};
+pub use super::columns::{Column, DEAD_LETTER, Kind, LATE_COLUMN, OFFSET_COLUMN, PARTITION_COLUMN, PROVENANCE, Shape, columns, shape, timestamp_type};
+use super::columns::{DeadLetterColumns, EmergencyColumns, GpsColumns, ProvenanceColumns, TrafficColumns, VehicleColumns, WeatherColumns};
+use super::{Record, Stream};
 
-/// The type of one contract column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// UTF-8 string.
-    Str,
-    /// 64-bit float.
-    F64,
-    /// 32-bit integer.
-    I32,
-    /// Microseconds since the epoch, UTC.
-    Ts,
+fn arrow_schema<'a>(cols: impl IntoIterator<Item = &'a Column>) -> SchemaRef {
+    Arc::new(Schema::new(cols.into_iter().map(|c| Field::new(c.name, c.kind.data_type(), false)).collect::<Vec<_>>()))
 }
-
-impl Kind {
-    fn data_type(self) -> DataType {
-        match self {
-            Kind::Str => DataType::Utf8,
-            Kind::F64 => DataType::Float64,
-            Kind::I32 => DataType::Int32,
-            Kind::Ts => timestamp_type(),
-        }
-    }
-}
-
-/// `Timestamp(Microsecond, "UTC")`.
-pub fn timestamp_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
-
-use Kind::{F64, I32, Str, Ts};
-
-/// The contract columns of a stream, in output order.
-pub fn columns(stream: Stream) -> &'static [(&'static str, Kind)] {
-    match stream {
-        Stream::Vehicle => &[
-            ("id", Str),
-            ("deviceId", Str),
-            ("timestamp", Ts),
-            ("latitude", F64),
-            ("longitude", F64),
-            ("speed", F64),
-            ("direction", Str),
-            ("maker", Str),
-            ("model", Str),
-            ("year", I32),
-            ("fueltype", Str),
-        ],
-        Stream::Gps => &[("id", Str), ("deviceId", Str), ("timestamp", Ts), ("speed", F64), ("direction", Str), ("vehicleType", Str)],
-        Stream::Traffic => &[("id", Str), ("deviceId", Str), ("cameraId", Str), ("latitude", F64), ("longitude", F64), ("timestamp", Ts), ("snapshot", Str)],
-        Stream::Weather => &[
-            ("id", Str),
-            ("deviceId", Str),
-            ("latitude", F64),
-            ("longitude", F64),
-            ("timestamp", Ts),
-            ("temperature", F64),
-            ("weatherCondition", Str),
-            ("precipitation", F64),
-            ("windspeed", F64),
-            ("humidity", I32),
-            ("airQualityIndex", F64),
-        ],
-        Stream::Emergency => &[
-            ("id", Str),
-            ("deviceId", Str),
-            ("incidentId", Str),
-            ("incident", Str),
-            ("timestamp", Ts),
-            ("latitude", F64),
-            ("longitude", F64),
-            ("status", Str),
-            ("description", Str),
-        ],
-    }
-}
-
-/// How a column's values are distributed, which decides how it is stored (see
-/// `sink::encode::writer_properties`). Measured on the original producer's data in 330-row
-/// objects: stored this way, Parquet encoding costs 40 % less CPU and the files are 8 % smaller
-/// than with a dictionary and zstd everywhere (docs/benchmarks.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
-    /// Few distinct values (enums of the contract, compass points, makes and models, years,
-    /// percentages; `_partition`, `_late`): dictionary-encoded and not compressed. Their pages
-    /// are a short dictionary and bit-packed indices, which zstd makes *larger* (1.05–1.46 ×).
-    Few,
-    /// Nearly every value distinct (record and incident ids, `_offset`, `timestamp`): no
-    /// dictionary (it would repeat every value, plus an index each), compressed: hex digits and
-    /// shared high-order bytes halve.
-    Unique,
-    /// Measurements, floats whose low-order bits are random (positions, speeds, weather): plain
-    /// and not compressed. A dictionary repeats them and zstd saves 3–14 % of them at the cost
-    /// of a compression context per column chunk; plain and raw is both smaller and cheaper.
-    Measure,
-    /// Anything else (device ids, free text, images): a dictionary while it pays, compressed.
-    Text,
-}
-
-/// The [`Shape`] of a column of any stream's (or the dead-letter) schema, by name: the same
-/// name means the same thing in every stream.
-pub fn shape(column: &str) -> Shape {
-    match column {
-        "_partition" | "_late" | "direction" | "vehicleType" | "maker" | "model" | "fueltype" | "year" | "weatherCondition" | "incident" | "status"
-        | "humidity" | "topic" | "error_class" => Shape::Few,
-        "id" | "incidentId" | "_offset" | "timestamp" => Shape::Unique,
-        "latitude" | "longitude" | "speed" | "temperature" | "precipitation" | "windspeed" | "airQualityIndex" => Shape::Measure,
-        _ => Shape::Text,
-    }
-}
-
-/// Name of the Kafka partition column.
-pub const PARTITION_COLUMN: &str = "_partition";
-/// Name of the Kafka offset column.
-pub const OFFSET_COLUMN: &str = "_offset";
-/// Name of the late-arrival flag column.
-pub const LATE_COLUMN: &str = "_late";
 
 /// The Arrow schema of a stream; with `provenance`, plus `_partition`, `_offset` and `_late`.
 pub fn schema(stream: Stream, provenance: bool) -> SchemaRef {
-    let mut fields: Vec<Field> = columns(stream).iter().map(|(name, kind)| Field::new(*name, kind.data_type(), false)).collect();
-    if provenance {
-        fields.push(Field::new(PARTITION_COLUMN, DataType::Int32, false));
-        fields.push(Field::new(OFFSET_COLUMN, DataType::Int64, false));
-        fields.push(Field::new(LATE_COLUMN, DataType::Boolean, false));
-    }
-    Arc::new(Schema::new(fields))
+    let extra: &[Column] = if provenance { PROVENANCE } else { &[] };
+    arrow_schema(columns(stream).iter().chain(extra))
 }
 
 /// Where a row came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Provenance {
-    /// Kafka partition.
+    /// Kafka partition the record was read from.
     pub partition: i32,
-    /// Kafka offset.
+    /// Its offset in that partition.
     pub offset: i64,
     /// Whether the record arrived behind its partition's watermark.
     pub late: bool,
 }
 
-enum Col {
-    Str(StringBuilder),
-    F64(Float64Builder),
-    I32(Int32Builder),
-    Ts(TimestampMicrosecondBuilder),
+/// The builders of one stream's contract columns.
+enum Contract {
+    Vehicle(VehicleColumns),
+    Gps(GpsColumns),
+    Traffic(TrafficColumns),
+    Weather(WeatherColumns),
+    Emergency(EmergencyColumns),
 }
 
 /// Appends records of one stream and finishes them into a `RecordBatch`.
 pub struct BatchBuilder {
     stream: Stream,
     schema: SchemaRef,
-    cols: Vec<Col>,
-    provenance: Option<(Int32Builder, Int64Builder, BooleanBuilder)>,
+    contract: Contract,
+    provenance: Option<ProvenanceColumns>,
     rows: usize,
-}
-
-struct Cursor<'a>(std::slice::IterMut<'a, Col>);
-
-impl Cursor<'_> {
-    fn s(&mut self, v: &str) {
-        if let Some(Col::Str(b)) = self.0.next() { b.append_value(v) } else { unreachable!("column layout mismatch") }
-    }
-    fn f(&mut self, v: f64) {
-        if let Some(Col::F64(b)) = self.0.next() { b.append_value(v) } else { unreachable!("column layout mismatch") }
-    }
-    fn i(&mut self, v: i32) {
-        if let Some(Col::I32(b)) = self.0.next() { b.append_value(v) } else { unreachable!("column layout mismatch") }
-    }
-    fn t(&mut self, v: i64) {
-        if let Some(Col::Ts(b)) = self.0.next() { b.append_value(v) } else { unreachable!("column layout mismatch") }
-    }
-    fn loc(&mut self, l: &Location) {
-        self.f(l.latitude);
-        self.f(l.longitude);
-    }
 }
 
 impl BatchBuilder {
     /// A builder for `stream`, with or without provenance columns.
     pub fn new(stream: Stream, provenance: bool) -> Self {
-        let cols = columns(stream)
-            .iter()
-            .map(|(_, kind)| match kind {
-                Kind::Str => Col::Str(StringBuilder::new()),
-                Kind::F64 => Col::F64(Float64Builder::new()),
-                Kind::I32 => Col::I32(Int32Builder::new()),
-                Kind::Ts => Col::Ts(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
-            })
-            .collect();
-        let provenance = provenance.then(|| (Int32Builder::new(), Int64Builder::new(), BooleanBuilder::new()));
-        BatchBuilder { stream, schema: schema(stream, provenance.is_some()), cols, provenance, rows: 0 }
+        let contract = match stream {
+            Stream::Vehicle => Contract::Vehicle(VehicleColumns::default()),
+            Stream::Gps => Contract::Gps(GpsColumns::default()),
+            Stream::Traffic => Contract::Traffic(TrafficColumns::default()),
+            Stream::Weather => Contract::Weather(WeatherColumns::default()),
+            Stream::Emergency => Contract::Emergency(EmergencyColumns::default()),
+        };
+        let provenance = provenance.then(ProvenanceColumns::default);
+        BatchBuilder { stream, schema: schema(stream, provenance.is_some()), contract, provenance, rows: 0 }
     }
 
     /// The schema of the batches this builder produces.
@@ -222,89 +86,34 @@ impl BatchBuilder {
         self.rows == 0
     }
 
-    /// Appends one record. Panics if the record is of another stream (a programming error).
+    /// Appends one record. Panics if the record is of another stream, or if the builder has
+    /// provenance columns and `provenance` is `None` (programming errors both).
     pub fn append<S: AsRef<str>>(&mut self, record: &Record<S>, provenance: Option<Provenance>) {
-        assert_eq!(record.stream(), self.stream, "record appended to another stream's builder");
-        let mut c = Cursor(self.cols.iter_mut());
-        match record {
-            Record::Vehicle(r) => {
-                c.s(r.id.as_ref());
-                c.s(r.device_id.as_ref());
-                c.t(r.timestamp);
-                c.loc(&r.location);
-                c.f(r.speed);
-                c.s(r.direction.as_ref());
-                c.s(r.maker.as_ref());
-                c.s(r.model.as_ref());
-                c.i(r.year);
-                c.s(r.fueltype.as_ref());
-            }
-            Record::Gps(r) => {
-                c.s(r.id.as_ref());
-                c.s(r.device_id.as_ref());
-                c.t(r.timestamp);
-                c.f(r.speed);
-                c.s(r.direction.as_ref());
-                c.s(r.vehicle_type.as_ref());
-            }
-            Record::Traffic(r) => {
-                c.s(r.id.as_ref());
-                c.s(r.device_id.as_ref());
-                c.s(r.camera_id.as_ref());
-                c.loc(&r.location);
-                c.t(r.timestamp);
-                c.s(r.snapshot.as_ref());
-            }
-            Record::Weather(r) => {
-                c.s(r.id.as_ref());
-                c.s(r.device_id.as_ref());
-                c.loc(&r.location);
-                c.t(r.timestamp);
-                c.f(r.temperature);
-                c.s(r.weather_condition.as_ref());
-                c.f(r.precipitation);
-                c.f(r.windspeed);
-                c.i(r.humidity);
-                c.f(r.air_quality_index);
-            }
-            Record::Emergency(r) => {
-                c.s(r.id.as_ref());
-                c.s(r.device_id.as_ref());
-                c.s(r.incident_id.as_ref());
-                c.s(r.incident.as_ref());
-                c.t(r.timestamp);
-                c.loc(&r.location);
-                c.s(r.status.as_ref());
-                c.s(r.description.as_ref());
-            }
+        match (&mut self.contract, record) {
+            (Contract::Vehicle(c), Record::Vehicle(r)) => c.append(r),
+            (Contract::Gps(c), Record::Gps(r)) => c.append(r),
+            (Contract::Traffic(c), Record::Traffic(r)) => c.append(r),
+            (Contract::Weather(c), Record::Weather(r)) => c.append(r),
+            (Contract::Emergency(c), Record::Emergency(r)) => c.append(r),
+            _ => panic!("record of {} appended to the {} builder", record.stream(), self.stream),
         }
-        if let Some((part, off, late)) = &mut self.provenance {
-            let p = provenance.expect("a builder with provenance columns needs provenance for every row");
-            part.append_value(p.partition);
-            off.append_value(p.offset);
-            late.append_value(p.late);
+        if let Some(cols) = &mut self.provenance {
+            cols.append(&provenance.expect("a builder with provenance columns needs provenance for every row"));
         }
         self.rows += 1;
     }
 
     /// Finishes the pending rows into a batch and starts afresh.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        let mut arrays: Vec<ArrayRef> = self
-            .cols
-            .iter_mut()
-            .map(|c| -> ArrayRef {
-                match c {
-                    Col::Str(b) => Arc::new(b.finish()),
-                    Col::F64(b) => Arc::new(b.finish()),
-                    Col::I32(b) => Arc::new(b.finish()),
-                    Col::Ts(b) => Arc::new(b.finish()),
-                }
-            })
-            .collect();
-        if let Some((part, off, late)) = &mut self.provenance {
-            arrays.push(Arc::new(part.finish()));
-            arrays.push(Arc::new(off.finish()));
-            arrays.push(Arc::new(late.finish()));
+        let mut arrays: Vec<ArrayRef> = match &mut self.contract {
+            Contract::Vehicle(c) => c.finish().collect(),
+            Contract::Gps(c) => c.finish().collect(),
+            Contract::Traffic(c) => c.finish().collect(),
+            Contract::Weather(c) => c.finish().collect(),
+            Contract::Emergency(c) => c.finish().collect(),
+        };
+        if let Some(cols) = &mut self.provenance {
+            arrays.extend(cols.finish());
         }
         self.rows = 0;
         RecordBatch::try_new(self.schema.clone(), arrays)
@@ -313,14 +122,7 @@ impl BatchBuilder {
 
 /// The schema of dead-letter rows: where the record came from, why it was refused, its bytes.
 pub fn dead_letter_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("topic", DataType::Utf8, false),
-        Field::new(PARTITION_COLUMN, DataType::Int32, false),
-        Field::new(OFFSET_COLUMN, DataType::Int64, false),
-        Field::new("error_class", DataType::Utf8, false),
-        Field::new("reason", DataType::Utf8, false),
-        Field::new("raw", DataType::Binary, false),
-    ]))
+    arrow_schema(DEAD_LETTER)
 }
 
 /// A refused record, as written to the dead-letter output.
@@ -328,9 +130,9 @@ pub fn dead_letter_schema() -> SchemaRef {
 pub struct DeadLetterRow<'a> {
     /// The Kafka topic (with prefix).
     pub topic: &'a str,
-    /// Kafka partition.
+    /// Kafka partition the record was read from.
     pub partition: i32,
-    /// Kafka offset.
+    /// Its offset in that partition.
     pub offset: i64,
     /// Stable class name (see [`super::ErrorClass::as_str`]).
     pub class: &'a str,
@@ -341,43 +143,20 @@ pub struct DeadLetterRow<'a> {
 }
 
 /// Builds dead-letter batches.
+#[derive(Default)]
 pub struct DeadLetterBuilder {
-    topic: StringBuilder,
-    partition: Int32Builder,
-    offset: Int64Builder,
-    class: StringBuilder,
-    reason: StringBuilder,
-    raw: BinaryBuilder,
+    cols: DeadLetterColumns,
     rows: usize,
-}
-
-impl Default for DeadLetterBuilder {
-    fn default() -> Self {
-        DeadLetterBuilder {
-            topic: StringBuilder::new(),
-            partition: Int32Builder::new(),
-            offset: Int64Builder::new(),
-            class: StringBuilder::new(),
-            reason: StringBuilder::new(),
-            raw: BinaryBuilder::new(),
-            rows: 0,
-        }
-    }
 }
 
 impl DeadLetterBuilder {
     /// Appends one refused record.
     pub fn append(&mut self, row: &DeadLetterRow<'_>) {
-        self.topic.append_value(row.topic);
-        self.partition.append_value(row.partition);
-        self.offset.append_value(row.offset);
-        self.class.append_value(row.class);
-        self.reason.append_value(row.reason);
-        self.raw.append_value(row.raw);
+        self.cols.append(row);
         self.rows += 1;
     }
 
-    /// Rows pending.
+    /// Rows appended since the last [`DeadLetterBuilder::finish`].
     pub fn len(&self) -> usize {
         self.rows
     }
@@ -387,20 +166,10 @@ impl DeadLetterBuilder {
         self.rows == 0
     }
 
-    /// Finishes the pending rows into a batch.
+    /// Finishes the pending rows into a batch and starts afresh.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
         self.rows = 0;
-        RecordBatch::try_new(
-            dead_letter_schema(),
-            vec![
-                Arc::new(self.topic.finish()),
-                Arc::new(self.partition.finish()),
-                Arc::new(self.offset.finish()),
-                Arc::new(self.class.finish()),
-                Arc::new(self.reason.finish()),
-                Arc::new(self.raw.finish()),
-            ],
-        )
+        RecordBatch::try_new(dead_letter_schema(), self.cols.finish().collect())
     }
 }
 
@@ -409,7 +178,7 @@ mod tests {
     use super::*;
     use crate::contract::{DecodeOptions, decode};
     use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+    use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
 
     #[test]
     fn schemas_are_typed() {
@@ -480,5 +249,71 @@ mod tests {
                 "year"
             ])
         );
+    }
+
+    #[test]
+    fn every_accessor_writes_the_column_its_name_says() {
+        // One record of each stream as the producer sends it, decoded the way the pipeline does
+        // (strings borrowed from the value), appended, and every column of the batch compared
+        // with the JSON field of its name. Values of one kind differ within a record, so an
+        // accessor reading a neighbour's field shows.
+        use crate::contract::decode_borrowed;
+        use crate::contract::timestamp::format_naive;
+        use serde_json::Value;
+        let mut fleet = crate::simulate::Fleet::new(crate::simulate::FleetConfig::default());
+        for msg in fleet.step() {
+            let json: Value = serde_json::from_slice(&msg.value).unwrap();
+            let field = |name: &str| match name {
+                "latitude" => json["location"][0].clone(),
+                "longitude" => json["location"][1].clone(),
+                _ => json.get(name).unwrap_or_else(|| panic!("{}: no JSON field {name}", msg.stream)).clone(),
+            };
+            let rec = decode_borrowed(msg.stream, &msg.value, &DecodeOptions::default()).unwrap();
+            let mut b = BatchBuilder::new(msg.stream, true);
+            b.append(&rec, Some(Provenance { partition: 7, offset: 1_234_567_890_123, late: true }));
+            let batch = b.finish().unwrap();
+            let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+            for col in columns(msg.stream) {
+                let array = batch.column_by_name(col.name).unwrap_or_else(|| panic!("{}: no column {}", msg.stream, col.name));
+                let (got, want) = match col.kind {
+                    Kind::Str => (Value::from(array.as_string::<i32>().value(0)), field(col.name)),
+                    Kind::F64 => (Value::from(array.as_primitive::<Float64Type>().value(0)), Value::from(field(col.name).as_f64().unwrap())),
+                    Kind::I32 => (Value::from(array.as_primitive::<Int32Type>().value(0)), field(col.name)),
+                    Kind::Ts => (Value::from(format_naive(array.as_primitive::<TimestampMicrosecondType>().value(0)).to_string()), field(col.name)),
+                    other => panic!("{}: no contract column is {other:?}", col.name),
+                };
+                assert_eq!(got, want, "{}.{}", msg.stream, col.name);
+                let previous = seen.insert(format!("{:?} {got}", col.kind), col.name.to_owned());
+                assert!(previous.is_none(), "{}: {} and {previous:?} hold the same value, a swap would not show", msg.stream, col.name);
+            }
+            assert_eq!(batch.column_by_name(PARTITION_COLUMN).unwrap().as_primitive::<Int32Type>().value(0), 7);
+            assert_eq!(batch.column_by_name(OFFSET_COLUMN).unwrap().as_primitive::<Int64Type>().value(0), 1_234_567_890_123);
+            assert!(batch.column_by_name(LATE_COLUMN).unwrap().as_boolean().value(0));
+        }
+        let mut d = DeadLetterBuilder::default();
+        d.append(&DeadLetterRow { topic: "city.gps_data", partition: 4, offset: 99, class: "bad_timestamp", reason: "timestamp: not a date", raw: b"{}" });
+        let batch = d.finish().unwrap();
+        assert_eq!(batch.schema(), dead_letter_schema());
+        let text = |name: &str| batch.column_by_name(name).unwrap().as_string::<i32>().value(0).to_owned();
+        assert_eq!(text("topic"), "city.gps_data");
+        assert_eq!(text("error_class"), "bad_timestamp");
+        assert_eq!(text("reason"), "timestamp: not a date");
+        assert_eq!(batch.column_by_name(PARTITION_COLUMN).unwrap().as_primitive::<Int32Type>().value(0), 4);
+        assert_eq!(batch.column_by_name(OFFSET_COLUMN).unwrap().as_primitive::<Int64Type>().value(0), 99);
+        assert_eq!(batch.column_by_name("raw").unwrap().as_binary::<i32>().value(0), b"{}");
+    }
+
+    #[test]
+    fn a_name_means_one_column_in_every_table() {
+        // `shape` and the encoder look columns up by name alone.
+        let mut by_name: std::collections::BTreeMap<&str, Column> = Default::default();
+        for c in crate::contract::columns::all_columns() {
+            let first = *by_name.entry(c.name).or_insert(*c);
+            assert_eq!(first, *c, "{} is stated two ways", c.name);
+        }
+        for st in Stream::ALL {
+            let names: std::collections::BTreeSet<_> = columns(st).iter().chain(PROVENANCE).map(|c| c.name).collect();
+            assert_eq!(names.len(), columns(st).len() + PROVENANCE.len(), "{st}: a name twice");
+        }
     }
 }

@@ -131,7 +131,7 @@ impl OpenFile {
             ("citystream.epoch".to_owned(), e.to_string()),
             ("citystream.epoch_start".to_owned(), format_naive(spec.clock.start_of(e)).to_string()),
             ("citystream.watermark".to_owned(), format_naive(spec.clock.start_of(e + 1)).to_string()),
-            ("citystream.kind".to_owned(), format!("{:?}", self.entry.kind).to_lowercase()),
+            ("citystream.kind".to_owned(), self.entry.kind.as_str().to_owned()),
             ("citystream.stream".to_owned(), self.entry.stream.name().to_owned()),
             ("citystream.partitions".to_owned(), self.entry.partitions.iter().map(i32::to_string).collect::<Vec<_>>().join(",")),
         ];
