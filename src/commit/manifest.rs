@@ -165,11 +165,10 @@ pub async fn write(lake: &Lake, manifest: &Manifest) -> Result<(), ManifestError
     }
 }
 
-/// Now as RFC 3339 UTC, for the informational `written_at`.
+/// Now as RFC 3339 in UTC with millisecond precision (`2025-03-01T10:15:42.123Z`), for the
+/// informational `written_at`.
 pub fn now_rfc3339() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let micros = now.as_micros() as i64;
-    format!("{}Z", crate::contract::timestamp::format_naive(micros - micros % 1000))
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]
@@ -190,6 +189,25 @@ mod tests {
             files: vec![],
             partitions: vec![],
         }
+    }
+
+    #[test]
+    fn written_at_is_utc_with_milliseconds() {
+        let before = std::time::SystemTime::now();
+        let text = now_rfc3339();
+        // `YYYY-MM-DDTHH:MM:SS.mmmZ`: always three fraction digits, always the `Z` of UTC.
+        assert_eq!(text.len(), 24, "{text}");
+        assert!(text.ends_with('Z') && text.as_bytes()[10] == b'T' && text.as_bytes()[19] == b'.', "{text}");
+        assert!(text[20..23].bytes().all(|b| b.is_ascii_digit()), "{text}");
+        // It reads back as the instant it was taken, truncated to the millisecond.
+        let parsed = humantime::parse_rfc3339(&text).unwrap();
+        let since = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap();
+        assert_eq!(since(parsed).subsec_nanos() % 1_000_000, 0, "{text}");
+        assert!(since(parsed).as_millis() >= since(before).as_millis(), "{text}");
+        assert!(parsed <= std::time::SystemTime::now(), "{text}");
+        // The contract's own parser reads it too.
+        let micros = crate::contract::timestamp::parse_timestamp(&text, 0).unwrap();
+        assert_eq!(micros, since(parsed).as_micros() as i64, "{text}");
     }
 
     #[test]

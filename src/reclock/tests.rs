@@ -1,6 +1,6 @@
 use super::*;
 use crate::contract::Stream;
-use crate::simulate::rng::Rng;
+use proptest::prelude::*;
 
 const MIN: i64 = 60_000_000;
 
@@ -65,31 +65,88 @@ fn resume_state_holds_back_for_open_epochs() {
     assert_eq!(p.resume_state(14).position.offset, 3);
 }
 
-/// A random partition history, processed in one go, then cut at every commit point and
-/// replayed from the resume state: the union must be every record exactly once, with the
-/// same classification.
-#[test]
-fn replay_from_any_commit_is_exactly_once() {
-    for seed in 0..200u64 {
-        let mut rng = Rng::new(seed);
-        let n = 60 + (rng.next_u64() % 80) as i64;
-        // Events: (offset, event time or None) and idle advances interleaved.
-        let mut t = 100 * MIN;
-        let mut script: Vec<(i64, Option<Micros>, Option<Epoch>)> = Vec::new();
-        let mut offset = 0;
-        for _ in 0..n {
-            if rng.chance(0.08) {
-                script.push((offset, None, Some((t / MIN) as Epoch + rng.int_inclusive(0, 3) as Epoch)));
-            }
-            t += rng.int_inclusive(0, 50) * 1_000_000;
-            let et = match rng.next_u64() % 10 {
-                0 => None,
-                1 => Some(t - rng.int_inclusive(3, 30) * MIN),
-                _ => Some(t - rng.int_inclusive(0, 100) * 1_000_000),
-            };
-            script.push((offset, et, None));
-            offset += 1 + i64::from(rng.chance(0.1));
+/// How a record's event time relates to the partition's clock `t` in a generated history.
+#[derive(Debug, Clone, Copy)]
+enum EventTime {
+    /// No event time (the record is dead).
+    Missing,
+    /// This many minutes (3–30) before `t`: usually behind the watermark, so late.
+    MinutesBehind(i64),
+    /// This many seconds (0–100) before `t`: on time or just within lateness.
+    SecondsBehind(i64),
+}
+
+/// One step of a generated history: maybe an idle advance first, then one record.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    /// An idle advance to the epoch of `t` plus 0–3, made before the record (8 % of steps).
+    idle: Option<i64>,
+    /// Seconds (0–50) the clock `t` moves before the record.
+    dt_secs: i64,
+    /// The record's event time.
+    event_time: EventTime,
+    /// Whether the next offset is skipped (an offset gap, 10 % of steps).
+    gap: bool,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let event_time = prop_oneof![
+        1 => Just(EventTime::Missing),
+        1 => (3..=30i64).prop_map(EventTime::MinutesBehind),
+        8 => (0..=100i64).prop_map(EventTime::SecondsBehind),
+    ];
+    (prop::option::weighted(0.08, 0..=3i64), 0..=50i64, event_time, prop::bool::weighted(0.1)).prop_map(|(idle, dt_secs, event_time, gap)| Step {
+        idle,
+        dt_secs,
+        event_time,
+        gap,
+    })
+}
+
+/// A script entry: (offset, event time or `None`, `None`) for a record, (offset, `None`,
+/// `Some(epoch)`) for an idle advance to `epoch` made when the next offset is `offset`.
+type Script = Vec<(i64, Option<Micros>, Option<Epoch>)>;
+
+/// Lays `steps` out as a script starting at 100 minutes and offset 0; returns the script and
+/// the offset after its last record.
+fn script_of(steps: &[Step]) -> (Script, i64) {
+    let mut t = 100 * MIN;
+    let mut script = Script::new();
+    let mut offset = 0;
+    for s in steps {
+        if let Some(ahead) = s.idle {
+            script.push((offset, None, Some((t / MIN) as Epoch + ahead as Epoch)));
         }
+        t += s.dt_secs * 1_000_000;
+        let et = match s.event_time {
+            EventTime::Missing => None,
+            EventTime::MinutesBehind(m) => Some(t - m * MIN),
+            EventTime::SecondsBehind(secs) => Some(t - secs * 1_000_000),
+        };
+        script.push((offset, et, None));
+        offset += 1 + i64::from(s.gap);
+    }
+    (script, offset)
+}
+
+/// How many records arrive after a restart, per replayed commit point.
+const NEW_AFTER_RESTART: usize = 20;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// A random partition history (60–139 records, offset gaps, dead and late records, idle
+    /// advances), processed in one go, then cut at every commit point and replayed from the
+    /// resume state: the union must be every record exactly once, with the same classification.
+    /// `new_minutes` are the event times (minutes after 100) of records that arrive after a
+    /// restart; the `k`th commit point takes the 20 starting at `7 k` (cyclically), so that
+    /// consecutive commit points see different arrivals (7 is prime to the length, 60).
+    #[test]
+    fn replay_from_any_commit_is_exactly_once(
+        steps in prop::collection::vec(step(), 60..140),
+        new_minutes in prop::collection::vec(-60..=600i64, 3 * NEW_AFTER_RESTART),
+    ) {
+        let (script, offset) = script_of(&steps);
         let mut full = PartitionClock::resume(id(), clock(), None, 0, 0);
         let mut classes: BTreeMap<i64, Class> = BTreeMap::new();
         let mut states: Vec<(Epoch, ResumeState, i64)> = Vec::new();
@@ -123,7 +180,7 @@ fn replay_from_any_commit_is_exactly_once() {
         for e in [max_epoch, max_epoch + 3] {
             states.push((e, final_state.clone(), full.next_offset()));
         }
-        for (e, state, emitted_at) in states {
+        for (k, (e, state, emitted_at)) in states.into_iter().enumerate() {
             let mut replay = PartitionClock::resume(id(), clock(), Some(&state), 0, e + 1);
             let mut again: BTreeMap<i64, Class> = BTreeMap::new();
             for &(off, et, adv) in &script {
@@ -135,25 +192,27 @@ fn replay_from_any_commit_is_exactly_once() {
             }
             let committed: Vec<i64> = classes.iter().filter(|(_, c)| c.epoch() <= e).map(|(o, _)| *o).collect();
             let expected: Vec<i64> = classes.iter().filter(|(_, c)| c.epoch() > e).map(|(o, _)| *o).collect();
-            assert_eq!(again.keys().copied().collect::<Vec<_>>(), expected, "seed {seed}, commit through {e}: replay gives exactly the uncommitted records");
+            prop_assert_eq!(again.keys().copied().collect::<Vec<_>>(), expected, "commit through {}: replay gives exactly the uncommitted records", e);
             // Records that arrive after everything above was read (new data after a restart)
             // are never taken for committed ones, and never fall behind the frontier.
-            for off in offset + 1..offset + 21 {
-                let et = Some(100 * MIN + rng.int_inclusive(-60, 600) * MIN);
-                let c = replay.observe(off, et).unwrap_or_else(|| panic!("seed {seed}, commit through {e}: new record at {off} skipped"));
-                assert!(c.epoch() > e, "seed {seed}: new record at epoch {} ≤ committed {e}", c.epoch());
+            for (i, off) in (offset + 1..offset + 1 + NEW_AFTER_RESTART as i64).enumerate() {
+                let et = Some(100 * MIN + new_minutes[(k * 7 + i) % new_minutes.len()] * MIN);
+                let c = replay.observe(off, et);
+                prop_assert!(c.is_some(), "commit through {}: new record at {} skipped", e, off);
+                let c = c.unwrap();
+                prop_assert!(c.epoch() > e, "new record at epoch {} ≤ committed {}", c.epoch(), e);
             }
             // Up to where the state was taken, the replay classifies exactly alike; after it,
             // idle advances made later in the first run may differ, but only for records that
             // were not committed (their epochs stay > e either way).
             for (o, c) in &again {
-                assert!(c.epoch() > e);
+                prop_assert!(c.epoch() > e);
                 if *o < emitted_at {
-                    assert_eq!(*c, classes[o], "seed {seed}, commit through {e}, offset {o}");
+                    prop_assert_eq!(*c, classes[o], "commit through {}, offset {}", e, o);
                 }
             }
-            assert!(committed.iter().all(|o| *o < state.position.offset || classes[o].epoch() <= e));
-            assert!(committed.iter().all(|o| !again.contains_key(o)), "no duplicates");
+            prop_assert!(committed.iter().all(|o| *o < state.position.offset || classes[o].epoch() <= e));
+            prop_assert!(committed.iter().all(|o| !again.contains_key(o)), "no duplicates");
         }
     }
 }
