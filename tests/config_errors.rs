@@ -167,6 +167,10 @@ fn invalid_durations_name_the_flag() {
     o.fails_naming(&["--window", "at least"]);
     let o = citystream(&["simulate", "--duration", "forever"], &[]);
     o.fails_naming(&["--duration", "forever"]);
+    let o = citystream(&["run", "--stall-timeout", "10s", "--stall-exit", "5s"], &[]);
+    o.fails_naming(&["--stall-exit", "--stall-timeout", "longer"]);
+    let o = citystream(&["run", "--stall-timeout", "10ms"], &[]);
+    o.fails_naming(&["--stall-timeout", "at least"]);
 }
 
 #[test]

@@ -500,7 +500,7 @@ fn a_live_cluster_reads_every_partition_through_kafka_and_s3_outages() {
     let stalls: usize = procs.iter().map(|p| log_count(p, "partition stalled")).sum();
     // The evidence of any stall: the guard's warning names the client's own view (fetch state).
     for p in &procs {
-        for line in p.output().lines().filter(|l| l.contains("partition stalled") || l.contains("is read again")) {
+        for line in p.output().lines().filter(|l| l.contains("partition stalled") || l.contains("stalled partition is read again")) {
             eprintln!("faults: {}: {line}", p.name);
         }
     }

@@ -10,6 +10,20 @@ use crate::contract::timestamp::parse_timestamp;
 use crate::simulate::producer::ProduceOptions;
 use crate::simulate::{FleetConfig, KeyMode, parse_place};
 
+// The key mode is the simulator's; here it only learns how to be a flag.
+impl clap::ValueEnum for KeyMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[KeyMode::Device, KeyMode::Id]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            KeyMode::Device => "device",
+            KeyMode::Id => "id",
+        }))
+    }
+}
+
 /// Produce the five streams of a simulated fleet into Kafka.
 #[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {

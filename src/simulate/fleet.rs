@@ -56,7 +56,7 @@ pub fn parse_place(s: &str) -> Result<Location, String> {
 }
 
 /// Which value becomes the Kafka key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyMode {
     /// The `deviceId`: a vehicle's records stay in one partition, in order.
     Device,
