@@ -137,6 +137,11 @@ impl std::fmt::Debug for Lake {
 impl Lake {
     /// Opens `spec`: a local directory, `file:///abs/dir`, `s3://bucket/prefix` (settings from
     /// the standard `AWS_*` environment, `AWS_ENDPOINT_URL` included) or `memory://` (tests).
+    ///
+    /// Parsed here rather than by `object_store::parse_url_opts`, which would lose what users
+    /// rely on: it takes no `RetryConfig` (the retry budget above), roots `file://` at `/` without
+    /// creating or canonicalising the directory, refuses a relative `file://lake`, and accepts
+    /// schemes the lake does not support.
     pub fn open(spec: &str) -> Result<Lake, LakeError> {
         let bad = |reason: &str| LakeError::Spec { spec: spec.to_owned(), reason: reason.to_owned() };
         if spec.trim().is_empty() {
