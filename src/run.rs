@@ -6,9 +6,9 @@
 //! left uncommitted. Then timely runs the dataflow on every worker until the sources finish
 //! (`--until-caught-up`, the embedded journey, or SIGTERM/SIGINT).
 
-use std::cell::RefCell;
+mod worker;
+
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,21 +17,12 @@ use anyhow::{Context, bail};
 
 use crate::cli::run::{RunConfig, SourceConfig};
 use crate::commit::manifest::{self, FORMAT, Manifest, ManifestKind};
-use crate::commit::offsets::OffsetCommitter;
-use crate::commit::operator::{CommitSpec, CommitSummary};
-use crate::contract::DecodeOptions;
+use crate::commit::operator::CommitSummary;
+use crate::dataflow::Backpressure;
 use crate::epoch::Epoch;
-use crate::error::{ErrorClass, Failure, PipelineError};
+use crate::error::Failure;
 use crate::lake::{self, Lake};
-use crate::ownership::{self, PartitionId};
-use crate::reclock::PartitionClock;
-use crate::sink::encode::EncodeOptions;
-use crate::sink::operator::SinkSpec;
-use crate::source::Reader;
-use crate::source::batches::EpochBatches;
 use crate::source::embedded::{self, EmbeddedReader};
-use crate::source::kafka::KafkaReader;
-use crate::source::operator::{OwnedPartition, SourceSpec};
 
 /// Exit code of a process stopped by an error the cluster cannot continue after.
 pub const FATAL_EXIT_CODE: u8 = 3;
@@ -99,98 +90,23 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         SourceConfig::Kafka(k) => k.topic_prefix.clone(),
         SourceConfig::Embedded { .. } => String::new(),
     };
-    if let Some(m) = &previous {
-        if m.clock.window_us != cfg.clock.window_us {
-            bail!(
-                "invalid --window: the output {} was written with --window {:?}; epochs would not line up (use the same window or a new --output)",
-                lake.url,
-                Duration::from_micros(m.clock.window_us as u64)
-            );
-        }
-        if m.topic_prefix != prefix {
-            bail!(
-                "invalid --topic-prefix: the output {} holds topics with prefix {:?}, not {:?} (use a new --output per set of topics)",
-                lake.url,
-                m.topic_prefix,
-                prefix
-            );
-        }
-    }
+    check_resumable(&cfg, previous.as_ref(), &prefix, &lake)?;
     let first_epoch = previous.as_ref().map_or(0, |m| m.upper);
-
-    // Partitions, where reading starts if no manifest knows them, and where it stops.
-    let (all, lows, stops): (Vec<PartitionId>, HashMap<PartitionId, i64>, HashMap<PartitionId, i64>) = match &cfg.source {
-        SourceConfig::Kafka(k) => {
-            tracing::info!(brokers = %k.brokers, security = %k.client.describe(), "connecting to Kafka");
-            let all = k.discover()?;
-            tracing::debug!(ms = started.elapsed().as_millis() as u64, partitions = all.len(), "start-up: partitions discovered");
-            let marks = k.watermarks(&all)?;
-            tracing::debug!(ms = started.elapsed().as_millis() as u64, "start-up: watermarks taken");
-            let lows = marks.iter().map(|(id, w)| (*id, w.low)).collect();
-            let stops = if cfg.until_caught_up { marks.iter().map(|(id, w)| (*id, w.high)).collect() } else { HashMap::new() };
-            (all, lows, stops)
-        }
-        SourceConfig::Embedded { fleet, partitions } => {
-            (embedded::all_partitions(*partitions), HashMap::new(), EmbeddedReader::journey_ends(fleet, *partitions))
-        }
-    };
+    let partitions = partitions(&cfg, started)?;
 
     let run = run_id();
     // Process 0 claims the output and clears what crashed runs left uncommitted.
-    let mut garbage_collected = 0;
-    let mut claim = previous.clone();
-    if cfg.process == 0 {
-        let m = Manifest {
-            format: FORMAT,
-            sequence: previous.as_ref().map_or(0, |m| m.sequence) + 1,
-            kind: ManifestKind::Claim,
-            lower: first_epoch,
-            upper: first_epoch,
-            clock: cfg.clock,
-            topic_prefix: prefix.clone(),
-            run: run.clone(),
-            written_at: manifest::now_rfc3339(),
-            files: Vec::new(),
-            partitions: previous.as_ref().map(|m| m.partitions.clone()).unwrap_or_default(),
-        };
-        rt.block_on(manifest::write(&lake, &m))?;
-        garbage_collected = rt.block_on(lake::collect_garbage(&lake, first_epoch))?;
-        if garbage_collected > 0 {
-            tracing::info!(objects = garbage_collected, "deleted objects a crashed run left uncommitted");
-        }
-        claim = Some(m);
+    let (claim, garbage_collected) = if cfg.process == 0 {
+        let (claim, garbage) = claim_output(&rt, &lake, &cfg, previous.as_ref(), &prefix, &run)?;
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "start-up: output claimed");
-    }
+        (Some(claim), garbage)
+    } else {
+        (previous.clone(), 0)
+    };
 
-    // SIGTERM / SIGINT: stop reading, seal, commit, exit 0. Before the workers run (while
-    // timely waits for its peers, which is forever if one died) nothing was read: exit at once.
     let shutdown = Arc::new(AtomicBool::new(false));
     let workers_started = Arc::new(AtomicBool::new(false));
-    {
-        let flag = shutdown.clone();
-        let workers_started = workers_started.clone();
-        rt.spawn(async move {
-            #[cfg(unix)]
-            {
-                let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return,
-                };
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            #[cfg(not(unix))]
-            let _ = tokio::signal::ctrl_c().await;
-            if !workers_started.load(Ordering::SeqCst) {
-                tracing::info!("signal received before the cluster connected: nothing was read, exiting");
-                std::process::exit(0);
-            }
-            tracing::info!("signal received: finishing");
-            flag.store(true, Ordering::Relaxed);
-        });
-    }
+    on_signals(&rt, shutdown.clone(), workers_started.clone());
 
     // A panic anywhere (including timely's network threads when a peer dies) ends the
     // process promptly with a non-zero code, so that the supervisor restarts the cluster.
@@ -201,104 +117,25 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         std::process::exit(i32::from(FATAL_EXIT_CODE));
     }));
 
-    let communication = if cfg.processes > 1 {
-        timely::CommunicationConfig::Cluster { threads: cfg.threads, process: cfg.process, addresses: cfg.addresses.clone(), report: false, zerocopy: false }
-    } else if cfg.threads > 1 {
-        timely::CommunicationConfig::Process(cfg.threads)
-    } else {
-        timely::CommunicationConfig::Thread
-    };
-    let config = timely::Config { communication, worker: timely::WorkerConfig::default() };
-
-    let states: Arc<HashMap<PartitionId, crate::reclock::ResumeState>> =
-        Arc::new(previous.as_ref().map(|m| m.partitions.iter().map(|s| (s.id, s.clone())).collect()).unwrap_or_default());
-    let all = Arc::new(all);
-    let stops = Arc::new(stops);
-    let lows = Arc::new(lows);
-    let handle = rt.handle().clone();
-    // The first error any worker of this process meets; every worker stops stepping once set.
-    let failure = Failure::default();
-    let failure2 = failure.clone();
-    // Shared by the process's sinks and sources (one per process: chunks stay in their process).
-    let process_backpressure = crate::dataflow::Backpressure::default();
-    let cfg2 = cfg.clone();
-    let lake2 = lake.clone();
-    let guards = timely::execute(config, move |worker| {
+    let process = Arc::new(worker::Process {
+        cfg: cfg.clone(),
+        lake: lake.clone(),
+        rt: rt.handle().clone(),
+        run,
+        prefix,
+        first_epoch,
+        states: previous.as_ref().map(|m| m.partitions.iter().map(|s| (s.id, s.clone())).collect()).unwrap_or_default(),
+        partitions,
+        claim,
+        shutdown,
+        failure: Failure::default(),
+        backpressure: Backpressure::default(),
+        started,
+    });
+    let failure = process.failure.clone();
+    let guards = timely::execute(timely_config(&cfg), move |worker| {
         workers_started.store(true, Ordering::SeqCst);
-        let cfg = &cfg2;
-        let failure = failure2.clone();
-        let (index, peers) = (worker.index(), worker.peers());
-        let owned = ownership::owned(&all, index, peers);
-        let partitions: Vec<OwnedPartition> = owned
-            .iter()
-            .map(|id| OwnedPartition {
-                clock: PartitionClock::resume(*id, cfg.clock, states.get(id), lows.get(id).copied().unwrap_or(0), first_epoch),
-                stop: if cfg.until_caught_up { Some(stops.get(id).copied().unwrap_or(0)) } else { None },
-            })
-            .collect();
-        let reader: Box<dyn Reader> = match &cfg.source {
-            SourceConfig::Kafka(k) => {
-                let starts: Vec<(PartitionId, Option<i64>)> =
-                    owned.iter().map(|id| (*id, states.get(id).map(|s| s.position.offset).or_else(|| lows.get(id).copied()))).collect();
-                match KafkaReader::new(k, &starts, &format!("citystream-{}-w{index}", cfg.process)) {
-                    Ok(r) => Box::new(r),
-                    Err(e) => {
-                        failure.set(PipelineError::caused(ErrorClass::Transient, format!("worker {index}: cannot start reading"), e));
-                        return CommitSummary::default();
-                    }
-                }
-            }
-            SourceConfig::Embedded { fleet, partitions: p } => {
-                let starts: Vec<(PartitionId, i64)> = owned.iter().map(|id| (*id, states.get(id).map_or(0, |s| s.position.offset))).collect();
-                Box::new(EmbeddedReader::new(fleet.clone(), *p, &starts))
-            }
-        };
-        let offsets = match (&cfg.source, index) {
-            (SourceConfig::Kafka(k), 0) => OffsetCommitter::new(k).map_err(|e| tracing::warn!(error = %e, "no consumer-group offset commits")).ok(),
-            _ => None,
-        };
-        let backpressure = process_backpressure.clone();
-        let summary = Rc::new(RefCell::new(CommitSummary::default()));
-        let source = SourceSpec {
-            worker: index,
-            committed_below: first_epoch,
-            partitions,
-            reader,
-            decode: DecodeOptions { max_value_bytes: cfg.max_value_bytes, not_before: cfg.not_before, ..DecodeOptions::default() },
-            max_future: Some(cfg.max_future),
-            shutdown: shutdown.clone(),
-            budget: 4096,
-            batches: EpochBatches::new(cfg.clock, 1024, &prefix),
-            stall: cfg.stall,
-            backpressure: backpressure.clone(),
-            failure: failure.clone(),
-        };
-        let sink = SinkSpec {
-            lake: lake2.clone(),
-            rt: handle.clone(),
-            run: format!("{run}{index:02x}"),
-            clock: cfg.clock,
-            encode: EncodeOptions { codec: cfg.compression, ..EncodeOptions::default() },
-            part_size: 8 << 20,
-            encode_after_rows: 1024,
-            backpressure,
-            failure: failure.clone(),
-        };
-        let committer = CommitSpec {
-            lake: lake2.clone(),
-            rt: handle.clone(),
-            run: run.clone(),
-            clock: cfg.clock,
-            topic_prefix: prefix.clone(),
-            previous: claim.clone(),
-            offsets,
-            summary: summary.clone(),
-            failure: failure.clone(),
-        };
-        worker.dataflow::<Epoch, _, _>(|scope| crate::dataflow::build(scope, cfg.threads, source, sink, committer));
-        tracing::debug!(worker = index, ms = started.elapsed().as_millis() as u64, "start-up: worker running");
-        crate::dataflow::step_until_done_or_failed(worker, &failure, Duration::from_millis(100));
-        summary.borrow().clone()
+        worker::run_worker(worker, &process)
     })
     .map_err(|e| anyhow::anyhow!("cannot start the cluster (check -h/--hostfile addresses and that the port of process {} is free): {e}", cfg.process))?;
     let mut committed = CommitSummary::default();
@@ -321,4 +158,117 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         first_epoch,
         window_us: cfg.clock.window_us,
     })
+}
+
+/// Refuses to resume an output written with another window or topic prefix: its epochs or
+/// partitions would not line up.
+fn check_resumable(cfg: &RunConfig, previous: Option<&Manifest>, prefix: &str, lake: &Lake) -> anyhow::Result<()> {
+    let Some(m) = previous else { return Ok(()) };
+    if m.clock.window_us != cfg.clock.window_us {
+        bail!(
+            "invalid --window: the output {} was written with --window {:?}; epochs would not line up (use the same window or a new --output)",
+            lake.url,
+            Duration::from_micros(m.clock.window_us as u64)
+        );
+    }
+    if m.topic_prefix != prefix {
+        bail!(
+            "invalid --topic-prefix: the output {} holds topics with prefix {:?}, not {:?} (use a new --output per set of topics)",
+            lake.url,
+            m.topic_prefix,
+            prefix
+        );
+    }
+    Ok(())
+}
+
+/// Every partition of the input, where reading starts in those no manifest knows, and where it
+/// stops (`--until-caught-up`: the high watermarks now; the embedded journey: its end).
+fn partitions(cfg: &RunConfig, started: Instant) -> anyhow::Result<worker::Partitions> {
+    Ok(match &cfg.source {
+        SourceConfig::Kafka(k) => {
+            tracing::info!(brokers = %k.brokers, security = %k.client.describe(), "connecting to Kafka");
+            let all = k.discover()?;
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, partitions = all.len(), "start-up: partitions discovered");
+            let marks = k.watermarks(&all)?;
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "start-up: watermarks taken");
+            let lows = marks.iter().map(|(id, w)| (*id, w.low)).collect();
+            let stops = if cfg.until_caught_up { marks.iter().map(|(id, w)| (*id, w.high)).collect() } else { HashMap::new() };
+            worker::Partitions { all, lows, stops }
+        }
+        SourceConfig::Embedded { fleet, partitions } => {
+            worker::Partitions { all: embedded::all_partitions(*partitions), lows: HashMap::new(), stops: EmbeddedReader::journey_ends(fleet, *partitions) }
+        }
+    })
+}
+
+/// Process 0's claim: the next manifest of the chain, empty, naming this run (a cluster that
+/// loses this create race does not start), then the objects crashed runs left uncommitted are
+/// deleted. Returns the claim and how many objects were deleted.
+fn claim_output(
+    rt: &tokio::runtime::Runtime,
+    lake: &Lake,
+    cfg: &RunConfig,
+    previous: Option<&Manifest>,
+    prefix: &str,
+    run: &str,
+) -> anyhow::Result<(Manifest, usize)> {
+    let first_epoch = previous.map_or(0, |m| m.upper);
+    let m = Manifest {
+        format: FORMAT,
+        sequence: previous.map_or(0, |m| m.sequence) + 1,
+        kind: ManifestKind::Claim,
+        lower: first_epoch,
+        upper: first_epoch,
+        clock: cfg.clock,
+        topic_prefix: prefix.to_owned(),
+        run: run.to_owned(),
+        written_at: manifest::now_rfc3339(),
+        files: Vec::new(),
+        partitions: previous.map(|m| m.partitions.clone()).unwrap_or_default(),
+    };
+    rt.block_on(manifest::write(lake, &m))?;
+    let garbage = rt.block_on(lake::collect_garbage(lake, first_epoch))?;
+    if garbage > 0 {
+        tracing::info!(objects = garbage, "deleted objects a crashed run left uncommitted");
+    }
+    Ok((m, garbage))
+}
+
+/// SIGTERM / SIGINT: stop reading, seal, commit, exit 0. Before the workers run (while timely
+/// waits for its peers, which is forever if one died) nothing was read: exit at once.
+fn on_signals(rt: &tokio::runtime::Runtime, shutdown: Arc<AtomicBool>, workers_started: Arc<AtomicBool>) {
+    rt.spawn(async move {
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        if !workers_started.load(Ordering::SeqCst) {
+            tracing::info!("signal received before the cluster connected: nothing was read, exiting");
+            std::process::exit(0);
+        }
+        tracing::info!("signal received: finishing");
+        shutdown.store(true, Ordering::Relaxed);
+    });
+}
+
+/// timely's configuration for `-w/-n/-p/-h`.
+fn timely_config(cfg: &RunConfig) -> timely::Config {
+    let communication = if cfg.processes > 1 {
+        timely::CommunicationConfig::Cluster { threads: cfg.threads, process: cfg.process, addresses: cfg.addresses.clone(), report: false, zerocopy: false }
+    } else if cfg.threads > 1 {
+        timely::CommunicationConfig::Process(cfg.threads)
+    } else {
+        timely::CommunicationConfig::Thread
+    };
+    timely::Config { communication, worker: timely::WorkerConfig::default() }
 }

@@ -336,6 +336,31 @@ impl Reader for Paced {
 /// The stall guard's settings in these tests.
 const FAST_STALLS: StallConfig = StallConfig { timeout: Duration::from_millis(200), give_up: Duration::from_secs(30) };
 
+/// Runs two workers, each reading the one partition `reader(worker)` gives (with its stop
+/// offset), with fast stall settings, until `stop_at` rows have arrived (then a shutdown ends
+/// any live partition); every worker must finish without an error. Returns the tally.
+fn run_two(stop_at: usize, reader: impl Fn(usize) -> (Option<i64>, Box<dyn Reader>) + Send + Sync + 'static) -> Arc<Tally> {
+    let tally = Arc::new(Tally::default());
+    tally.stop_at.store(stop_at, Ordering::Relaxed);
+    let t = tally.clone();
+    timely::execute(timely::Config::process(2), move |worker| {
+        let w = worker.index();
+        let (stop, reader) = reader(w);
+        let mut spec = test_spec(w, EpochClock::new(WINDOW, 2 * WINDOW), vec![(gps_id(w as i32), 0)], reader);
+        spec.partitions[0].stop = stop;
+        spec.stall = FAST_STALLS;
+        spec.shutdown = t.shutdown.clone();
+        if let Some(e) = run_source_for(worker, spec, t.clone(), Duration::from_secs(30)) {
+            panic!("worker {w} failed: {}", e.chain());
+        }
+    })
+    .expect("timely runs")
+    .join()
+    .into_iter()
+    .for_each(|r| r.expect("a worker failed"));
+    tally
+}
+
 /// Twenty records an epoch, and a jump of five epochs at offset 100.
 fn dense_then_jump(offset: i64) -> Micros {
     dense(offset) + if offset >= 100 { 5 * WINDOW } else { 0 }
@@ -349,15 +374,11 @@ fn a_partition_caught_up_then_silent_while_the_broker_holds_more_is_recovered_an
     // meanwhile. Had partition 0 been treated as idle, it would have followed worker 1's epochs
     // up to ~28, and its records of epochs 10-15, read later, would have been turned late; had
     // nothing watched it, it would have stayed silent (here: for 3 s, then it heals itself).
-    let tally = Arc::new(Tally::default());
-    tally.stop_at.store(800, Ordering::Relaxed);
     let recoveries = Arc::new(AtomicUsize::new(0));
-    let (t, r) = (tally.clone(), recoveries.clone());
-    timely::execute(timely::Config::process(2), move |worker| {
-        let w = worker.index();
-        let clock = EpochClock::new(WINDOW, 2 * WINDOW);
-        // Partition 0 is live (no stop offset); the run ends with a shutdown once all arrived.
-        let (stop, reader): (Option<i64>, Box<dyn Reader>) = if w == 0 {
+    let r = recoveries.clone();
+    // Partition 0 is live (no stop offset); the run ends with a shutdown once all arrived.
+    let tally = run_two(800, move |w| {
+        if w == 0 {
             let stalling = Stalling {
                 partition: 0,
                 time: dense_then_jump,
@@ -372,17 +393,8 @@ fn a_partition_caught_up_then_silent_while_the_broker_holds_more_is_recovered_an
             (None, Box::new(stalling))
         } else {
             (Some(600), Box::new(Paced { partition: 1, time: dense, next: 0, records: 600, last: Instant::now() }))
-        };
-        let mut spec = test_spec(w, clock, vec![(gps_id(w as i32), 0)], reader);
-        spec.partitions[0].stop = stop;
-        spec.stall = FAST_STALLS;
-        spec.shutdown = t.shutdown.clone();
-        assert!(run_source_for(worker, spec, t.clone(), Duration::from_secs(30)).is_none());
-    })
-    .expect("timely runs")
-    .join()
-    .into_iter()
-    .for_each(|r| r.expect("a worker failed"));
+        }
+    });
     assert_eq!(tally.rows(), 800, "every record of both partitions arrives");
     assert_eq!(tally.late(), 0, "no record was turned late: the silent partition was never treated as idle");
     assert!(recoveries.load(Ordering::Relaxed) >= 1, "the stall guard re-created the client");
@@ -394,14 +406,10 @@ fn a_partition_silent_before_its_end_of_partition_event_does_not_hold_the_cluste
     // end-of-partition event, although the broker holds nothing more: the broker's end says it
     // is caught up. Had it stayed active at its early epoch, worker 1's sparse partition (one
     // epoch a record) would have been held back by the read-ahead bound for good.
-    let tally = Arc::new(Tally::default());
-    tally.stop_at.store(450, Ordering::Relaxed);
     let recoveries = Arc::new(AtomicUsize::new(0));
-    let (t, r) = (tally.clone(), recoveries.clone());
-    timely::execute(timely::Config::process(2), move |worker| {
-        let w = worker.index();
-        let clock = EpochClock::new(WINDOW, 2 * WINDOW);
-        let (stop, reader): (Option<i64>, Box<dyn Reader>) = if w == 0 {
+    let r = recoveries.clone();
+    let tally = run_two(450, move |w| {
+        if w == 0 {
             let stalling = Stalling {
                 partition: 0,
                 time: dense,
@@ -416,17 +424,8 @@ fn a_partition_silent_before_its_end_of_partition_event_does_not_hold_the_cluste
             (None, Box::new(stalling))
         } else {
             (Some(400), Box::new(Paced { partition: 1, time: sparse, next: 0, records: 400, last: Instant::now() }))
-        };
-        let mut spec = test_spec(w, clock, vec![(gps_id(w as i32), 0)], reader);
-        spec.partitions[0].stop = stop;
-        spec.stall = FAST_STALLS;
-        spec.shutdown = t.shutdown.clone();
-        assert!(run_source_for(worker, spec, t.clone(), Duration::from_secs(30)).is_none());
-    })
-    .expect("timely runs")
-    .join()
-    .into_iter()
-    .for_each(|r| r.expect("a worker failed"));
+        }
+    });
     assert_eq!(tally.rows(), 450, "every record of both partitions arrives");
     assert_eq!(recoveries.load(Ordering::Relaxed), 0, "nothing stalled: the partition was caught up");
 }
