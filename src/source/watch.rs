@@ -83,6 +83,13 @@ impl EndWatcher {
                             return;
                         }
                     }
+                    // Serve the client's own events (connection errors while a broker is down),
+                    // so that they are logged, throttled, instead of piling up in its queue.
+                    for _ in 0..1000 {
+                        if client.poll(Duration::ZERO).is_none() {
+                            break;
+                        }
+                    }
                     match error {
                         None => {
                             if failing > 0 && logged.is_some() {
