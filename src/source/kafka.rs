@@ -278,12 +278,21 @@ impl Reader for KafkaReader {
         let (consumer, queues) = Self::connect(&self.opts, &client_id, &self.states, &starts)?;
         let mut queues = queues.into_iter();
         let now = Instant::now();
+        let mut old_queues = Vec::with_capacity(self.parts.len());
         for p in &mut self.parts {
-            p.queue = if p.paused { None } else { queues.next() };
+            old_queues.extend(std::mem::replace(&mut p.queue, if p.paused { None } else { queues.next() }));
             p.delivered_at = now;
         }
-        // The old client goes once no queue refers to it any more (now).
-        self.consumer = consumer;
+        // The old client is closed on a thread of its own: closing a client that is stuck may
+        // wait for requests that never complete, and must not hold up the worker.
+        let old = std::mem::replace(&mut self.consumer, consumer);
+        let closing = std::thread::Builder::new().name(format!("{}-close", self.client_id)).spawn(move || {
+            drop(old_queues);
+            drop(old);
+        });
+        if let Err(e) = closing {
+            tracing::warn!(error = %e, "kafka: cannot start a thread to close the stalled client; it was closed on the worker thread");
+        }
         Ok(())
     }
 
