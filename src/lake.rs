@@ -105,7 +105,7 @@ pub fn retry_timeout_from_env() -> Result<Duration, LakeError> {
 
 /// How S3 requests are retried: every transient failure (connection refused or reset, 5xx,
 /// throttling, timeouts of idempotent requests) with exponential backoff and jitter from 100 ms
-/// up to [`MAX_BACKOFF`], until `timeout` has passed since the request's first attempt. The
+/// up to `MAX_BACKOFF`, until `timeout` has passed since the request's first attempt. The
 /// attempt count is not the limit (an outage of a minute takes ~20 attempts), the time is.
 /// Each retry is logged (`object_store`, INFO, "backing off").
 pub fn retry_config(timeout: Duration) -> RetryConfig {

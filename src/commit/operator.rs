@@ -1,4 +1,5 @@
-//! `commit`: sealed epochs → manifests, in order, exactly once.
+//! The commit stage as a stream method, `reports.commit(spec)`: sealed epochs → manifests, in
+//! order, exactly once.
 //!
 //! In: every worker's reports, exchanged to worker 0 — object lists at the epoch they commit
 //! and partition resume states at the epoch they are valid for. Guarantee: when the input
@@ -7,7 +8,8 @@
 //! for `[lower, frontier)` with a create-if-absent PUT (one in flight at a time, so commits
 //! batch up when the store is slower than the epochs), and only after it is durable commits
 //! the consumer-group offsets. A lost create race means another cluster writes this output:
-//! the process stops with that message.
+//! the pipeline stops with that error (a definite [`PipelineError`] in the process's
+//! [`Failure`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! One Arrow schema per stream, and builders that turn records into `RecordBatch`es, both
-//! derived from the column tables in [`super::columns`].
+//! derived from the column tables in `contract/columns.rs`.
 //!
 //! Columns are typed: `timestamp` is `Timestamp(Microsecond, "UTC")`, `location` becomes two
 //! `Float64` columns `latitude` and `longitude`, every other field keeps its original name and

@@ -1,9 +1,9 @@
-//! `parquet_sink`: Arrow batches at their epochs → Parquet objects, finished when the epoch is
-//! sealed.
+//! The sink stage as a stream method, `chunks.write_parquet(spec)`: Arrow batches at their
+//! epochs → Parquet objects, finished when the epoch is sealed.
 //!
 //! In: [`Chunk`]s of rows stamped with the epoch that commits them, built by the sources of
 //! this process's workers and sent to the worker that writes their object
-//! ([`super::writer_of`]). Out: at epoch `e`, the list of objects written for `e`
+//! ([`crate::dataflow::writer_of`]). Out: at epoch `e`, the list of objects written for `e`
 //! ([`Report::Files`]), sent only once every one of them is complete in the store.
 //! Guarantees: one object per (epoch, stream, kind[, event hour for late rows]) per process,
 //! holding the rows of all the partitions the process's workers own (their `_partition` column
@@ -12,8 +12,9 @@
 //! not by the epoch's size; the operator holds a capability for `e` until its objects are
 //! durable, so the committer's frontier passing `e` means "every object of `e` exists". When
 //! the store is slow or down, at most `MAX_UNFINISHED_OBJECTS` / `MAX_UNFINISHED_BYTES` of
-//! closed objects wait for it: then the worker waits too (and so stops reading), instead of
-//! buffering without bound.
+//! closed objects wait for it: then the process's sources stop reading
+//! ([`crate::dataflow::Backpressure`]) instead of anything buffering without bound; no worker
+//! thread waits. Errors go to the process's [`Failure`], never end the process here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};

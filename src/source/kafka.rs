@@ -23,7 +23,7 @@ use super::{Event, Progress, Reader, SourceError};
 use crate::kafka::{KafkaOptions, log_client_error, throttle};
 use crate::ownership::PartitionId;
 
-/// The reading client's context: [`Quiet`], and it keeps librdkafka's statistics of the
+/// The reading client's context: [`crate::kafka::Quiet`], and it keeps librdkafka's statistics of the
 /// partitions (their fetch state, queue, offsets) for the stall guard's log lines.
 pub struct ReaderContext(Arc<ClientStates>);
 

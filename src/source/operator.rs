@@ -14,7 +14,7 @@
 //! advances past `e`, the resume states for committing `e` are sent, after every row of the
 //! epochs below the new capability; when every owned partition is finished (stop offset reached:
 //! `--until-caught-up` or shutdown), final states are sent and all capabilities dropped. The
-//! steps themselves are methods of [`super::state::SourceState`].
+//! steps themselves are methods of the source state (`src/source/state.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
