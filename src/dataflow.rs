@@ -24,12 +24,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use timely::dataflow::Scope;
 use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, ConnectLoop, Exchange, Feedback};
 
 use arrow::record_batch::RecordBatch;
 
+use crate::commit::cut::{CutCommits, CutRequest, CutSpec};
 use crate::commit::manifest::FileEntry;
 use crate::commit::operator::{Commit, CommitSpec};
+use crate::contract::timestamp::HOUR;
 use crate::contract::{Micros, Stream};
 use crate::epoch::Epoch;
 use crate::error::Failure;
@@ -88,26 +91,34 @@ pub fn note_partition(partitions: &mut Vec<i32>, partition: i32) {
     }
 }
 
-/// The worker that writes the objects of `stream` at `epoch` for the process of `worker`, when
-/// each process runs `workers_per_process` workers (numbered process by process, as timely
-/// does): the streams are dealt over the process's workers, turning with the epoch so that each
-/// worker gets its share of the heavier streams. One object per (stream, epoch) per process,
-/// instead of one per worker, halves the small objects at `-w 2` — most of Parquet's cost for
-/// them is per object.
-pub fn writer_of(worker: usize, workers_per_process: usize, stream: Stream, epoch: Epoch) -> usize {
-    let w = workers_per_process.max(1);
-    let first = worker - worker % w;
-    first + ((stream.index() as u64 + epoch) % w as u64) as usize
+/// The worker that writes the objects of `key` for the process of `worker`, when each process
+/// runs `workers_per_process` workers (numbered process by process, as timely does): the
+/// (stream, hour) pairs are dealt over the process's workers, turning with the hour, so that
+/// each worker gets its share of the heavier streams. One writer per (stream, kind, hour) per
+/// process means one object per (stream, kind, hour) per process and commit, whichever worker
+/// read the rows.
+pub fn writer_of(worker: usize, workers_per_process: usize, key: FileKey) -> usize {
+    let w = workers_per_process.max(1) as u64;
+    let first = worker - worker % w as usize;
+    let hour = key.hour.div_euclid(HOUR) as u64;
+    first + ((key.stream.index() as u64).wrapping_add(hour) % w) as usize
 }
 
 /// What workers tell the committer.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Report {
-    /// Objects durable for the epoch of the message.
+    /// A commit boundary: the next manifest ends at `upper` (sent by worker 0's cutter, at a
+    /// time no later than `upper`).
+    Cut {
+        /// One past the last epoch of the commit.
+        upper: Epoch,
+    },
+    /// The objects of one commit, durable, at the first epoch they hold.
     Files {
         /// The objects.
         files: Vec<FileEntry>,
-        /// Wall clock (µs since the Unix epoch) when the sink saw the frontier pass the epoch.
+        /// Wall clock (µs since the Unix epoch) when the sink saw the frontier pass the first
+        /// epoch.
         sealed_at_us: i64,
     },
     /// Resume states of one worker's partitions, valid for committing through any epoch in
@@ -138,13 +149,17 @@ pub struct Announce {
 /// Builds the whole pipeline in `scope`, for a cluster of processes with `workers_per_process`
 /// workers each: Kafka partitions are reclocked into epochs, written as Parquet objects by a
 /// worker of the same process, and committed by worker 0.
-pub fn build<'s>(scope: Scope<'s, Epoch>, workers_per_process: usize, source: SourceSpec, sink: SinkSpec, committer: CommitSpec) {
+pub fn build<'s>(scope: Scope<'s, Epoch>, workers_per_process: usize, source: SourceSpec, cut: CutSpec, sink: SinkSpec, committer: CommitSpec) {
     let (loop_handle, announcements) = scope.feedback::<Vec<Announce>>(1);
+    let (requests_handle, requests) = scope.feedback::<Vec<CutRequest>>(1);
     let read = scope.reclock(source, announcements);
-    read.announcements.broadcast().connect_loop(loop_handle);
+    read.announcements.clone().broadcast().connect_loop(loop_handle);
+    let cuts = read.announcements.cut_commits(cut, requests);
     let me = scope.index();
-    let files = read.chunks.exchange(move |c: &Chunk| writer_of(me, workers_per_process, c.key.stream, c.epoch) as u64).write_parquet(sink);
-    read.resume.concat(files).exchange(|_| 0).commit(committer);
+    let written = read.chunks.exchange(move |c: &Chunk| writer_of(me, workers_per_process, c.key) as u64).write_parquet(cuts.clone().broadcast(), sink);
+    written.requests.exchange(|_| 0).connect_loop(requests_handle);
+    let boundaries = cuts.map(|upper| Report::Cut { upper });
+    read.resume.concat(written.reports).concat(boundaries).exchange(|_| 0).commit(committer);
 }
 
 /// Steps `worker` until its dataflows complete or `failure` is set; after a failure the
@@ -191,17 +206,22 @@ mod tests {
 
     #[test]
     fn each_object_has_one_writer_per_process_and_the_writers_take_turns() {
+        let key = |stream, kind, h: i64| FileKey { stream, kind, hour: 1_740_823_200_000_000 + h * HOUR };
         for processes in 1..=3 {
             for w in 1..=4 {
                 for worker in 0..processes * w {
                     let first = worker / w * w;
                     for stream in Stream::ALL {
-                        let writers: std::collections::BTreeSet<usize> = (0..w as u64).map(|e| writer_of(worker, w, stream, e)).collect();
-                        // Every worker of the process agrees on the writer, which is in the process…
-                        for e in 0..w as u64 {
-                            assert_eq!(writer_of(worker, w, stream, e), writer_of(first, w, stream, e));
+                        // Every worker of the process agrees on the writer, which is in the
+                        // process, and the kinds of one (stream, hour) share it…
+                        for h in 0..w as i64 {
+                            let writer = writer_of(first, w, key(stream, FileKind::Data, h));
+                            for kind in FileKind::ALL {
+                                assert_eq!(writer_of(worker, w, key(stream, kind, h)), writer);
+                            }
                         }
-                        // …and over `w` epochs each of them writes the stream once.
+                        // …and over `w` hours each of them writes the stream once.
+                        let writers: std::collections::BTreeSet<usize> = (0..w as i64).map(|h| writer_of(worker, w, key(stream, FileKind::Data, h))).collect();
                         assert_eq!(writers, (first..first + w).collect(), "processes={processes} w={w} worker={worker} {stream}");
                     }
                 }

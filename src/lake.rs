@@ -2,9 +2,10 @@
 //!
 //! `<root>/<stream>/date=YYYY-MM-DD/hour=HH/<name>.parquet` (Hive style, queryable as-is),
 //! manifests under `<root>/_manifests/`, dead letters under `<root>/_dead_letter/<stream>/…`.
-//! Object names carry the epoch that commits them and the writer's run id (which names the
-//! worker): `<stream>-e<epoch>[-late]-<run>.parquet`. One worker writes one object per stream
-//! and epoch for all the partitions it owns, so the object count does not grow with partitions.
+//! Object names carry the first epoch they hold (which names their commit) and the writer's run
+//! id (which names the worker): `<stream>-e<epoch>[-late]-<run>[-<n>].parquet`. One worker of a
+//! process writes one object per commit and (stream, kind, hour) for all the partitions the
+//! process owns, so the object count grows neither with partitions nor with epochs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -237,20 +238,24 @@ impl Lake {
     }
 }
 
-/// The path of a file: stream, kind, the epoch that commits it, the
-/// writer's run id, and `hour_of` — the epoch's start for data and dead letters, the late
-/// records' own event-time hour for late files.
-pub fn file_path(stream: Stream, kind: FileKind, epoch: Epoch, run: &str, hour_of: Micros) -> Path {
+/// The path of an object: stream, kind, the first epoch it holds (every epoch it holds belongs
+/// to one commit, so the first one tells which: a commit's objects are named by epochs in
+/// `[lower, upper)`), the writer's run id, `hour_of` — the epochs' start for data and dead
+/// letters, the late records' own event-time hour for late objects — and, when one commit
+/// needed more than one object for the same (stream, kind, hour) because the first reached its
+/// target size, the object's number `n` in that commit (omitted for the first).
+pub fn file_path(stream: Stream, kind: FileKind, epoch: Epoch, run: &str, hour_of: Micros, n: u32) -> Path {
     let (date, hour) = date_hour(hour_of);
     let name = stream.name();
+    let part = if n == 0 { String::new() } else { format!("-{n}") };
     match kind {
-        FileKind::Data => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-{run}.parquet")),
-        FileKind::Late => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-late-{run}.parquet")),
-        FileKind::DeadLetter => Path::from(format!("_dead_letter/{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-{run}.parquet")),
+        FileKind::Data => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-{run}{part}.parquet")),
+        FileKind::Late => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-late-{run}{part}.parquet")),
+        FileKind::DeadLetter => Path::from(format!("_dead_letter/{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-{run}{part}.parquet")),
     }
 }
 
-/// The commit epoch encoded in a file name made by [`file_path`].
+/// The first epoch encoded in an object name made by [`file_path`].
 pub fn epoch_of_file(path: &Path) -> Option<Epoch> {
     let name = path.filename()?;
     let rest = name.split("-e").nth(1)?;
@@ -298,14 +303,16 @@ mod tests {
     #[test]
     fn layout_is_hive_style_and_parsable() {
         let t = 1_740_824_142_123_456; // 2025-03-01T10:15:42
-        let p = file_path(Stream::Weather, FileKind::Data, 29_013_735, "ab12cd34", t);
+        let p = file_path(Stream::Weather, FileKind::Data, 29_013_735, "ab12cd34", t, 0);
         assert_eq!(p.as_ref(), "weather_data/date=2025-03-01/hour=10/weather_data-e0029013735-ab12cd34.parquet");
         assert_eq!(epoch_of_file(&p), Some(29_013_735));
-        let l = file_path(Stream::Gps, FileKind::Late, 12, "r", t);
+        let l = file_path(Stream::Gps, FileKind::Late, 12, "r", t, 0);
         assert!(l.as_ref().ends_with("gps_data-e0000000012-late-r.parquet"));
         assert_eq!(epoch_of_file(&l), Some(12));
-        let d = file_path(Stream::Gps, FileKind::DeadLetter, 12, "r", t);
+        let d = file_path(Stream::Gps, FileKind::DeadLetter, 12, "r", t, 2);
         assert!(d.as_ref().starts_with("_dead_letter/gps_data/date=2025-03-01/hour=10/"));
+        assert!(d.as_ref().ends_with("gps_data-e0000000012-r-2.parquet"), "the third object of its key in one commit");
+        assert_eq!(epoch_of_file(&d), Some(12));
     }
 
     #[test]
@@ -314,9 +321,9 @@ mod tests {
         let lake = Lake::open("memory://").unwrap();
         rt.block_on(async {
             for e in [5, 9, 10, 11] {
-                lake.store.put(&file_path(Stream::Gps, FileKind::Data, e, "r", 0), vec![1].into()).await.unwrap();
+                lake.store.put(&file_path(Stream::Gps, FileKind::Data, e, "r", 0, 0), vec![1].into()).await.unwrap();
             }
-            lake.store.put(&file_path(Stream::Gps, FileKind::DeadLetter, 12, "r", 0), vec![1].into()).await.unwrap();
+            lake.store.put(&file_path(Stream::Gps, FileKind::DeadLetter, 12, "r", 0, 1), vec![1].into()).await.unwrap();
             lake.store.put(&Path::from("_manifests/00000000000000000001.json"), vec![1].into()).await.unwrap();
             assert_eq!(collect_garbage(&lake, 10).await.unwrap(), 3);
             let left: Vec<_> = lake.store.list(None).try_collect().await.unwrap();

@@ -82,17 +82,24 @@ fn print_run_report(r: &citystream::run::RunReport, embedded: bool) {
     match c.epochs {
         Some((a, b)) => println!(
             "  epochs sealed:    {:>10} (epoch = {} of event time; {a}..={b})",
-            c.epochs_with_objects,
+            b - a + 1,
             humantime::format_duration(std::time::Duration::from_micros(r.window_us as u64))
         ),
         None => println!("  epochs sealed:    {:>10}", 0),
     }
-    println!("  objects written:  {:>10} ({:.1} MB)", c.objects, c.bytes as f64 / 1e6);
+    let per_thousand = if total > 0 { c.objects as f64 * 1000.0 / total as f64 } else { 0.0 };
+    let mean = if c.objects > 0 { c.bytes as f64 / c.objects as f64 / 1e3 } else { 0.0 };
+    println!("  objects written:  {:>10} ({:.1} MB; mean {mean:.1} kB, {per_thousand:.2} per 1,000 records)", c.objects, c.bytes as f64 / 1e6);
     println!("  manifests:        {:>10}", c.manifests);
     let mut lat = c.seal_latencies.clone();
     lat.sort_by(f64::total_cmp);
     if let (Some(max), false) = (lat.last(), lat.is_empty()) {
-        println!("  seal latency:     median {:.0} ms, max {:.0} ms (frontier passed an epoch → its manifest durable)", lat[lat.len() / 2] * 1e3, max * 1e3);
+        println!(
+            "  commit latency:   median {:.0} ms, max {:.0} ms (frontier passed a commit's first epoch → its manifest durable; ≤ --commit-interval {} + upload)",
+            lat[lat.len() / 2] * 1e3,
+            max * 1e3,
+            humantime::format_duration(r.commit_interval)
+        );
     }
     if r.garbage_collected > 0 {
         println!("  uncommitted objects of a crashed run deleted: {}", r.garbage_collected);

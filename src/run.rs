@@ -42,6 +42,8 @@ pub struct RunReport {
     pub first_epoch: Epoch,
     /// Epoch length, microseconds.
     pub window_us: i64,
+    /// Wall-clock time between commits (`--commit-interval`).
+    pub commit_interval: Duration,
 }
 
 /// A short random id for this process's object names: the standard library's randomly keyed
@@ -157,6 +159,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         output: lake.url.clone(),
         first_epoch,
         window_us: cfg.clock.window_us,
+        commit_interval: cfg.commit_interval,
     })
 }
 

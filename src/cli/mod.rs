@@ -55,6 +55,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 60s, 2m or 1h30m ({e})"))
 }
 
+/// Parses a size in bytes: a whole number with an optional unit — `B`, `kB`/`MB`/`GB` (powers of
+/// 1000) or `KiB`/`MiB`/`GiB` (powers of 1024), e.g. `128MiB`, `64MB`, `1048576`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use B, kB, MB, GB, KiB, MiB or GiB, e.g. 128MiB)")),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size like 128MiB or 64MB"))?;
+    n.checked_mul(scale).ok_or_else(|| format!("{s:?} is too large"))
+}
+
 /// Checks that a fraction lies in [0, 1].
 pub fn check_fraction(flag: &'static str, x: f64) -> Result<f64, ConfigError> {
     if (0.0..=1.0).contains(&x) { Ok(x) } else { Err(ConfigError::new(flag, format!("{x} is not a fraction between 0 and 1"))) }
@@ -70,6 +90,11 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("soon").unwrap_err().contains("soon"));
         assert!(check_fraction("--late-fraction", 1.5).unwrap_err().to_string().contains("--late-fraction"));
+        assert_eq!(parse_bytes("128MiB").unwrap(), 128 << 20);
+        assert_eq!(parse_bytes("64 MB").unwrap(), 64_000_000);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert!(parse_bytes("12 parsecs").unwrap_err().contains("unit"));
+        assert!(parse_bytes("MiB").unwrap_err().contains("not a size"));
     }
 
     #[test]

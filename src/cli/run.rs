@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args};
 
 use super::kafka::KafkaConnectionArgs;
-use super::{ConfigError, check_fraction, parse_duration};
+use super::{ConfigError, check_fraction, parse_bytes, parse_duration};
 use crate::contract::Micros;
 use crate::contract::timestamp::parse_timestamp;
 use crate::epoch::EpochClock;
@@ -75,6 +75,17 @@ pub struct RunArgs {
     /// few values and float measurements are stored uncompressed): zstd, zstd:<level 1-22>, snappy or none.
     #[arg(long, env = "CITYSTREAM_COMPRESSION", value_parser = Codec::parse, default_value = "zstd:1")]
     pub compression: Codec,
+    /// How often a commit is cut (wall clock): every sealed epoch since the last one is
+    /// committed in one manifest, and each process writes one object per (stream, kind, hour) of
+    /// it. The trade-off between freshness (committed data is at most about this old) and
+    /// object size, like Spark's trigger interval or Flink's checkpoint interval. At shutdown
+    /// and at the end of --until-caught-up everything is committed at once.
+    #[arg(long, env = "CITYSTREAM_COMMIT_INTERVAL", value_parser = parse_duration, default_value = "10s")]
+    pub commit_interval: Duration,
+    /// An object that reaches this size is closed (the commit continues in a new object) and
+    /// the next commit is cut at once. Units B, kB, MB, GB, KiB, MiB, GiB.
+    #[arg(long, env = "CITYSTREAM_TARGET_OBJECT_SIZE", value_parser = parse_bytes, default_value = "128MiB")]
+    pub target_object_size: u64,
     /// A partition that delivers nothing for this long of reading, although the broker holds
     /// records beyond its position, is stalled: logged as a warning, and the Kafka client is
     /// re-created at its next offset (again after every further period of this length).
@@ -149,7 +160,15 @@ pub struct RunConfig {
     pub compression: Codec,
     /// When a partition counts as stalled, and when the process gives up on it.
     pub stall: StallConfig,
+    /// Wall-clock time between commits.
+    pub commit_interval: Duration,
+    /// Size at which an object is closed and a commit is asked for.
+    pub target_object_size: u64,
 }
+
+/// The smallest `--target-object-size`: below it, a Parquet footer and the per-object request
+/// costs outweigh the rows.
+pub const MIN_TARGET_OBJECT_SIZE: u64 = 1 << 20;
 
 impl RunArgs {
     /// Checks every flag; errors name the flag and what would be accepted.
@@ -190,6 +209,12 @@ impl RunArgs {
                 "--stall-exit",
                 format!("must be longer than --stall-timeout ({:?}), which first tries to re-create the Kafka client", self.stall_timeout),
             ));
+        }
+        if self.commit_interval < Duration::from_millis(10) {
+            return Err(ConfigError::new("--commit-interval", "must be at least 10ms"));
+        }
+        if self.target_object_size < MIN_TARGET_OBJECT_SIZE {
+            return Err(ConfigError::new("--target-object-size", format!("must be at least 1MiB, got {} bytes", self.target_object_size)));
         }
         if self.output.trim().is_empty() {
             return Err(ConfigError::new("--output", "is empty; give a directory or s3://bucket/prefix"));
@@ -238,6 +263,8 @@ impl RunArgs {
             max_future: self.max_future,
             compression: self.compression,
             stall: StallConfig { timeout: self.stall_timeout, give_up: self.stall_exit },
+            commit_interval: self.commit_interval,
+            target_object_size: self.target_object_size,
         })
     }
 }

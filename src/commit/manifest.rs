@@ -29,14 +29,26 @@ pub struct FileEntry {
     pub stream: Stream,
     /// Data, late or dead letters.
     pub kind: FileKind,
-    /// The epoch that commits it.
+    /// The first epoch whose rows it holds (which names it).
     pub epoch: Epoch,
+    /// The last epoch whose rows it holds; every epoch in `[epoch, last_epoch]` belongs to the
+    /// manifest that lists the object. (Manifests of versions that wrote one object per epoch
+    /// lack it: read as 0, and [`FileEntry::last`] then gives `epoch`.)
+    #[serde(default)]
+    pub last_epoch: Epoch,
     /// The Kafka partitions (of `stream`) whose rows it holds, ascending.
     pub partitions: Vec<i32>,
     /// Rows.
     pub rows: u64,
     /// Size in bytes.
     pub bytes: u64,
+}
+
+impl FileEntry {
+    /// The last epoch whose rows the object holds.
+    pub fn last(&self) -> Epoch {
+        self.last_epoch.max(self.epoch)
+    }
 }
 
 /// Whether a manifest commits epochs or claims the output for a starting cluster.

@@ -1,13 +1,15 @@
 //! The commit stage as a stream method, `reports.commit(spec)`: sealed epochs → manifests, in
 //! order, exactly once.
 //!
-//! In: every worker's reports, exchanged to worker 0 — object lists at the epoch they commit
-//! and partition resume states at the epoch they are valid for. Guarantee: when the input
-//! frontier passes `e`, every object of every epoch `≤ e` is durable and every worker has
-//! handed out resume states for `e`; the committer then writes the next manifest of the chain
-//! for `[lower, frontier)` with a create-if-absent PUT (one in flight at a time, so commits
-//! batch up when the store is slower than the epochs), and only after it is durable commits
-//! the consumer-group offsets. A lost create race means another cluster writes this output:
+//! In: every worker's reports, exchanged to worker 0 — the commit boundaries of the cutter
+//! ([`crate::commit::cut`]), object lists at the first epoch they hold, and partition resume
+//! states at the epoch they are valid for. Guarantee: when the input frontier passes `e`, every
+//! object holding rows of an epoch `≤ e` is durable and every worker has handed out resume
+//! states for `e`; since no object holds epochs on both sides of a boundary, the committer then
+//! writes the next manifest of the chain for `[lower, b)`, `b` the greatest boundary at or
+//! below the frontier (the end of the input when it is done), with a create-if-absent PUT (one
+//! in flight at a time, so commits batch up when the store is slower than the boundaries), and
+//! only after it is durable commits the consumer-group offsets. A lost create race means another cluster writes this output:
 //! the pipeline stops with that error (a definite [`PipelineError`] in the process's
 //! [`Failure`]).
 
@@ -58,10 +60,8 @@ pub struct CommitSpec {
 pub struct CommitSummary {
     /// Manifests written.
     pub manifests: u64,
-    /// Least and greatest epoch that committed an object.
+    /// Least and greatest epoch whose rows an object holds.
     pub epochs: Option<(Epoch, Epoch)>,
-    /// Distinct epochs that committed objects.
-    pub epochs_with_objects: u64,
     /// Objects committed.
     pub objects: u64,
     /// On-time rows per stream (in `Stream::ALL` order).
@@ -72,8 +72,9 @@ pub struct CommitSummary {
     pub dead_letters: u64,
     /// Bytes written.
     pub bytes: u64,
-    /// Seconds from "the sink saw the frontier pass the manifest's first epoch" to "manifest
-    /// durable", per manifest that committed objects.
+    /// Seconds from "the sink saw the frontier pass the manifest's first epoch that has rows"
+    /// to "manifest durable", per manifest that committed objects: at most the commit interval
+    /// plus the time to finish the objects and the manifest.
     pub seal_latencies: Vec<f64>,
 }
 
@@ -81,11 +82,9 @@ impl CommitSummary {
     fn add(&mut self, m: &Manifest, latency: Option<f64>) {
         self.manifests += 1;
         self.seal_latencies.extend(latency);
-        let mut epochs: Vec<Epoch> = m.files.iter().map(|f| f.epoch).collect();
-        epochs.sort_unstable();
-        epochs.dedup();
-        self.epochs_with_objects += epochs.len() as u64;
-        if let (Some(&lo), Some(&hi)) = (epochs.first(), epochs.last()) {
+        let lo = m.files.iter().map(|f| f.epoch).min();
+        let hi = m.files.iter().map(FileEntry::last).max();
+        if let (Some(lo), Some(hi)) = (lo, hi) {
             self.epochs = Some(self.epochs.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
         }
         for f in &m.files {
@@ -131,6 +130,8 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
         // `from` epochs of states received but not yet in a manifest.
         let mut uncommitted_from: std::collections::BTreeSet<Epoch> = std::collections::BTreeSet::new();
         let mut max_seen: Option<Epoch> = None;
+        // Commit boundaries the cutter decided, not yet committed.
+        let mut cuts: std::collections::BTreeSet<Epoch> = std::collections::BTreeSet::new();
         // The manifest being written, with when its first epoch was sealed.
         type InFlight = (JoinHandle<Result<(), ManifestError>>, Manifest, Option<i64>);
         let mut in_flight: Option<InFlight> = None;
@@ -144,6 +145,9 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                 max_seen = Some(max_seen.map_or(t, |m| m.max(t)));
                 for report in data.drain(..) {
                     match report {
+                        Report::Cut { upper } => {
+                            cuts.insert(upper);
+                        }
                         Report::Files { files: f, sealed_at_us } => {
                             let (all, at) = files.entry(t).or_insert((Vec::new(), sealed_at_us));
                             all.extend(f);
@@ -194,14 +198,16 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                 }
             }
 
-            // Everything below `upper` is sealed and durable.
-            let frontier = frontiers[0].frontier();
-            let upper = match frontier.first() {
-                Some(&f) => f,
-                None => max_seen.map_or(lower, |m| m + 1).max(lower),
+            // Everything below the frontier is sealed and durable, but objects hold the rows of
+            // whole commits: the manifest ends at the greatest boundary below the frontier (and
+            // at the end of everything once the input is done).
+            let upper = match frontiers[0].frontier().first() {
+                Some(&f) => cuts.range(..=f).next_back().copied().unwrap_or(lower),
+                None => max_seen.map_or(lower, |m| m + 1).max(cuts.last().copied().unwrap_or(lower)).max(lower),
             };
             let anything = files.range(..upper).next().is_some() || uncommitted_from.range(..upper).next().is_some();
             if upper > lower && anything {
+                cuts = cuts.split_off(&(upper + 1));
                 let later = files.split_off(&upper);
                 let sealed = std::mem::replace(&mut files, later);
                 let first_sealed = sealed.values().map(|(_, t)| *t).min();

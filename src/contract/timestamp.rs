@@ -18,6 +18,9 @@ pub type Micros = i64;
 /// Microseconds in one second.
 pub const MICROS_PER_SEC: i64 = 1_000_000;
 
+/// Microseconds per hour.
+pub const HOUR: Micros = 3600 * MICROS_PER_SEC;
+
 /// Why a timestamp string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TimestampError {

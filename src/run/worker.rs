@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use crate::cli::run::{RunConfig, SourceConfig};
+use crate::commit::cut::CutSpec;
 use crate::commit::manifest::Manifest;
 use crate::commit::offsets::OffsetCommitter;
 use crate::commit::operator::{CommitSpec, CommitSummary};
@@ -99,6 +100,7 @@ pub(super) fn run_worker(worker: &mut timely::worker::Worker, p: &Process) -> Co
         encode: EncodeOptions { codec: cfg.compression, ..EncodeOptions::default() },
         part_size: 8 << 20,
         encode_after_rows: 1024,
+        target_object_size: cfg.target_object_size,
         backpressure: p.backpressure.clone(),
         failure: failure.clone(),
     };
@@ -113,7 +115,8 @@ pub(super) fn run_worker(worker: &mut timely::worker::Worker, p: &Process) -> Co
         summary: summary.clone(),
         failure: failure.clone(),
     };
-    worker.dataflow::<Epoch, _, _>(|scope| crate::dataflow::build(scope, cfg.threads, source, sink, committer));
+    let cut = CutSpec { leader: index == 0, interval: cfg.commit_interval, committed_below: p.first_epoch };
+    worker.dataflow::<Epoch, _, _>(|scope| crate::dataflow::build(scope, cfg.threads, source, cut, sink, committer));
     tracing::debug!(worker = index, ms = p.started.elapsed().as_millis() as u64, "start-up: worker running");
     crate::dataflow::step_until_done_or_failed(worker, failure, Duration::from_millis(100));
     summary.borrow().clone()

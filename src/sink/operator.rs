@@ -1,42 +1,48 @@
-//! The sink stage as a stream method, `chunks.write_parquet(spec)`: Arrow batches at their
-//! epochs → Parquet objects, finished when the epoch is sealed.
+//! The sink stage as a stream method, `chunks.write_parquet(cuts, spec)`: Arrow batches at their
+//! epochs → Parquet objects, one per commit and hour.
 //!
 //! In: [`Chunk`]s of rows stamped with the epoch that commits them, built by the sources of
 //! this process's workers and sent to the worker that writes their object
-//! ([`crate::dataflow::writer_of`]). Out: at epoch `e`, the list of objects written for `e`
-//! ([`Report::Files`]), sent only once every one of them is complete in the store.
-//! Guarantees: one object per (epoch, stream, kind[, event hour for late rows]) per process,
-//! holding the rows of all the partitions the process's workers own (their `_partition` column
-//! and the manifest entry say which); rows stream out as row groups and upload parts while the
-//! epoch is open, so memory per open file is bounded by the batch, row-group and part sizes,
-//! not by the epoch's size; the operator holds a capability for `e` until its objects are
-//! durable, so the committer's frontier passing `e` means "every object of `e` exists". When
-//! the store is slow or down, at most `MAX_UNFINISHED_OBJECTS` / `MAX_UNFINISHED_BYTES` of
-//! closed objects wait for it: then the process's sources stop reading
-//! ([`crate::dataflow::Backpressure`]) instead of anything buffering without bound; no worker
-//! thread waits. Errors go to the process's [`Failure`], never end the process here.
+//! ([`crate::dataflow::writer_of`]); and the commit boundaries of the cluster
+//! ([`crate::commit::cut`]), each known before the frontier passes it. Out: the objects of a
+//! commit ([`Report::Files`]) at the first epoch they hold, sent once every one of them is
+//! complete in the store; and requests for an early cut when an object is full.
+//!
+//! Guarantees: rows wait, as Arrow batches, until their epoch is sealed (the frontier passed
+//! it); then they go into the open object of their (stream, kind, hour) for the commit being
+//! filled. An object holds only epochs of one commit: when a boundary is reached, every object
+//! is closed, and rows of later epochs start new ones. So there is one object per (stream,
+//! kind, hour) per process per commit — a data or dead-letter object is closed as soon as the
+//! sealed epochs move on to the next hour, and one that reaches `target_object_size` is closed
+//! and continued in a new object of the same commit (and an early cut is asked for). Rows
+//! stream out as row groups and upload parts while an object is open, so memory is bounded by
+//! the rows of unsealed epochs (the sources' read-ahead bound) plus, per open object, the batch,
+//! row-group and part sizes. The operator holds a capability at the commit's first epoch until
+//! its objects are durable, so the committer's frontier passing `e` means "every object holding
+//! rows of an epoch `≤ e` exists". When the store is slow or down, at most
+//! `MAX_UNFINISHED_OBJECTS` / `MAX_UNFINISHED_BYTES` of closed objects wait for it: then the
+//! process's sources stop reading ([`crate::dataflow::Backpressure`]) instead of anything
+//! buffering without bound; no worker thread waits. Errors go to the process's [`Failure`],
+//! never end the process here.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use arrow::datatypes::SchemaRef;
-use arrow::record_batch::RecordBatch;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{Scope, Stream};
 use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
 
-use crate::commit::manifest::FileEntry;
-use crate::contract::timestamp::format_naive;
-use crate::dataflow::{Backpressure, Chunk, FileKey, Report, note_partition};
+use super::object::{OpenObject, Upload};
+use crate::commit::cut::CutRequest;
+use crate::contract::timestamp::HOUR;
+use crate::dataflow::{Backpressure, Chunk, FileKey, Report};
 use crate::epoch::{Epoch, EpochClock};
 use crate::error::{ErrorClass, Failure, PipelineError};
-use crate::lake::{Lake, file_path};
-use crate::sink::encode::{EncodeOptions, ParquetEncoder};
-use crate::sink::upload::ObjectUpload;
+use crate::lake::{FileKind, Lake, file_path};
+use crate::sink::encode::EncodeOptions;
 
 /// Everything the sink needs.
 #[derive(Clone)]
@@ -59,114 +65,46 @@ pub struct SinkSpec {
     /// context per column chunk), so encoders are created late, and only files that are
     /// large enough stream out before the seal.
     pub encode_after_rows: usize,
+    /// An object that reaches this many bytes is closed, continued in a new object of the same
+    /// commit, and an early cut is asked for (`--target-object-size`).
+    pub target_object_size: u64,
     /// Holds this process's sources back while too many objects are unfinished.
     pub backpressure: Backpressure,
     /// Where an error that stops the pipeline goes.
     pub failure: Failure,
 }
 
-struct OpenFile {
-    entry: FileEntry,
-    /// The schema of the chunks, which the source's builders give them.
-    schema: SchemaRef,
-    /// Rows that arrived before the encoder was started.
-    held: Vec<RecordBatch>,
-    encoder: Option<ParquetEncoder>,
-    upload: ObjectUpload,
+/// The sink's outputs.
+pub struct Written<'s> {
+    /// The objects of each commit, at its first epoch, once all of them are durable.
+    pub reports: Stream<'s, Epoch, Vec<Report>>,
+    /// Requests for an early commit cut (an object reached its target size).
+    pub requests: Stream<'s, Epoch, Vec<CutRequest>>,
 }
 
-/// An object being finished in the background; the handle yields its size.
-type Upload = (FileEntry, JoinHandle<Result<u64, object_store::Error>>);
-
-/// A sealed epoch whose objects are being finished: its capability, its uploads, and when it was
-/// sealed (µs since the Unix epoch).
-type Sealing = (Capability<Epoch>, Vec<Upload>, i64);
-
-impl OpenFile {
-    fn new(spec: &SinkSpec, epoch: Epoch, key: FileKey, schema: SchemaRef) -> Self {
-        let path = file_path(key.stream, key.kind, epoch, &spec.run, key.hour);
-        let entry = FileEntry { path: path.to_string(), stream: key.stream, kind: key.kind, epoch, partitions: Vec::new(), rows: 0, bytes: 0 };
-        OpenFile { entry, schema, held: Vec::new(), encoder: None, upload: ObjectUpload::new(spec.lake.store.clone(), path, spec.part_size) }
-    }
-
-    /// Takes a chunk: held while the file is small, else encoded, finished bytes passed on to
-    /// the upload.
-    fn write(&mut self, spec: &SinkSpec, chunk: Chunk) -> Result<(), PipelineError> {
-        for &partition in &chunk.partitions {
-            note_partition(&mut self.entry.partitions, partition);
-        }
-        self.held.push(chunk.batch);
-        if self.held.iter().map(RecordBatch::num_rows).sum::<usize>() >= spec.encode_after_rows {
-            self.encode_held(spec)?;
-        }
-        Ok(())
-    }
-
-    /// Encodes the held rows, starting the encoder if need be.
-    fn encode_held(&mut self, spec: &SinkSpec) -> Result<&mut ParquetEncoder, PipelineError> {
-        let path = &self.entry.path;
-        let encoder = match &mut self.encoder {
-            Some(encoder) => encoder,
-            slot => slot.insert(
-                ParquetEncoder::new(self.schema.clone(), &spec.encode)
-                    .map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("cannot start the Parquet file {path}"), e))?,
-            ),
-        };
-        for batch in self.held.drain(..) {
-            encoder.write(&batch).map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("encoding {path}"), e))?;
-        }
-        let bytes = encoder.take_bytes();
-        if !bytes.is_empty() {
-            self.upload
-                .write(&spec.rt, &bytes)
-                .map_err(|e| PipelineError::caused(ErrorClass::Transient, format!("uploading {path}: {}", spec.lake.gave_up()), e))?;
-        }
-        Ok(encoder)
-    }
-
-    fn close(mut self, spec: &SinkSpec) -> Result<Upload, PipelineError> {
-        self.encode_held(spec)?;
-        let encoder = self.encoder.take().expect("encode_held starts the encoder");
-        let e = self.entry.epoch;
-        let metadata = vec![
-            ("citystream.epoch".to_owned(), e.to_string()),
-            ("citystream.epoch_start".to_owned(), format_naive(spec.clock.start_of(e)).to_string()),
-            ("citystream.watermark".to_owned(), format_naive(spec.clock.start_of(e + 1)).to_string()),
-            ("citystream.kind".to_owned(), self.entry.kind.as_str().to_owned()),
-            ("citystream.stream".to_owned(), self.entry.stream.name().to_owned()),
-            ("citystream.partitions".to_owned(), self.entry.partitions.iter().map(i32::to_string).collect::<Vec<_>>().join(",")),
-        ];
-        self.entry.rows = encoder.rows();
-        let path = self.entry.path.clone();
-        let bytes = encoder.close(metadata).map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("finishing {path}"), e))?;
-        self.upload
-            .write(&spec.rt, &bytes)
-            .map_err(|e| PipelineError::caused(ErrorClass::Transient, format!("uploading {path}: {}", spec.lake.gave_up()), e))?;
-        self.entry.bytes = self.upload.size();
-        Ok((self.entry, self.upload.finish(&spec.rt)))
-    }
-}
-
-/// The sink as a stream method: `chunks.write_parquet(spec)`.
+/// The sink as a stream method: `chunks.write_parquet(cuts, spec)`.
 pub trait WriteParquet<'s> {
-    /// Writes the chunks into Parquet objects; the output carries, at each sealed epoch, the
-    /// objects written for it, once all of them are durable.
-    fn write_parquet(self, spec: SinkSpec) -> Stream<'s, Epoch, Vec<Report>>;
+    /// Writes the chunks into Parquet objects, one per commit and (stream, kind, hour); `cuts`
+    /// are the commit boundaries ([`crate::commit::cut`]).
+    fn write_parquet(self, cuts: Stream<'s, Epoch, Vec<Epoch>>, spec: SinkSpec) -> Written<'s>;
 }
 
 impl<'s> WriteParquet<'s> for Stream<'s, Epoch, Vec<Chunk>> {
-    fn write_parquet(self, spec: SinkSpec) -> Stream<'s, Epoch, Vec<Report>> {
-        build_sink(self, spec)
+    fn write_parquet(self, cuts: Stream<'s, Epoch, Vec<Epoch>>, spec: SinkSpec) -> Written<'s> {
+        build_sink(self, cuts, spec)
     }
 }
 
-fn build_sink<'s>(chunks: Stream<'s, Epoch, Vec<Chunk>>, spec: SinkSpec) -> Stream<'s, Epoch, Vec<Report>> {
+fn build_sink<'s>(chunks: Stream<'s, Epoch, Vec<Chunk>>, cuts: Stream<'s, Epoch, Vec<Epoch>>, spec: SinkSpec) -> Written<'s> {
     let scope: Scope<'s, Epoch> = chunks.scope();
     let mut builder = OperatorBuilder::new("ParquetSink".to_owned(), scope);
     let activator = scope.activator_for(builder.operator_info().address.clone());
     let mut input = builder.new_input(chunks, Pipeline);
+    let mut boundaries = builder.new_input(cuts, Pipeline);
     let (output, reports) = builder.new_output();
+    let (request_output, requests) = builder.new_output();
     let mut output: ReportOutput = OutputBuilder::from(output);
+    let mut request_output: RequestOutput = OutputBuilder::from(request_output);
 
     builder.build_reschedule(move |_caps| {
         let mut state = SinkState::default();
@@ -174,21 +112,27 @@ fn build_sink<'s>(chunks: Stream<'s, Epoch, Vec<Chunk>>, spec: SinkSpec) -> Stre
             if spec.failure.is_set() {
                 return false;
             }
+            boundaries.for_each(|_, data| state.cuts.extend(data.drain(..)));
             let mut failed = None;
             input.for_each(|cap, data| {
                 let Some(&t) = cap.least() else { return };
-                let cap = || cap.retain_least(0).expect("a stamped message");
-                if let Err(e) = state.take(&spec, t, cap, data) {
-                    failed.get_or_insert(e);
-                }
+                let (_, _, chunks) =
+                    state.pending.entry(t).or_insert_with(|| (cap.retain_least(0).expect("stamped"), cap.retain_least(1).expect("stamped"), Vec::new()));
+                chunks.append(data);
             });
-            let result = match failed {
-                Some(e) => Err(e),
-                None => state.seal(&spec, &frontiers[0]).and_then(|()| state.report(&spec, &mut output)),
-            };
-            if let Err(e) = result {
+            state.note_pending();
+            // An epoch is sealed once both the data and the boundaries have passed it.
+            let sealed = |e: &Epoch| !frontiers[0].less_equal(e) && !frontiers[1].less_equal(e);
+            let finished = frontiers[0].is_empty() && frontiers[1].is_empty();
+            if let Err(e) = state.seal(&spec, sealed, finished) {
+                failed.get_or_insert(e);
+            }
+            if let Some(e) = failed.or_else(|| state.report(&spec, &mut output).err()) {
                 spec.failure.set(e);
                 return false;
+            }
+            if let Some(at) = state.ask.take() {
+                request_output.activate().session(&at).give(());
             }
             state.bound_unfinished(&spec);
             if !state.sealing.is_empty() {
@@ -197,52 +141,109 @@ fn build_sink<'s>(chunks: Stream<'s, Epoch, Vec<Chunk>>, spec: SinkSpec) -> Stre
             !state.sealing.is_empty()
         }
     });
-    reports
+    Written { reports, requests }
 }
 
-/// The sink's objects: open per epoch while rows arrive, then sealing until durable.
+/// The objects of the commit being filled.
+struct Filling {
+    /// At the commit's first epoch in this sink: holds the committer back until reported.
+    cap: Capability<Epoch>,
+    first: Epoch,
+    /// When the sink saw the frontier pass `first` (µs since the Unix epoch).
+    sealed_at_us: i64,
+    open: HashMap<FileKey, OpenObject>,
+    closed: Vec<Upload>,
+    /// Objects started per key in this commit (a full object is continued in a new one).
+    started: HashMap<FileKey, u32>,
+}
+
+/// A commit's objects being finished: its capability, its uploads, and when its first epoch
+/// was sealed.
+type Sealing = (Capability<Epoch>, Vec<Upload>, i64);
+
+/// The sink: rows of unsealed epochs, the commit being filled, and commits being finished.
 #[derive(Default)]
 struct SinkState {
-    open: BTreeMap<Epoch, (Capability<Epoch>, HashMap<FileKey, OpenFile>)>,
+    /// Rows of epochs not sealed yet, with the epoch's capabilities for reports and requests.
+    /// (No request capability is held beyond its epoch's seal: requests loop back to the
+    /// cutter, whose boundaries this sink waits for.)
+    pending: BTreeMap<Epoch, (Capability<Epoch>, Capability<Epoch>, Vec<Chunk>)>,
+    /// Commit boundaries not passed yet.
+    cuts: BTreeSet<Epoch>,
+    filling: Option<Filling>,
     sealing: BTreeMap<Epoch, Sealing>,
-    most_open: usize,
+    /// Where to ask for an early cut: an object reached its target size.
+    ask: Option<Capability<Epoch>>,
+    most_pending: usize,
     /// Since when this sink holds the process's sources back, and when it last said so.
     holding: Option<(Instant, Instant)>,
 }
 
 impl SinkState {
-    /// Takes chunks stamped `t` into their open files (`cap` gives the epoch's capability the
-    /// first time the epoch is seen).
-    fn take(&mut self, spec: &SinkSpec, t: Epoch, cap: impl FnOnce() -> Capability<Epoch>, data: &mut Vec<Chunk>) -> Result<(), PipelineError> {
-        let (_, files) = self.open.entry(t).or_insert_with(|| (cap(), HashMap::new()));
-        for chunk in data.drain(..) {
-            files.entry(chunk.key).or_insert_with(|| OpenFile::new(spec, t, chunk.key, chunk.batch.schema())).write(spec, chunk)?;
+    /// Logs when more epochs wait to be sealed than ever before (memory grows with them;
+    /// tests/run_cluster.rs bounds them).
+    fn note_pending(&mut self) {
+        if self.pending.len() > self.most_pending {
+            self.most_pending = self.pending.len();
+            let rows: usize = self.pending.values().flat_map(|(_, _, c)| c).map(|c| c.batch.num_rows()).sum();
+            tracing::debug!(epochs = self.most_pending, rows, "sink: most epochs open so far");
         }
-        // Open epochs are what memory grows with (tests/run_cluster.rs bounds them).
-        if self.open.len() > self.most_open {
-            self.most_open = self.open.len();
-            let files: usize = self.open.values().map(|(_, f)| f.len()).sum();
-            tracing::debug!(epochs = self.most_open, files, "sink: most epochs open so far");
-        }
-        Ok(())
     }
 
-    /// Seals every epoch the frontier has passed: finishes its objects in the background.
-    fn seal(&mut self, spec: &SinkSpec, frontier: &timely::progress::frontier::MutableAntichain<Epoch>) -> Result<(), PipelineError> {
-        while let Some((&e, _)) = self.open.first_key_value() {
-            if frontier.less_equal(&e) {
+    /// Moves the rows of every sealed epoch into the objects of its commit, closing the commit
+    /// at each boundary reached (and everything when `finished`).
+    fn seal(&mut self, spec: &SinkSpec, sealed: impl Fn(&Epoch) -> bool, finished: bool) -> Result<(), PipelineError> {
+        while let Some((&e, _)) = self.pending.first_key_value() {
+            if !sealed(&e) {
                 break;
             }
-            let (cap, files) = self.open.remove(&e).expect("first key exists");
-            let mut files: Vec<(FileKey, OpenFile)> = files.into_iter().collect();
-            files.sort_by_key(|(k, _)| *k);
-            let uploads = files.into_iter().map(|(_, f)| f.close(spec)).collect::<Result<Vec<_>, _>>()?;
-            self.sealing.insert(e, (cap, uploads, crate::clock::now_micros()));
+            // A boundary in (first, e] ends the commit being filled before e.
+            if self.filling.as_ref().is_some_and(|f| self.cuts.range(f.first + 1..=e).next().is_some()) {
+                self.close_commit(spec)?;
+            }
+            self.cuts = self.cuts.split_off(&(e + 1));
+            let (cap, request_cap, chunks) = self.pending.remove(&e).expect("first key exists");
+            let filling = self.filling.get_or_insert_with(|| Filling {
+                cap,
+                first: e,
+                sealed_at_us: crate::clock::now_micros(),
+                open: HashMap::new(),
+                closed: Vec::new(),
+                started: HashMap::new(),
+            });
+            for chunk in chunks {
+                if filling.write(spec, chunk, e)? && self.ask.is_none() {
+                    self.ask = Some(request_cap.clone());
+                }
+            }
+            filling.close_past_hours(spec, e)?;
+        }
+        // A boundary whose epochs below are all sealed ends the commit.
+        let reached = |b: &Epoch| sealed(&(b - 1));
+        if let Some(f) = &self.filling
+            && (finished || self.cuts.range(f.first + 1..).next().is_some_and(reached))
+        {
+            self.close_commit(spec)?;
+        }
+        while self.cuts.first().is_some_and(|b| *b == 0 || reached(b)) && self.filling.is_none() {
+            self.cuts.pop_first();
         }
         Ok(())
     }
 
-    /// Reports the epochs whose objects are all durable.
+    /// Closes every object of the commit being filled; they are finished in the background.
+    fn close_commit(&mut self, spec: &SinkSpec) -> Result<(), PipelineError> {
+        let Some(mut f) = self.filling.take() else { return Ok(()) };
+        let mut open: Vec<(FileKey, OpenObject)> = f.open.drain().collect();
+        open.sort_by_key(|(k, _)| *k);
+        for (_, object) in open {
+            f.closed.push(object.close(spec)?);
+        }
+        self.sealing.insert(f.first, (f.cap, f.closed, f.sealed_at_us));
+        Ok(())
+    }
+
+    /// Reports the commits whose objects are all durable.
     fn report(&mut self, spec: &SinkSpec, output: &mut ReportOutput) -> Result<(), PipelineError> {
         let done: Vec<Epoch> = self.sealing.iter().filter(|(_, (_, ups, _))| ups.iter().all(|(_, h)| h.is_finished())).map(|(e, _)| *e).collect();
         for e in done {
@@ -269,7 +270,8 @@ impl SinkState {
     /// durable, so memory and concurrent requests stay bounded; the worker thread keeps running
     /// (and the upload errors out once the store's retry budget is spent).
     fn bound_unfinished(&mut self, spec: &SinkSpec) {
-        match (over_budget(&self.sealing), self.holding.as_mut()) {
+        let unfinished = self.sealing.values().flat_map(|(_, uploads, _)| uploads).chain(self.filling.iter().flat_map(|f| &f.closed));
+        match (over_budget(unfinished), self.holding.as_mut()) {
             (true, None) => {
                 spec.backpressure.engage();
                 self.holding = Some((Instant::now(), Instant::now()));
@@ -294,8 +296,51 @@ impl SinkState {
     }
 }
 
+impl Filling {
+    /// Writes `chunk` of epoch `e` into its object; returns whether that object reached its
+    /// target size (it is then closed, and its key's next rows start a new object).
+    fn write(&mut self, spec: &SinkSpec, chunk: Chunk, e: Epoch) -> Result<bool, PipelineError> {
+        let key = chunk.key;
+        let object = match self.open.get_mut(&key) {
+            Some(object) => object,
+            None => {
+                let n = self.started.entry(key).or_insert(0);
+                let path = file_path(key.stream, key.kind, e, &spec.run, key.hour, *n);
+                *n += 1;
+                let object = OpenObject::new(spec, path, &chunk, e);
+                self.open.entry(key).or_insert(object)
+            }
+        };
+        object.write(spec, chunk, e)?;
+        if object.size() < spec.target_object_size {
+            return Ok(false);
+        }
+        let full = self.open.remove(&key).expect("written above");
+        self.closed.push(full.close(spec)?);
+        Ok(true)
+    }
+
+    /// Closes the data and dead-letter objects of hours before epoch `e`'s: sealed epochs only
+    /// move forward, so they get no more rows (late objects, named by their rows' event hour,
+    /// stay open until the commit ends).
+    fn close_past_hours(&mut self, spec: &SinkSpec, e: Epoch) -> Result<(), PipelineError> {
+        let start = spec.clock.start_of(e);
+        let hour = start - start.rem_euclid(HOUR);
+        let mut past: Vec<FileKey> = self.open.keys().filter(|k| k.kind != FileKind::Late && k.hour < hour).copied().collect();
+        past.sort();
+        for key in past {
+            let object = self.open.remove(&key).expect("listed above");
+            self.closed.push(object.close(spec)?);
+        }
+        Ok(())
+    }
+}
+
 /// The sink's output of reports.
 type ReportOutput = OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Report>>>;
+
+/// The sink's output of cut requests.
+type RequestOutput = OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<CutRequest>>>;
 
 /// Unfinished objects (closed, not yet durable) one sink may have before it waits.
 const MAX_UNFINISHED_OBJECTS: usize = 512;
@@ -307,9 +352,9 @@ const MAX_UNFINISHED_BYTES: u64 = 256 << 20;
 const STORE_WAIT_WARNING: Duration = Duration::from_secs(10);
 
 /// Whether the unfinished uploads exceed [`MAX_UNFINISHED_OBJECTS`] or [`MAX_UNFINISHED_BYTES`].
-fn over_budget(sealing: &BTreeMap<Epoch, Sealing>) -> bool {
+fn over_budget<'a>(uploads: impl Iterator<Item = &'a Upload>) -> bool {
     let (mut count, mut bytes) = (0, 0);
-    for (entry, handle) in sealing.values().flat_map(|(_, uploads, _)| uploads) {
+    for (entry, handle) in uploads {
         if !handle.is_finished() {
             count += 1;
             bytes += entry.bytes;

@@ -11,13 +11,11 @@
 use std::collections::BTreeMap;
 
 use crate::contract::schema::{BatchBuilder, DeadLetterBuilder, DeadLetterRow, Provenance};
-use crate::contract::timestamp::MICROS_PER_SEC;
+use crate::contract::timestamp::HOUR;
 use crate::contract::{BorrowedRecord, DecodeError, Micros, Stream};
 use crate::dataflow::{Chunk, FileKey, note_partition};
 use crate::epoch::{Epoch, EpochClock};
 use crate::lake::FileKind;
-
-const HOUR: Micros = 3600 * MICROS_PER_SEC;
 
 enum Rows {
     Data(Box<BatchBuilder>),
@@ -173,7 +171,7 @@ mod tests {
 
     use super::*;
     use crate::contract::schema::{LATE_COLUMN, OFFSET_COLUMN};
-    use crate::contract::timestamp::format_naive;
+    use crate::contract::timestamp::{MICROS_PER_SEC, format_naive};
     use crate::contract::{DecodeOptions, ErrorClass, decode_borrowed};
 
     const WINDOW: Micros = 60 * MICROS_PER_SEC;

@@ -5,7 +5,8 @@ Reads every record of the five topics with confluent-kafka, lists the output the
 would (every *.parquet under each stream's folder and under _dead_letter/) and reads it with
 pyarrow, then asserts the exactly-once invariant: every (topic, partition, offset) in Kafka
 appears exactly once across data, late and dead-letter files, nothing else appears, values
-and types equal the produced JSON, and the manifests account for exactly the listed files.
+and types equal the produced JSON, and the manifests account for exactly the listed files, each
+object in one manifest only and holding only epochs of that manifest's commit.
 
 Prints a JSON summary on stdout; exits 1 with the problems on stderr if anything is wrong.
 """
@@ -115,12 +116,14 @@ def main():
     seen = {}
     counts = {"data": 0, "late": 0, "dead": 0}
     files = []
+    footers = {}  # path relative to the root -> the Parquet footer's key-value metadata
     expected_types = {"timestamp": pa.timestamp("us", tz="UTC"), "latitude": pa.float64(), "longitude": pa.float64(), "year": pa.int32(), "humidity": pa.int32(), "temperature": pa.float64(), "_partition": pa.int32(), "_offset": pa.int64(), "_late": pa.bool_()}
     for s in STREAMS:
         topic = args.prefix + s
         for path in list_files(fs, root, s):
             files.append(path)
             table = pq.read_table(path, filesystem=fs)
+            footers[path[len(root) + 1:]] = table.schema.metadata or {}
             for name, typ in expected_types.items():
                 if name in table.schema.names and table.schema.field(name).type != typ:
                     problems.append(f"{path}: column {name} is {table.schema.field(name).type}, expected {typ}")
@@ -152,7 +155,9 @@ def main():
                         break
     for path in list_files(fs, root, "_dead_letter"):
         files.append(path)
-        for row in pq.read_table(path, filesystem=fs).to_pylist():
+        table = pq.read_table(path, filesystem=fs)
+        footers[path[len(root) + 1:]] = table.schema.metadata or {}
+        for row in table.to_pylist():
             key = (row["topic"], row["_partition"], row["_offset"])
             if key in seen:
                 problems.append(f"duplicate {key} in {path} and {seen[key]}")
@@ -187,6 +192,16 @@ def main():
             if f["path"] in committed:
                 problems.append(f"{f['path']} committed twice")
             committed[f["path"]] = f["rows"]
+            # An object holds the rows of one commit: every epoch it holds lies in its manifest's
+            # [lower, upper), by the manifest entry and by the object's own footer.
+            first, last = f["epoch"], max(f.get("last_epoch", 0), f["epoch"])
+            if not (m["lower"] <= first <= last < m["upper"]):
+                problems.append(f"{f['path']}: epochs {first}..={last} outside its commit [{m['lower']}, {m['upper']})")
+            footer = footers.get(f["path"])
+            if footer is not None and b"citystream.first_epoch" in footer:
+                got = (int(footer[b"citystream.first_epoch"]), int(footer[b"citystream.last_epoch"]))
+                if got != (first, last):
+                    problems.append(f"{f['path']}: footer says epochs {got}, manifest {first}..={last}")
     listed = {p[len(root) + 1:] for p in files}
     if set(committed) != listed:
         problems.append(f"files not committed: {sorted(listed - set(committed))[:5]}; committed but absent: {sorted(set(committed) - listed)[:5]}")
