@@ -269,8 +269,11 @@ fn s3_down_for_20s_while_sealing_is_retried_and_the_run_finishes_exactly_once() 
     produce(&prefix, records, test_seed);
     let output = format!("s3://{}/{}", bucket(), prefix.trim_end_matches('.'));
     let mut procs = start_cluster(dir.path(), "s3", 2, 1, &run_flags(&prefix, &output, &["--until-caught-up", "--window", "5m"]));
-    wait_for_commits(&mut procs, 1);
-    sleep_while_alive(&mut procs, Duration::from_millis(rng.int_inclusive(0, 500) as u64), "before the outage");
+    // The outage begins once the cluster has claimed the output and its workers run, within the
+    // first commit interval: the whole run takes a few seconds (a commit's objects are few), so
+    // waiting for a commit first could miss it.
+    wait_until(LONG, "the cluster running", || procs[0].output().contains("awaiting connections") || procs.iter_mut().any(|p| !alive(p)));
+    sleep_while_alive(&mut procs, Duration::from_millis(rng.int_inclusive(0, 300) as u64), "before the outage");
     let commits_at_stop = log_count(&procs[0], "manifest committed");
     let outage = Outage::begin("s3");
     sleep_while_alive(&mut procs, outage_length().saturating_sub(outage.elapsed()), "while S3 was down");
