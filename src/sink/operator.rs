@@ -362,3 +362,6 @@ fn over_budget<'a>(uploads: impl Iterator<Item = &'a Upload>) -> bool {
     }
     count > MAX_UNFINISHED_OBJECTS || bytes > MAX_UNFINISHED_BYTES
 }
+
+#[cfg(test)]
+mod tests;
