@@ -161,13 +161,16 @@ struct Filling {
 /// was sealed.
 type Sealing = (Capability<Epoch>, Vec<Upload>, i64);
 
+/// The rows of an unsealed epoch, with its capabilities for reports and for requests.
+type Pending = (Capability<Epoch>, Capability<Epoch>, Vec<Chunk>);
+
 /// The sink: rows of unsealed epochs, the commit being filled, and commits being finished.
 #[derive(Default)]
 struct SinkState {
     /// Rows of epochs not sealed yet, with the epoch's capabilities for reports and requests.
     /// (No request capability is held beyond its epoch's seal: requests loop back to the
     /// cutter, whose boundaries this sink waits for.)
-    pending: BTreeMap<Epoch, (Capability<Epoch>, Capability<Epoch>, Vec<Chunk>)>,
+    pending: BTreeMap<Epoch, Pending>,
     /// Commit boundaries not passed yet.
     cuts: BTreeSet<Epoch>,
     filling: Option<Filling>,

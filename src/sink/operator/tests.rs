@@ -35,6 +35,9 @@ fn chunk(epoch: Epoch, first: i64, rows: i64) -> Chunk {
     Chunk { key: FileKey { stream: DataStream::Gps, kind: FileKind::Data, hour }, epoch, batch: b.finish().unwrap(), partitions: vec![0] }
 }
 
+/// A captured output of the sink.
+type Captured<D> = Receiver<Event<Epoch, Vec<D>>>;
+
 /// What the sink reported: per report, its time and its objects' (name, first, last, rows).
 type Reported = Vec<(Epoch, Vec<(String, Epoch, Epoch, u64)>)>;
 
@@ -57,13 +60,12 @@ fn run(script: Vec<(Vec<Chunk>, Vec<Epoch>, Epoch)>, target_object_size: u64) ->
             backpressure: Backpressure::default(),
             failure: Failure::default(),
         };
-        let (mut chunks_in, mut cuts_in, reports, requests): (_, _, Receiver<Event<Epoch, Vec<Report>>>, Receiver<Event<Epoch, Vec<()>>>) = worker
-            .dataflow::<Epoch, _, _>(|scope| {
-                let (chunks_in, chunks) = scope.new_input::<Chunk>();
-                let (cuts_in, cuts) = scope.new_input::<Epoch>();
-                let written = chunks.write_parquet(cuts, spec);
-                (chunks_in, cuts_in, written.reports.capture(), written.requests.capture())
-            });
+        let (mut chunks_in, mut cuts_in, reports, requests): (_, _, Captured<Report>, Captured<()>) = worker.dataflow::<Epoch, _, _>(|scope| {
+            let (chunks_in, chunks) = scope.new_input::<Chunk>();
+            let (cuts_in, cuts) = scope.new_input::<Epoch>();
+            let written = chunks.write_parquet(cuts, spec);
+            (chunks_in, cuts_in, written.reports.capture(), written.requests.capture())
+        });
         chunks_in.advance_to(EPOCH);
         cuts_in.advance_to(EPOCH);
         for (chunks, cuts, next) in script {
