@@ -171,6 +171,20 @@ fn invalid_durations_name_the_flag() {
     o.fails_naming(&["--stall-exit", "--stall-timeout", "longer"]);
     let o = citystream(&["run", "--stall-timeout", "10ms"], &[]);
     o.fails_naming(&["--stall-timeout", "at least"]);
+    let o = citystream(&["run", "--commit-interval", "often"], &[]);
+    o.fails_naming(&["--commit-interval", "often"]);
+    let o = citystream(&["run", "--commit-interval", "1ms"], &[]);
+    o.fails_naming(&["--commit-interval", "at least"]);
+}
+
+#[test]
+fn invalid_object_sizes_name_the_flag() {
+    let o = citystream(&["run", "--target-object-size", "12 parsecs"], &[]);
+    o.fails_naming(&["--target-object-size", "unknown unit"]);
+    let o = citystream(&["run", "--target-object-size", "4KiB"], &[]);
+    o.fails_naming(&["--target-object-size", "at least 1MiB"]);
+    let o = citystream(&["run"], &[("CITYSTREAM_TARGET_OBJECT_SIZE", "big")]);
+    o.fails_naming(&["--target-object-size", "big"]);
 }
 
 #[test]
