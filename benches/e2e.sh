@@ -1,30 +1,48 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: citystream against the original Spark job and the raw-consume ceiling,
-# on the same Kafka topics, one after another, in one run.
+# on the same Kafka topics, one after another, in one run; and the objects citystream writes for
+# both time models of the simulator, optionally next to an older citystream binary.
 #
-# Usage: benches/e2e.sh [--quick] [--records N] [--no-spark] [--keep-topics]
-#   --quick        1,000,000 records instead of 5,000,000
-#   --records N    any other count
-#   --no-spark     skip the Spark baseline (no ratio to Spark then)
-#   --keep-topics  leave the preloaded topics on the broker (default: deleted at the end)
+# Usage: benches/e2e.sh [--quick] [--records N] [--no-spark] [--keep-topics] [--models-only]
+#                       [--baseline-bin PATH]
+#   --quick              1,000,000 records instead of 5,000,000
+#   --records N          any other count
+#   --no-spark           skip the Spark baseline (no ratio to Spark then)
+#   --keep-topics        leave the preloaded topics on the broker (default: deleted at the end)
+#   --models-only        only the per-model runs (citystream -w 2 over each time model, and the
+#                        baseline's): no raw consume, no Spark, no -w 1, -n 2 or tuned runs
+#   --baseline-bin PATH  also run the two per-model -w 2 measurements with this citystream
+#                        binary (e.g. a release build of an older commit), for before/after
 #
 # What it does:
-#   1. builds citystream (release) and the raw_consume bench; starts the local Kafka broker
-#      (scripts/services.sh; stopped at the end if this script started it);
-#   2. preloads N records of `citystream simulate` (1,000 vehicles, 0.1 % late, 0.1 %
-#      malformed) into 5 fresh topics × 6 partitions;
-#   3. measures, one after another, each reading every record of those topics:
+#   1. builds citystream (release) and the raw_consume bench (it also deletes the topics at the
+#      end); starts the local Kafka broker (scripts/services.sh; stopped at the end if this
+#      script started it);
+#   2. preloads N records of `citystream simulate` for each time model (seed 5, 0.1 % late,
+#      0.1 % malformed), each into 5 fresh topics of its own prefix:
+#      - fleet (the default model): 1,000 vehicles, key = device id, 6 partitions;
+#      - original (the original producer's: one clock per device, 30–60 s per step shared by the
+#        step's 5 records): `--time-model original`, 3 vehicles, key = record id, 4 partitions;
+#   3. measures, one after another, each reading every record of its topics (the fleet model's
+#      unless named otherwise):
 #      - raw-consume: benches/raw_consume.rs, 2 threads, no parsing, citystream's consumer
 #        settings; and again with librdkafka's fetch back-off lifted (the ceiling is the faster);
 #      - citystream run --until-caught-up at -w 1, at -w 2, and as -n 2 × -w 1 (two processes,
 #        hostfile), each into a fresh local directory; and -w 2 with the fetch back-off lifted
 #        (information for tuning src/, not counted as a configuration);
+#      - citystream run -w 2 --until-caught-up over the original model's topics;
+#      - with --baseline-bin: the baseline binary's -w 2 over each model's topics, right after
+#        the current binary's run over the same topics;
 #      - spark: benches/spark/city_job.py (pyspark from PyPI, the spark-sql-kafka-0-10 jars
 #        from Maven Central, local[2], from_json with the original schemas, 2-minute watermark,
 #        Parquet sink, trigger availableNow) into a local directory;
 #   4. prints a table (records/s, MB/s of JSON values, peak RSS, output bytes) and the line
 #      `ratio citystream/spark=<x> citystream/raw-consume=<y>` (citystream = its best
-#      configuration), and writes everything to target/bench-e2e.json.
+#      configuration; n/a without Spark or raw consume); then, for every citystream run
+#      (baseline first, then current, per model), an objects table: objects written (from the
+#      run's _manifests/*.json), objects per 1,000 records, mean object size (bytes), bytes on
+#      disk (allocated blocks of the lake), records/s, peak RSS; and writes everything to
+#      target/bench-e2e.json (rows in "results"; the objects table in "per_model").
 # Rates are over each command's whole wall time (start-up included), so they compare what a
 # user waits for. Peak RSS is sampled from /proc over the whole process tree (benches/measure.py):
 # for the 2-process cluster the per-process peak is the larger of the two.
@@ -41,17 +59,26 @@ set -euo pipefail
 RECORDS=5000000
 SPARK=1
 KEEP_TOPICS=0
+MODELS_ONLY=0
+BASELINE_BIN=
 while (($#)); do
     case "$1" in
         --quick) RECORDS=1000000; shift ;;
-        --records) RECORDS=$2; shift 2 ;;
+        --records) RECORDS=${2:-}; (($# >= 2)) || { echo "e2e.sh: --records needs a count" >&2; exit 2; }; shift 2 ;;
         --no-spark) SPARK=0; shift ;;
         --keep-topics) KEEP_TOPICS=1; shift ;;
+        --models-only) MODELS_ONLY=1; shift ;;
+        --baseline-bin) BASELINE_BIN=${2:-}; (($# >= 2)) || { echo "e2e.sh: --baseline-bin needs a path" >&2; exit 2; }; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
         *) echo "e2e.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 [[ $RECORDS =~ ^[1-9][0-9]*$ ]] || { echo "e2e.sh: --records must be a positive integer, got $RECORDS" >&2; exit 2; }
+if [[ -n $BASELINE_BIN ]]; then
+    [[ -f $BASELINE_BIN && -x $BASELINE_BIN ]] || { echo "e2e.sh: --baseline-bin $BASELINE_BIN is not an executable file" >&2; exit 2; }
+    BASELINE_BIN=$(realpath -- "$BASELINE_BIN")
+fi
+((MODELS_ONLY)) && SPARK=0
 
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
@@ -64,6 +91,10 @@ WORK=$TARGET/e2e/$RUN_ID
 PREFIX="e2e-$RUN_ID."
 VEHICLES=1000
 PARTITIONS=6
+# The original producer's workload: its time model, a few devices, keys = record ids.
+ORIG_PREFIX="e2e-$RUN_ID-original."
+ORIG_VEHICLES=3
+ORIG_PARTITIONS=4
 mkdir -p "$WORK"
 
 trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
@@ -82,12 +113,20 @@ RAW_BIN=$(cargo bench --bench raw_consume --no-run 2>&1 | sed -n 's/.*Executable
 [[ -x $REPO/$RAW_BIN ]] && RAW_BIN=$REPO/$RAW_BIN
 [[ -x $RAW_BIN ]] || die "could not find the raw_consume bench executable (cargo bench --bench raw_consume --no-run)"
 BIN=$TARGET/release/citystream
+BASELINE_VERSION=
+if [[ -n $BASELINE_BIN ]]; then
+    BASELINE_VERSION=$("$BASELINE_BIN" --version 2>&1) || die "--baseline-bin $BASELINE_BIN --version failed: $BASELINE_VERSION"
+    log "baseline: $BASELINE_BIN ($BASELINE_VERSION)"
+fi
 
 STARTED_KAFKA=0
 cleanup() {
     local rc=$?
     if ((KEEP_TOPICS == 0)) && [[ -n ${CITYSTREAM_BROKERS:-} ]]; then
-        "$RAW_BIN" --bench --brokers "$CITYSTREAM_BROKERS" --topic-prefix "$PREFIX" --delete-topics >/dev/null 2>&1 || true
+        local p
+        for p in "$PREFIX" "$ORIG_PREFIX"; do
+            "$RAW_BIN" --bench --brokers "$CITYSTREAM_BROKERS" --topic-prefix "$p" --delete-topics >/dev/null 2>&1 || true
+        done
     fi
     rm -rf -- "$WORK/out" 2>/dev/null || true
     if ((STARTED_KAFKA)); then
@@ -169,10 +208,15 @@ EOF
 if ((SPARK)); then spark_setup; fi
 
 # ---------------------------------------------------------------- preload
-log "preloading $RECORDS records into ${PREFIX}{vehicle,gps,traffic,weather,emergency}_data × $PARTITIONS partitions"
+log "preloading $RECORDS records (fleet model) into ${PREFIX}{vehicle,gps,traffic,weather,emergency}_data × $PARTITIONS partitions"
 "$BIN" simulate --brokers "$CITYSTREAM_BROKERS" --topic-prefix "$PREFIX" --vehicles "$VEHICLES" --events "$RECORDS" \
     --partitions "$PARTITIONS" --seed 5 --late-fraction 0.001 --malformed-fraction 0.001 >"$WORK/simulate.log" 2>&1 ||
     { tail -n 20 "$WORK/simulate.log" >&2; die "simulate failed (log: $WORK/simulate.log)"; }
+log "preloading $RECORDS records (original model) into ${ORIG_PREFIX}{vehicle,gps,traffic,weather,emergency}_data × $ORIG_PARTITIONS partitions"
+"$BIN" simulate --brokers "$CITYSTREAM_BROKERS" --topic-prefix "$ORIG_PREFIX" --time-model original --vehicles "$ORIG_VEHICLES" \
+    --key id --events "$RECORDS" --partitions "$ORIG_PARTITIONS" --seed 5 --late-fraction 0.001 --malformed-fraction 0.001 \
+    >"$WORK/simulate-original.log" 2>&1 ||
+    { tail -n 20 "$WORK/simulate-original.log" >&2; die "simulate --time-model original failed (log: $WORK/simulate-original.log)"; }
 
 # ---------------------------------------------------------------- measurements
 measure() { # NAME COMMAND...: runs it under benches/measure.py; results in $WORK/NAME.{json,log}
@@ -185,39 +229,55 @@ measure() { # NAME COMMAND...: runs it under benches/measure.py; results in $WOR
 }
 mkdir -p "$WORK/out"
 
-measure raw-consume "$RAW_BIN" --bench --brokers "$CITYSTREAM_BROKERS" --topic-prefix "$PREFIX" --threads 2 "${KAFKA_OPTS[@]}"
-tail -n 1 "$WORK/raw-consume.log" >"$WORK/raw-consume.result.json"
+if ((MODELS_ONLY == 0)); then
+    measure raw-consume "$RAW_BIN" --bench --brokers "$CITYSTREAM_BROKERS" --topic-prefix "$PREFIX" --threads 2 "${KAFKA_OPTS[@]}"
+    tail -n 1 "$WORK/raw-consume.log" >"$WORK/raw-consume.result.json"
+fi
 # The same with the consumer's fetch back-off lifted: librdkafka waits fetch.queue.backoff.ms
 # (default 1 s) before fetching again for a partition whose local queue is full, and
 # citystream's 1 MiB per-partition queue is full after every fetch. The ceiling is the faster.
 TUNED=(--kafka-option fetch.queue.backoff.ms=1)
 # The raw consumer may also prefetch more (4 MiB per partition): the ceiling, not a budget.
 RAW_TUNED=("${TUNED[@]}" --kafka-option queued.max.messages.kbytes=4096)
-measure raw-consume-tuned "$RAW_BIN" --bench --brokers "$CITYSTREAM_BROKERS" --topic-prefix "$PREFIX" --threads 2 "${KAFKA_OPTS[@]}" "${RAW_TUNED[@]}"
-tail -n 1 "$WORK/raw-consume-tuned.log" >"$WORK/raw-consume-tuned.result.json"
+if ((MODELS_ONLY == 0)); then
+    measure raw-consume-tuned "$RAW_BIN" --bench --brokers "$CITYSTREAM_BROKERS" --topic-prefix "$PREFIX" --threads 2 "${KAFKA_OPTS[@]}" "${RAW_TUNED[@]}"
+    tail -n 1 "$WORK/raw-consume-tuned.log" >"$WORK/raw-consume-tuned.result.json"
+fi
 
-citystream_args() { # OUTPUT GROUP
-    printf '%s\n' --brokers "$CITYSTREAM_BROKERS" --topic-prefix "$PREFIX" --group "$2" --output "$1" --until-caught-up "${KAFKA_OPTS[@]}"
+citystream_args() { # OUTPUT GROUP PREFIX
+    printf '%s\n' --brokers "$CITYSTREAM_BROKERS" --topic-prefix "$3" --group "$2" --output "$1" --until-caught-up "${KAFKA_OPTS[@]}"
 }
-mapfile -t A <<<"$(citystream_args "$WORK/out/w1" "e2e-$RUN_ID-w1")"
-measure citystream-w1 "$BIN" run -w 1 "${A[@]}"
-mapfile -t A <<<"$(citystream_args "$WORK/out/w2" "e2e-$RUN_ID-w2")"
-measure citystream-w2 "$BIN" run -w 2 "${A[@]}"
-mapfile -t A <<<"$(citystream_args "$WORK/out/w2tuned" "e2e-$RUN_ID-w2tuned")"
-measure citystream-w2-tuned "$BIN" run -w 2 "${A[@]}" "${TUNED[@]}"
-mapfile -t A <<<"$(citystream_args "$WORK/out/n2w1" "e2e-$RUN_ID-n2w1")"
-HOSTS=$WORK/hosts
-python3 -c 'import socket
+measure_run() { # NAME BINARY PREFIX RUN-FLAGS...: `BINARY run RUN-FLAGS…` over PREFIX's topics into $WORK/out/NAME
+    local name=$1 bin=$2 prefix=$3
+    shift 3
+    local args
+    mapfile -t args <<<"$(citystream_args "$WORK/out/$name" "e2e-$RUN_ID-$name" "$prefix")"
+    measure "$name" "$bin" run "$@" "${args[@]}"
+}
+# Per time model: the current binary's -w 2, then the baseline's over the same topics.
+per_model() { # NAME-SUFFIX PREFIX
+    measure_run "citystream-w2$1" "$BIN" "$2" -w 2
+    if [[ -n $BASELINE_BIN ]]; then measure_run "baseline-w2$1" "$BASELINE_BIN" "$2" -w 2; fi
+}
+if ((MODELS_ONLY == 0)); then measure_run citystream-w1 "$BIN" "$PREFIX" -w 1; fi
+per_model "" "$PREFIX"
+if ((MODELS_ONLY == 0)); then
+    measure_run citystream-w2-tuned "$BIN" "$PREFIX" -w 2 "${TUNED[@]}"
+    mapfile -t A <<<"$(citystream_args "$WORK/out/citystream-n2w1" "e2e-$RUN_ID-n2w1" "$PREFIX")"
+    HOSTS=$WORK/hosts
+    python3 -c 'import socket
 for _ in range(2):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); print("127.0.0.1:%d" % s.getsockname()[1]); s.close()' >"$HOSTS"
-# Both processes under one measurement; each process's log separately.
-# shellcheck disable=SC2016  # expanded by the inner bash
-measure citystream-n2w1 bash -c '
-    bin=$1 hosts=$2 logs=$3; shift 3
-    "$bin" run -n 2 -p 0 -h "$hosts" -w 1 "$@" >"$logs.p0.log" 2>&1 & p0=$!
-    "$bin" run -n 2 -p 1 -h "$hosts" -w 1 "$@" >"$logs.p1.log" 2>&1 & p1=$!
-    rc=0; wait $p0 || rc=$?; wait $p1 || rc=$?; exit $rc' _ "$BIN" "$HOSTS" "$WORK/citystream-n2w1" "${A[@]}"
-cat "$WORK/citystream-n2w1.p0.log" "$WORK/citystream-n2w1.p1.log" >>"$WORK/citystream-n2w1.log"
+    # Both processes under one measurement; each process's log separately.
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    measure citystream-n2w1 bash -c '
+        bin=$1 hosts=$2 logs=$3; shift 3
+        "$bin" run -n 2 -p 0 -h "$hosts" -w 1 "$@" >"$logs.p0.log" 2>&1 & p0=$!
+        "$bin" run -n 2 -p 1 -h "$hosts" -w 1 "$@" >"$logs.p1.log" 2>&1 & p1=$!
+        rc=0; wait $p0 || rc=$?; wait $p1 || rc=$?; exit $rc' _ "$BIN" "$HOSTS" "$WORK/citystream-n2w1" "${A[@]}"
+    cat "$WORK/citystream-n2w1.p0.log" "$WORK/citystream-n2w1.p1.log" >>"$WORK/citystream-n2w1.log"
+fi
+per_model -original "$ORIG_PREFIX"
 
 if ((SPARK)); then
     measure spark "$BENCH_VENV/bin/python" benches/spark/city_job.py --brokers "$CITYSTREAM_BROKERS" --topic-prefix "$PREFIX" \
@@ -226,51 +286,97 @@ if ((SPARK)); then
         die "the Spark job printed no result line (log: $WORK/spark.log)"
 fi
 
-# Output sizes (the lake or Spark's data directory, not its checkpoints) before cleanup.
-for d in w1 w2 w2-tuned n2w1; do du -sb "$WORK/out/${d/-/}" | cut -f1 >"$WORK/citystream-$d.output_bytes"; done
-if ((SPARK)); then du -sb "$WORK/out/spark/data" | cut -f1 >"$WORK/spark.output_bytes"; fi
-
 # ---------------------------------------------------------------- report
-python3 - "$WORK" "$RECORDS" "$SPARK" "$TARGET/bench-e2e.json" "$SPARK_VERSION" <<'PY'
-import json, os, platform, re, subprocess, sys
+python3 - "$WORK" "$RECORDS" "$SPARK" "$TARGET/bench-e2e.json" "$SPARK_VERSION" "$MODELS_ONLY" "$BASELINE_BIN" "$BASELINE_VERSION" \
+    "$PREFIX" "$VEHICLES" "$PARTITIONS" "$ORIG_PREFIX" "$ORIG_VEHICLES" "$ORIG_PARTITIONS" <<'PY'
+import glob, json, os, platform, re, subprocess, sys
 work, records, spark, out_path, spark_version = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5]
+models_only, baseline_bin, baseline_version = sys.argv[6] == "1", sys.argv[7] or None, sys.argv[8] or None
+MODELS = {
+    "fleet": {"topic_prefix": sys.argv[9], "vehicles": int(sys.argv[10]), "partitions_per_topic": int(sys.argv[11]), "key": "device"},
+    "original": {"topic_prefix": sys.argv[12], "vehicles": int(sys.argv[13]), "partitions_per_topic": int(sys.argv[14]), "key": "id"},
+}
 
 def load(name):
     with open(os.path.join(work, name)) as f:
         return json.load(f) if name.endswith(".json") else f.read()
 
-raw = load("raw-consume.result.json")
-value_bytes = raw["value_bytes"]
-if raw["records"] != records:
+def tree_bytes(d):
+    """(apparent bytes, allocated bytes) of every file under d: `du -sb` and `du -sB1`."""
+    apparent = allocated = 0
+    for root, _, files in os.walk(d):
+        for f in files:
+            st = os.lstat(os.path.join(root, f))
+            apparent += st.st_size
+            allocated += st.st_blocks * 512
+    return apparent, allocated
+
+def lake_objects(d):
+    """Objects (data, late and dead-letter Parquet files) and their bytes, from the manifests."""
+    objects = object_bytes = manifests = 0
+    for path in glob.glob(os.path.join(d, "_manifests", "*.json")):
+        with open(path) as f:
+            m = json.load(f)
+        manifests += 1
+        for entry in m.get("files", []):
+            objects += 1
+            object_bytes += entry["bytes"]
+    parquet = sum(1 for _, _, files in os.walk(d) for f in files if f.endswith(".parquet"))
+    if parquet != objects:
+        print(f"warning: {d} holds {parquet} Parquet files but its manifests name {objects}", file=sys.stderr)
+    return {"manifests": manifests, "objects": objects, "object_bytes": object_bytes, "parquet_files": parquet}
+
+raw = load("raw-consume.result.json") if not models_only else None
+value_bytes = raw["value_bytes"] if raw else None  # of the fleet model's topics
+if raw and raw["records"] != records:
     sys.exit(f"raw consumer read {raw['records']} records, expected {records}")
 rows = []
-def row(name, label, seen):
+def row(name, label, seen, model="fleet", output_dir=None):
     m = load(f"{name}.measure.json")
+    mb = value_bytes if model == "fleet" else None
     r = {
-        "name": name, "label": label, "records": seen, "wall_s": m["wall_s"],
-        "records_per_s": records / m["wall_s"], "mb_per_s": value_bytes / m["wall_s"] / 1e6,
+        "name": name, "label": label, "model": model, "records": seen, "wall_s": m["wall_s"],
+        "records_per_s": records / m["wall_s"], "mb_per_s": mb / m["wall_s"] / 1e6 if mb else None,
         "peak_rss_process_mib": m["peak_rss_process_mib"], "peak_rss_tree_mib": m["peak_rss_tree_mib"],
-        "cpu_s": m["cpu_s"],
-        "output_bytes": int(load(f"{name}.output_bytes")) if os.path.exists(os.path.join(work, f"{name}.output_bytes")) else 0,
+        "cpu_s": m["cpu_s"], "output_bytes": 0,
     }
+    if output_dir is not None:
+        r["output_bytes"], r["disk_bytes"] = tree_bytes(output_dir)
     rows.append(r)
     return r
 
-row("raw-consume", "raw consume (rdkafka, 2 threads, no parsing)", raw["records"])["inner_s"] = raw["seconds"]
-tuned = load("raw-consume-tuned.result.json")
-row("raw-consume-tuned", "raw consume, fetch back-off lifted", tuned["records"])["inner_s"] = tuned["seconds"]
+if raw:
+    row("raw-consume", "raw consume (rdkafka, 2 threads, no parsing)", raw["records"])["inner_s"] = raw["seconds"]
+    tuned = load("raw-consume-tuned.result.json")
+    row("raw-consume-tuned", "raw consume, fetch back-off lifted", tuned["records"])["inner_s"] = tuned["seconds"]
 OFFICIAL = ["citystream-w1", "citystream-w2", "citystream-n2w1"]
-for name, label in [("citystream-w1", "citystream -w 1"), ("citystream-w2", "citystream -w 2"), ("citystream-n2w1", "citystream -n 2 × -w 1"),
-                    ("citystream-w2-tuned", "citystream -w 2, fetch back-off lifted")]:
+CITYSTREAM = [
+    ("citystream-w1", "citystream -w 1", "fleet", "current"),
+    ("baseline-w2", "baseline -w 2", "fleet", "baseline"),
+    ("citystream-w2", "citystream -w 2", "fleet", "current"),
+    ("citystream-n2w1", "citystream -n 2 × -w 1", "fleet", "current"),
+    ("citystream-w2-tuned", "citystream -w 2, fetch back-off lifted", "fleet", "current"),
+    ("baseline-w2-original", "baseline -w 2, original model", "original", "baseline"),
+    ("citystream-w2-original", "citystream -w 2, original model", "original", "current"),
+]
+for name, label, model, binary in CITYSTREAM:
+    if not os.path.exists(os.path.join(work, f"{name}.measure.json")):
+        continue
     text = load(f"{name}.log")
     committed = [int(x) for x in re.findall(r"records committed:\s+(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", text))]
     seen = max(committed, default=0)  # a cluster's process 0 reports what the cluster committed
     if seen != records:
         sys.exit(f"{name}: committed {seen} records (from its summary), expected {records}; log: {work}/{name}.log")
-    row(name, label, seen)
+    out_dir = os.path.join(work, "out", name)
+    r = row(name, label, seen, model, out_dir)
+    r["binary"] = binary
+    r.update(lake_objects(out_dir))
+    r["objects_per_1k_records"] = r["objects"] * 1000 / records
+    r["mean_object_bytes"] = r["object_bytes"] / r["objects"] if r["objects"] else 0
 if spark:
     s = load("spark.result.json")
-    r = row("spark", f"Spark {s['spark_version']} Structured Streaming, {s['master']}", s["rows_total"])
+    r = row("spark", f"Spark {s['spark_version']} Structured Streaming, {s['master']}", s["rows_total"],
+            output_dir=os.path.join(work, "out", "spark", "data"))
     r["query_s"], r["session_start_s"] = s["query_s"], s["session_start_s"]
     if s["rows_total"] != records:
         sys.exit(f"spark wrote {s['rows_total']} rows, expected {records}")
@@ -279,32 +385,50 @@ if spark:
 # src/, not a configuration a user gets); the ceiling is the faster raw consumer.
 best = max((r for r in rows if r["name"] in OFFICIAL), key=lambda r: r["records_per_s"])
 by = {r["name"]: r for r in rows}
-ceiling = max((by["raw-consume"], by["raw-consume-tuned"]), key=lambda r: r["records_per_s"])
-ratio_raw = best["records_per_s"] / ceiling["records_per_s"]
+ceiling = max((by["raw-consume"], by["raw-consume-tuned"]), key=lambda r: r["records_per_s"]) if raw else None
+ratio_raw = best["records_per_s"] / ceiling["records_per_s"] if ceiling else None
 ratio_spark = best["records_per_s"] / by["spark"]["records_per_s"] if spark else None
+
+# The objects table: every citystream run, per model, baseline (before) then current (after).
+PER_MODEL_KEYS = ["objects", "objects_per_1k_records", "mean_object_bytes", "object_bytes", "disk_bytes", "output_bytes",
+                  "manifests", "records_per_s", "wall_s", "peak_rss_process_mib", "peak_rss_tree_mib", "cpu_s"]
+per_model = [{"model": r["model"], "binary": r["binary"], "name": r["name"], **{k: r[k] for k in PER_MODEL_KEYS}}
+             for model in MODELS for binary in ("baseline", "current") for r in rows
+             if r.get("binary") == binary and r["model"] == model]
 
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0) / 2**20
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 report = {
     "benchmark": "e2e", "records": records, "value_bytes": value_bytes, "topics": 5, "partitions_per_topic": 6,
+    "time_models": MODELS, "models_only": models_only, "baseline_bin": baseline_bin, "baseline_version": baseline_version,
     "machine": {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": round(mem, 1), "kernel": platform.release(),
                 "load_avg_at_end": os.getloadavg()},
-    "commit": commit, "best_citystream": best["name"], "raw_ceiling": ceiling["name"], "results": rows,
+    "commit": commit, "best_citystream": best["name"], "raw_ceiling": ceiling["name"] if ceiling else None, "results": rows,
+    "per_model": per_model,
     "ratio_citystream_over_spark": ratio_spark, "ratio_citystream_over_raw_consume": ratio_raw,
     "work_dir": work,
 }
 with open(out_path, "w") as f:
     json.dump(report, f, indent=2)
-print(f"\n{records:,} records, {value_bytes / 1e6:,.1f} MB of JSON values, 5 topics × 6 partitions; "
+volume = f"{value_bytes / 1e6:,.1f} MB of JSON values (fleet model), " if value_bytes else ""
+print(f"\n{records:,} records per time model, {volume}5 topics × 6 partitions (fleet) and × 4 (original); "
       f"{os.cpu_count()} cores ({cpu}), {mem:.1f} GiB; load average at the end {os.getloadavg()[0]:.2f}\n")
 print(f"| {'run':<48} | {'wall s':>7} | {'records/s':>10} | {'MB/s':>6} | {'peak RSS MiB':>12} | {'CPU s':>6} | {'output MB':>9} |")
 print(f"|{'-' * 50}|{'-' * 9}:|{'-' * 11}:|{'-' * 7}:|{'-' * 13}:|{'-' * 7}:|{'-' * 10}:|")
 for r in rows:
     rss = f"{r['peak_rss_process_mib']:.0f}" + (f" ({r['peak_rss_tree_mib']:.0f} all)" if r["peak_rss_tree_mib"] > r["peak_rss_process_mib"] * 1.05 else "")
-    print(f"| {r['label']:<48} | {r['wall_s']:>7.2f} | {r['records_per_s']:>10,.0f} | {r['mb_per_s']:>6.1f} | {rss:>12} | {r['cpu_s']:>6.1f} | {r['output_bytes'] / 1e6:>9.1f} |")
-print(f"\nbest citystream: {best['label']}; raw-consume ceiling: {ceiling['label']}")
+    mbs = f"{r['mb_per_s']:.1f}" if r["mb_per_s"] is not None else "n/a"
+    print(f"| {r['label']:<48} | {r['wall_s']:>7.2f} | {r['records_per_s']:>10,.0f} | {mbs:>6} | {rss:>12} | {r['cpu_s']:>6.1f} | {r['output_bytes'] / 1e6:>9.1f} |")
+print(f"\nobjects per time model (baseline: {baseline_bin or 'none'}{f', {baseline_version}' if baseline_version else ''}):\n")
+print(f"| {'model':<8} | {'binary':<8} | {'run':<22} | {'objects':>9} | {'objects/1k records':>18} | {'mean object B':>13} "
+      f"| {'on disk MB':>10} | {'records/s':>10} | {'peak RSS MiB':>12} |")
+print(f"|{'-' * 10}|{'-' * 10}|{'-' * 24}|{'-' * 10}:|{'-' * 19}:|{'-' * 14}:|{'-' * 11}:|{'-' * 11}:|{'-' * 13}:|")
+for r in per_model:
+    print(f"| {r['model']:<8} | {r['binary']:<8} | {r['name']:<22} | {r['objects']:>9,} | {r['objects_per_1k_records']:>18,.1f} "
+          f"| {r['mean_object_bytes']:>13,.0f} | {r['disk_bytes'] / 1e6:>10.1f} | {r['records_per_s']:>10,.0f} | {r['peak_rss_process_mib']:>12.0f} |")
+print(f"\nbest citystream: {best['label']}; raw-consume ceiling: {ceiling['label'] if ceiling else 'n/a (--models-only)'}")
 print(f"wrote {out_path}")
-print(f"ratio citystream/spark={ratio_spark:.2f} citystream/raw-consume={ratio_raw:.2f}" if spark
-      else f"ratio citystream/spark=n/a citystream/raw-consume={ratio_raw:.2f}")
+fmt = lambda x: f"{x:.2f}" if x is not None else "n/a"
+print(f"ratio citystream/spark={fmt(ratio_spark)} citystream/raw-consume={fmt(ratio_raw)}")
 PY

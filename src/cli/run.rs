@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// Embedded source: virtual partitions per stream.
     #[arg(long, env = "CITYSTREAM_EMBEDDED_PARTITIONS", default_value_t = 4)]
     pub embedded_partitions: i32,
+    /// Embedded source: how event time advances, fleet (one clock for the fleet) or original (the
+    /// original producer's: one clock per device, 30–60 s per step); see `simulate --help`.
+    #[arg(long, env = "CITYSTREAM_TIME_MODEL", value_enum, default_value = "fleet")]
+    pub time_model: crate::simulate::TimeModel,
     /// Embedded source: seed.
     #[arg(long, env = "CITYSTREAM_SEED", default_value_t = 42)]
     pub seed: u64,
@@ -241,6 +245,7 @@ impl RunArgs {
                         seed: self.seed,
                         late_fraction: check_fraction("--late-fraction", self.late_fraction)?,
                         malformed_fraction: check_fraction("--malformed-fraction", self.malformed_fraction)?,
+                        time_model: self.time_model,
                         ..FleetConfig::default()
                     },
                     partitions: self.embedded_partitions,

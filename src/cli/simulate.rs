@@ -8,7 +8,7 @@ use super::kafka::KafkaConnectionArgs;
 use super::{ConfigError, check_fraction, parse_duration};
 use crate::contract::timestamp::parse_timestamp;
 use crate::simulate::producer::ProduceOptions;
-use crate::simulate::{FleetConfig, KeyMode, parse_place};
+use crate::simulate::{FleetConfig, KeyMode, TimeModel, parse_place};
 
 // The key mode is the simulator's; here it only learns how to be a flag.
 impl clap::ValueEnum for KeyMode {
@@ -20,6 +20,20 @@ impl clap::ValueEnum for KeyMode {
         Some(clap::builder::PossibleValue::new(match self {
             KeyMode::Device => "device",
             KeyMode::Id => "id",
+        }))
+    }
+}
+
+// The time model is the simulator's too.
+impl clap::ValueEnum for TimeModel {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[TimeModel::Fleet, TimeModel::Original]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            TimeModel::Fleet => "fleet",
+            TimeModel::Original => "original",
         }))
     }
 }
@@ -54,6 +68,13 @@ pub struct SimulateArgs {
     /// Kafka key: the device id (keeps a vehicle's records in order) or the record id (the original).
     #[arg(long, env = "CITYSTREAM_KEY", value_enum, default_value = "device")]
     pub key: KeyMode,
+    /// How event time advances. fleet: one clock for the whole fleet, advancing 30–60 s each time
+    /// every vehicle has made a step (vehicles of a round stamp within the same second). original:
+    /// the original producer's, one clock per device starting at --start and advancing a whole
+    /// 30–60 s per step of that device, the step's five records sharing its timestamp; with a few
+    /// devices a one-minute window then holds only a few records per stream.
+    #[arg(long, env = "CITYSTREAM_TIME_MODEL", value_enum, default_value = "fleet")]
+    pub time_model: TimeModel,
     /// Fraction of records to stamp 10–60 minutes in the past (for tests).
     #[arg(long, env = "CITYSTREAM_LATE_FRACTION", default_value_t = 0.0)]
     pub late_fraction: f64,
@@ -102,6 +123,7 @@ impl SimulateArgs {
             late_fraction: check_fraction("--late-fraction", self.late_fraction)?,
             malformed_fraction: check_fraction("--malformed-fraction", self.malformed_fraction)?,
             key: self.key,
+            time_model: self.time_model,
         };
         let events = match (self.events, self.duration) {
             (None, None) => Some(crate::simulate::Fleet::new(fleet.clone()).journey_records()),
@@ -119,5 +141,42 @@ impl SimulateArgs {
             progress: true,
         };
         Ok((fleet, produce))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::run::SourceConfig;
+    use crate::cli::{Cli, Command};
+    use crate::simulate::{KeyMode, TimeModel};
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("citystream").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn time_model_flag() {
+        let model = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Simulate(a) => a.validate().unwrap().0.time_model,
+            Command::Run(a) => match a.validate().unwrap().source {
+                SourceConfig::Embedded { fleet, .. } => fleet.time_model,
+                // CITYSTREAM_BROKERS in the environment: the flag is parsed all the same.
+                SourceConfig::Kafka(_) => a.time_model,
+            },
+            Command::Ddl(_) => unreachable!(),
+        };
+        assert_eq!(model(&["simulate"]), TimeModel::Fleet);
+        assert_eq!(model(&["simulate", "--time-model", "original"]), TimeModel::Original);
+        assert_eq!(model(&["simulate", "--time-model", "fleet"]), TimeModel::Fleet);
+        assert_eq!(model(&["run"]), TimeModel::Fleet);
+        assert_eq!(model(&["run", "--time-model", "original"]), TimeModel::Original);
+        let cli = parse(&["simulate", "--time-model", "original", "--key", "id", "--vehicles", "3"]).unwrap();
+        let Command::Simulate(a) = cli.command else { unreachable!() };
+        let (fleet, _) = a.validate().unwrap();
+        assert_eq!((fleet.time_model, fleet.key, fleet.vehicles), (TimeModel::Original, KeyMode::Id, 3));
+        let e = parse(&["simulate", "--time-model", "python"]).unwrap_err().to_string();
+        assert!(e.contains("--time-model") && e.contains("fleet") && e.contains("original"), "{e}");
     }
 }

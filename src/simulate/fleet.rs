@@ -1,11 +1,19 @@
 //! The fleet: vehicles travelling between two cities, each step producing one record on each
 //! of the five streams, with the original producer's semantics.
 //!
-//! Per step a vehicle moves 1/100 of the way (plus a little jitter), the fleet's clock advances
-//! 30–60 s (event time runs faster than the wall clock, as in the original), and it emits a
-//! vehicle reading, a GPS fix, a traffic-camera snapshot, a weather reading and an emergency
-//! report, all stamped with the same naive ISO timestamp. Vehicles take turns, so records of
-//! all vehicles advance through event time together. On arrival a vehicle turns around.
+//! Per step a vehicle moves 1/100 of the way (plus a little jitter) and emits a vehicle reading,
+//! a GPS fix, a traffic-camera snapshot, a weather reading and an emergency report, all stamped
+//! with the same naive ISO timestamp. Vehicles take turns (round robin). On arrival a vehicle
+//! turns around. How the timestamps advance is the [`TimeModel`]: event time runs faster than
+//! the wall clock in both, as in the original:
+//!
+//! - [`TimeModel::Fleet`] (the default): one clock for the whole fleet, advancing 30–60 s each
+//!   time every vehicle has made a step, each vehicle stamping within the same second; records of
+//!   all vehicles advance through event time together, so a one-minute epoch holds about one
+//!   step of every vehicle.
+//! - [`TimeModel::Original`]: the original Python producer's, one clock per device advancing
+//!   30–60 s on each step of that device; the devices' clocks run independently, and a
+//!   one-minute epoch holds about one step per device.
 //!
 //! For tests, a fraction of records can be made late (stamped 10–60 minutes in the past) or
 //! malformed (one of several corruption classes, each with the decode error it must cause).
@@ -64,6 +72,22 @@ pub enum KeyMode {
     Id,
 }
 
+/// How event time advances from step to step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimeModel {
+    /// One clock for the fleet: it advances 30–60 s each time every vehicle has made a step,
+    /// and the vehicles of that round stamp their steps within the same second (a random
+    /// sub-second offset per step). Event time advances ~45 s per round of the whole fleet.
+    #[default]
+    Fleet,
+    /// The original producer's: one clock per device, starting at `start` and advancing a
+    /// random whole 30–60 s on each step of that device (`start_time += timedelta(seconds=
+    /// random.randint(30, 60))`), so its microseconds stay those of `start`, like the
+    /// `datetime.now()` the original starts from. The clocks of different devices are
+    /// independent; each advances ~45 s per step of its device.
+    Original,
+}
+
 /// How the fleet behaves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetConfig {
@@ -71,7 +95,7 @@ pub struct FleetConfig {
     pub vehicles: u32,
     /// Seed of every random choice.
     pub seed: u64,
-    /// Event time of every vehicle's first step.
+    /// Where every vehicle's clock starts; its first step is stamped 30–60 s later.
     pub start: Micros,
     /// Where vehicles set off.
     pub from: Location,
@@ -85,6 +109,8 @@ pub struct FleetConfig {
     pub malformed_fraction: f64,
     /// What the Kafka key is.
     pub key: KeyMode,
+    /// How event time advances.
+    pub time_model: TimeModel,
 }
 
 impl Default for FleetConfig {
@@ -100,6 +126,7 @@ impl Default for FleetConfig {
             late_fraction: 0.0,
             malformed_fraction: 0.0,
             key: KeyMode::Device,
+            time_model: TimeModel::Fleet,
         }
     }
 }
@@ -145,6 +172,7 @@ pub struct SimRecord {
 struct Vehicle {
     device_id: String,
     position: Location,
+    /// The timestamp of its last step (before the first: `start`).
     clock: Micros,
     step: u32,
     outbound: bool,
@@ -157,7 +185,8 @@ pub struct Fleet {
     rng: Rng,
     vehicles: Vec<Vehicle>,
     turn: usize,
-    /// The fleet's clock: advances 30–60 s each time every vehicle has made a step.
+    /// The fleet's clock ([`TimeModel::Fleet`] only): advances 30–60 s each time every vehicle
+    /// has made a step.
     clock: Micros,
 }
 
@@ -189,7 +218,7 @@ impl Fleet {
     pub fn step(&mut self) -> [SimRecord; 5] {
         let n = self.vehicles.len();
         let rng = &mut self.rng;
-        if self.turn == 0 {
+        if self.turn == 0 && self.cfg.time_model == TimeModel::Fleet {
             // One step of the whole fleet: event time advances 30–60 s, as in the original.
             self.clock += rng.int_inclusive(30, 60) * MICROS_PER_SEC;
         }
@@ -209,8 +238,12 @@ impl Fleet {
             v.step = 0;
             v.outbound = !v.outbound;
         }
-        // Vehicles of one fleet step report within the same second, in turn.
-        v.clock = self.clock + rng.int_inclusive(0, MICROS_PER_SEC - 1);
+        v.clock = match cfg.time_model {
+            // Vehicles of one fleet step report within the same second, in turn.
+            TimeModel::Fleet => self.clock + rng.int_inclusive(0, MICROS_PER_SEC - 1),
+            // The original: the device's own clock, after its movement (as its generator did).
+            TimeModel::Original => v.clock + rng.int_inclusive(30, 60) * MICROS_PER_SEC,
+        };
         let (device_id, location, now) = (v.device_id.clone(), v.position, v.clock);
 
         let records = [
@@ -368,38 +401,158 @@ mod tests {
         assert!((end.latitude - 52.4862).abs() < 0.05 && (end.longitude + 1.8904).abs() < 0.05, "{end:?}");
     }
 
+    /// The `timestamp` text of a producer JSON value, as sent.
+    fn timestamp_text(value: &[u8]) -> String {
+        let v: serde_json::Value = serde_json::from_slice(value).unwrap();
+        v["timestamp"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn original_model_has_one_clock_per_device() {
+        let cfg = FleetConfig { vehicles: 3, key: KeyMode::Id, time_model: TimeModel::Original, ..FleetConfig::default() };
+        let start = cfg.start;
+        let mut fleet = Fleet::new(cfg);
+        let mut clocks = [start; 3];
+        let mut advances: [Vec<i64>; 3] = Default::default();
+        let (mut first, mut backwards, mut previous) = (Vec::new(), 0, start);
+        for i in 0..300 {
+            let step = fleet.step();
+            let device = i % 3; // round robin
+            let t = step[0].event_time;
+            let advance = t - clocks[device];
+            assert!(advance % MICROS_PER_SEC == 0 && (30..=60).contains(&(advance / MICROS_PER_SEC)), "step {i}: the device's clock advanced {advance} µs");
+            clocks[device] = t;
+            advances[device].push(advance / MICROS_PER_SEC);
+            backwards += usize::from(t < previous);
+            previous = t;
+            let text = timestamp_text(&step[0].value);
+            if i < 4 {
+                first.push(text.clone());
+            }
+            for (rec, stream) in step.iter().zip(Stream::ALL) {
+                assert_eq!(rec.stream, stream);
+                assert_eq!(rec.event_time, t);
+                assert_eq!(timestamp_text(&rec.value), text, "step {i}: the five records share one timestamp");
+                let r = decode(stream, &rec.value, &DecodeOptions::default()).unwrap();
+                assert_eq!(r.timestamp(), t);
+                assert_eq!(r.device_id(), format!("Vehicle-CityStream-{device:05}"));
+                assert_eq!(rec.key, r.id(), "--key id");
+            }
+        }
+        // Whole seconds after `start` (…08:00:00.123456): its microseconds stay, as in the original.
+        assert_eq!(first, PINNED_ORIGINAL_FIRST);
+        // Independent clocks: in a round the devices advance by different amounts, the clocks
+        // drift apart, and the records, in production order, go back in event time whenever
+        // the next device's clock is behind the previous one's.
+        let differing = (0..100).filter(|&k| advances[0][k] != advances[1][k] || advances[1][k] != advances[2][k]).count();
+        assert!(differing > 90, "{differing} of 100 rounds");
+        let spread = clocks.iter().max().unwrap() - clocks.iter().min().unwrap();
+        assert_eq!(spread, PINNED_ORIGINAL_SPREAD_S * MICROS_PER_SEC);
+        assert!(backwards > 50, "{backwards} of 300 steps went back in event time");
+        // ~45 s per step of a device, so with 3 devices a one-minute epoch holds ~1–2 steps per device.
+        for a in &advances {
+            let mean = a.iter().sum::<i64>() as f64 / a.len() as f64;
+            assert!((40.0..=50.0).contains(&mean), "{mean} s per step");
+        }
+        // The fleet model, for contrast: all vehicles of a round stamp within one second.
+        let mut fleet = Fleet::new(FleetConfig { vehicles: 3, ..FleetConfig::default() });
+        for _ in 0..100 {
+            let round: Vec<Micros> = (0..3).map(|_| fleet.step()[0].event_time).collect();
+            assert!(round.iter().max().unwrap() - round.iter().min().unwrap() < MICROS_PER_SEC, "{round:?}");
+        }
+    }
+
     #[test]
     fn same_seed_same_records() {
-        let cfg = FleetConfig { vehicles: 2, key: KeyMode::Id, late_fraction: 0.1, malformed_fraction: 0.1, ..FleetConfig::default() };
-        let (mut a, mut b) = (Fleet::new(cfg.clone()), Fleet::new(cfg));
-        for _ in 0..100 {
-            assert_eq!(a.step(), b.step());
+        for time_model in [TimeModel::Fleet, TimeModel::Original] {
+            let cfg = FleetConfig { vehicles: 2, key: KeyMode::Id, late_fraction: 0.1, malformed_fraction: 0.1, time_model, ..FleetConfig::default() };
+            let (mut a, mut b) = (Fleet::new(cfg.clone()), Fleet::new(cfg));
+            for _ in 0..100 {
+                assert_eq!(a.step(), b.step());
+            }
+            let mut c = Fleet::new(FleetConfig { seed: 43, ..a.config().clone() });
+            assert_ne!(a.step(), c.step());
         }
-        let mut c = Fleet::new(FleetConfig { seed: 43, ..a.config().clone() });
-        assert_ne!(a.step(), c.step());
+    }
+
+    // Pinned outputs; see the tests that use them.
+    const PINNED_FIRST_EVENT_TIME: Micros = 1_740_816_055_824_591; // 2025-03-01T08:00:55.824591
+    const PINNED_DIGEST: u64 = 0x7b24_2f00_4d4b_e31b;
+    const PINNED_DEFAULT_DIGEST: u64 = 0xf27f_c1ce_0f4b_7b43;
+    // Devices 0, 1, 2, then 0 again: +60 s, +59 s, +44 s, then device 0 +39 s on its own clock.
+    const PINNED_ORIGINAL_FIRST: [&str; 4] =
+        ["2025-03-01T08:01:00.123456", "2025-03-01T08:00:59.123456", "2025-03-01T08:00:44.123456", "2025-03-01T08:01:39.123456"];
+    const PINNED_ORIGINAL_SPREAD_S: i64 = 121;
+
+    /// FNV-1a over everything a step produces (key, value, event time, injection), so that a
+    /// change of the generated records for a seed shows as a changed digest.
+    fn digest(fleet: &mut Fleet, steps: usize) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for _ in 0..steps {
+            for rec in fleet.step() {
+                eat(rec.stream.name().as_bytes());
+                eat(rec.key.as_bytes());
+                eat(&rec.value);
+                eat(&rec.event_time.to_le_bytes());
+                eat(rec.injected.map(Injected::header_value).unwrap_or_default().as_bytes());
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn fleet_model_output_is_pinned_for_a_seed() {
+        // Computed at dc1bc46, before the time models existed: the fleet model must keep
+        // producing exactly these records for this seed (tests and benchmarks rely on it).
+        let cfg = FleetConfig { vehicles: 3, key: KeyMode::Id, late_fraction: 0.05, malformed_fraction: 0.05, ..FleetConfig::default() };
+        let mut fleet = Fleet::new(cfg);
+        let first = fleet.step();
+        assert_eq!(first[0].event_time, PINNED_FIRST_EVENT_TIME);
+        assert_eq!(digest(&mut fleet, 500), PINNED_DIGEST);
+        let mut fleet = Fleet::new(FleetConfig::default());
+        assert_eq!(digest(&mut fleet, 200), PINNED_DEFAULT_DIGEST);
     }
 
     #[test]
     fn injected_records_fail_as_announced() {
-        let mut fleet = Fleet::new(FleetConfig { vehicles: 5, late_fraction: 0.05, malformed_fraction: 0.2, ..FleetConfig::default() });
-        let (mut malformed, mut late) = (0, 0);
-        for _ in 0..2000 {
-            for rec in fleet.step() {
-                let decoded = decode(rec.stream, &rec.value, &DecodeOptions::default());
-                match rec.injected {
-                    Some(Injected::Malformed(class)) => {
-                        malformed += 1;
-                        assert_eq!(decoded.unwrap_err().class, class, "{}", String::from_utf8_lossy(&rec.value));
+        for time_model in [TimeModel::Fleet, TimeModel::Original] {
+            let mut fleet = Fleet::new(FleetConfig { vehicles: 5, late_fraction: 0.05, malformed_fraction: 0.2, time_model, ..FleetConfig::default() });
+            let (mut malformed, mut late) = (0, 0);
+            for _ in 0..2000 {
+                let step = fleet.step();
+                // The step's timestamp: that of any record not made late or malformed.
+                let now = step.iter().find(|r| r.injected.is_none()).map(|r| r.event_time);
+                for rec in step {
+                    let decoded = decode(rec.stream, &rec.value, &DecodeOptions::default());
+                    match rec.injected {
+                        Some(Injected::Malformed(class)) => {
+                            malformed += 1;
+                            assert_eq!(decoded.unwrap_err().class, class, "{}", String::from_utf8_lossy(&rec.value));
+                        }
+                        Some(Injected::Late) => {
+                            late += 1;
+                            let t = decoded.unwrap().timestamp();
+                            assert_eq!(t, rec.event_time);
+                            if let Some(now) = now {
+                                assert!(
+                                    (10 * 60 * MICROS_PER_SEC..=60 * 60 * MICROS_PER_SEC).contains(&(now - t)),
+                                    "{time_model:?}: {} s late",
+                                    (now - t) / MICROS_PER_SEC
+                                );
+                            }
+                        }
+                        None => assert!(decoded.is_ok()),
                     }
-                    Some(Injected::Late) => {
-                        late += 1;
-                        assert!(decoded.unwrap().timestamp() <= rec.event_time);
-                    }
-                    None => assert!(decoded.is_ok()),
                 }
             }
+            assert!(malformed > 1500 && late > 300, "{time_model:?}: {malformed} {late}");
         }
-        assert!(malformed > 1500 && late > 300, "{malformed} {late}");
     }
 
     #[test]

@@ -7,4 +7,4 @@ pub mod fleet;
 pub mod producer;
 pub mod rng;
 
-pub use fleet::{CITIES, Fleet, FleetConfig, INJECTED_HEADER, Injected, KeyMode, SimRecord, parse_place};
+pub use fleet::{CITIES, Fleet, FleetConfig, INJECTED_HEADER, Injected, KeyMode, SimRecord, TimeModel, parse_place};
