@@ -197,7 +197,7 @@ fn a_worker_that_finishes_early_does_not_hold_back_the_others() {
     // Worker 0 reads 100 dense records (5 epochs) in two polls and finishes; worker 1's
     // sparse partition runs one epoch per record, far past the read-ahead bound of worker 0's
     // last active epoch. Worker 0 must say it holds nothing back any more, or worker 1's
-    // partition stays held forever (it did: tests/faults.rs, sigterm, hung in CI).
+    // partition stays held forever.
     let records = [500i64, 100];
     let delivered = Arc::new(Tally::default());
     let total = delivered.clone();
