@@ -108,10 +108,11 @@ for kv in "${kvs[@]}"; do [[ -n $kv ]] && KAFKA_OPTS+=(--kafka-option "$kv"); do
 # ---------------------------------------------------------------- build and services
 command -v java >/dev/null || die "java not found (Kafka and Spark need Java 17+)"
 log "building citystream (release) and the raw_consume bench"
-cargo build --release --bin citystream >&2
 RAW_BIN=$(cargo bench --bench raw_consume --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -n 1)
 [[ -x $REPO/$RAW_BIN ]] && RAW_BIN=$REPO/$RAW_BIN
 [[ -x $RAW_BIN ]] || die "could not find the raw_consume bench executable (cargo bench --bench raw_consume --no-run)"
+# After the bench: building it may leave the bench profile's citystream at target/release/.
+cargo build --release --bin citystream >&2
 BIN=$TARGET/release/citystream
 BASELINE_VERSION=
 if [[ -n $BASELINE_BIN ]]; then

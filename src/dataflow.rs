@@ -146,12 +146,21 @@ pub struct Announce {
     pub idle: Option<Epoch>,
 }
 
+/// The timestamp summary of the edge that carries the sinks' cut requests back to the cutter.
+/// The cutter reads requests whatever their time, but the loop makes the boundaries' frontier
+/// at a sink at most (the sink's request frontier + this): with `+1`, a sink holding a request
+/// capability at its least unsealed epoch `p` could only ever seal `p` before the next round of
+/// progress messages, one epoch per round — on input sparse in event time (tens of thousands of
+/// epochs) that made sealing crawl. Far beyond any epoch the sources can be ahead, it never
+/// constrains anything.
+const REQUEST_DELAY: Epoch = 1 << 40;
+
 /// Builds the whole pipeline in `scope`, for a cluster of processes with `workers_per_process`
 /// workers each: Kafka partitions are reclocked into epochs, written as Parquet objects by a
 /// worker of the same process, and committed by worker 0.
 pub fn build<'s>(scope: Scope<'s, Epoch>, workers_per_process: usize, source: SourceSpec, cut: CutSpec, sink: SinkSpec, committer: CommitSpec) {
     let (loop_handle, announcements) = scope.feedback::<Vec<Announce>>(1);
-    let (requests_handle, requests) = scope.feedback::<Vec<CutRequest>>(1);
+    let (requests_handle, requests) = scope.feedback::<Vec<CutRequest>>(REQUEST_DELAY);
     let read = scope.reclock(source, announcements);
     read.announcements.clone().broadcast().connect_loop(loop_handle);
     let cuts = read.announcements.cut_commits(cut, requests);

@@ -15,6 +15,9 @@ use crate::dataflow::{Chunk, note_partition};
 use crate::epoch::Epoch;
 use crate::error::{ErrorClass, PipelineError};
 
+/// Held batches with fewer rows than this are merged into right-sized ones.
+const COMPACT_BELOW_ROWS: usize = 256;
+
 /// An object finishing in the background; the handle yields its size.
 pub(super) type Upload = (FileEntry, JoinHandle<Result<u64, object_store::Error>>);
 
@@ -59,9 +62,30 @@ impl OpenObject {
             note_partition(&mut self.entry.partitions, partition);
         }
         self.entry.last_epoch = epoch;
-        self.held.push(chunk.batch);
+        self.hold(chunk.batch)?;
         if self.held.iter().map(RecordBatch::num_rows).sum::<usize>() >= spec.encode_after_rows {
             self.encode_held(spec)?;
+        }
+        Ok(())
+    }
+
+    /// Holds `batch` until the encoder starts. Batches of a few rows keep the capacity their
+    /// builders reserved (about 1,024 rows a column), so they are merged into right-sized ones:
+    /// an object can wait for its rows for a whole commit, and a commit of a backlog sparse in
+    /// event time has thousands of late objects receiving a row now and then.
+    fn hold(&mut self, batch: RecordBatch) -> Result<(), PipelineError> {
+        let small = |b: &RecordBatch| b.num_rows() < COMPACT_BELOW_ROWS;
+        match self.held.last_mut() {
+            Some(last) if small(&batch) && small(last) => {
+                *last = arrow::compute::concat_batches(&self.schema, [&*last, &batch])
+                    .map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("merging rows of {}", self.entry.path), e))?;
+            }
+            _ if small(&batch) => {
+                let compact = arrow::compute::concat_batches(&self.schema, [&batch])
+                    .map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("merging rows of {}", self.entry.path), e))?;
+                self.held.push(compact);
+            }
+            _ => self.held.push(batch),
         }
         Ok(())
     }

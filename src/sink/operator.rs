@@ -151,7 +151,9 @@ struct Filling {
     first: Epoch,
     /// When the sink saw the frontier pass `first` (µs since the Unix epoch).
     sealed_at_us: i64,
-    open: HashMap<FileKey, OpenObject>,
+    /// The open objects, with when each was last written (a count of writes).
+    open: HashMap<FileKey, (OpenObject, u64)>,
+    writes: u64,
     closed: Vec<Upload>,
     /// Objects started per key in this commit (a full object is continued in a new one).
     started: HashMap<FileKey, u32>,
@@ -211,6 +213,7 @@ impl SinkState {
                 first: e,
                 sealed_at_us: crate::clock::now_micros(),
                 open: HashMap::new(),
+                writes: 0,
                 closed: Vec::new(),
                 started: HashMap::new(),
             });
@@ -237,9 +240,9 @@ impl SinkState {
     /// Closes every object of the commit being filled; they are finished in the background.
     fn close_commit(&mut self, spec: &SinkSpec) -> Result<(), PipelineError> {
         let Some(mut f) = self.filling.take() else { return Ok(()) };
-        let mut open: Vec<(FileKey, OpenObject)> = f.open.drain().collect();
+        let mut open: Vec<(FileKey, (OpenObject, u64))> = f.open.drain().collect();
         open.sort_by_key(|(k, _)| *k);
-        for (_, object) in open {
+        for (_, (object, _)) in open {
             f.closed.push(object.close(spec)?);
         }
         self.sealing.insert(f.first, (f.cap, f.closed, f.sealed_at_us));
@@ -304,23 +307,40 @@ impl Filling {
     /// target size (it is then closed, and its key's next rows start a new object).
     fn write(&mut self, spec: &SinkSpec, chunk: Chunk, e: Epoch) -> Result<bool, PipelineError> {
         let key = chunk.key;
-        let object = match self.open.get_mut(&key) {
-            Some(object) => object,
+        self.writes += 1;
+        let (object, last_write) = match self.open.get_mut(&key) {
+            Some(open) => open,
             None => {
+                self.close_least_recent(spec)?;
                 let n = self.started.entry(key).or_insert(0);
                 let path = file_path(key.stream, key.kind, e, &spec.run, key.hour, *n);
                 *n += 1;
                 let object = OpenObject::new(spec, path, &chunk, e);
-                self.open.entry(key).or_insert(object)
+                self.open.entry(key).or_insert((object, 0))
             }
         };
+        *last_write = self.writes;
         object.write(spec, chunk, e)?;
         if object.size() < spec.target_object_size {
             return Ok(false);
         }
-        let full = self.open.remove(&key).expect("written above");
+        let (full, _) = self.open.remove(&key).expect("written above");
         self.closed.push(full.close(spec)?);
         Ok(true)
+    }
+
+    /// Keeps at most [`MAX_OPEN_OBJECTS`] open: before another is opened, the one written least
+    /// recently is closed (its key's next rows in this commit start a new object). Only late
+    /// objects, named by their rows' event hours, can be that many: in a backlog sparse in event
+    /// time, a commit spans hundreds of hours, with late rows now and then for each.
+    fn close_least_recent(&mut self, spec: &SinkSpec) -> Result<(), PipelineError> {
+        if self.open.len() < MAX_OPEN_OBJECTS {
+            return Ok(());
+        }
+        let Some(key) = self.open.iter().min_by_key(|(_, (_, w))| *w).map(|(k, _)| *k) else { return Ok(()) };
+        let (object, _) = self.open.remove(&key).expect("found above");
+        self.closed.push(object.close(spec)?);
+        Ok(())
     }
 
     /// Closes the data and dead-letter objects of hours before epoch `e`'s: sealed epochs only
@@ -332,7 +352,7 @@ impl Filling {
         let mut past: Vec<FileKey> = self.open.keys().filter(|k| k.kind != FileKind::Late && k.hour < hour).copied().collect();
         past.sort();
         for key in past {
-            let object = self.open.remove(&key).expect("listed above");
+            let (object, _) = self.open.remove(&key).expect("listed above");
             self.closed.push(object.close(spec)?);
         }
         Ok(())
@@ -344,6 +364,10 @@ type ReportOutput = OutputBuilder<Epoch, timely::container::CapacityContainerBui
 
 /// The sink's output of cut requests.
 type RequestOutput = OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<CutRequest>>>;
+
+/// Open objects one sink may have: the memory of an open object is its held rows, or once it has
+/// 1,024 rows its encoder (≈ 100 KiB a column) and row group.
+const MAX_OPEN_OBJECTS: usize = 64;
 
 /// Unfinished objects (closed, not yet durable) one sink may have before it waits.
 const MAX_UNFINISHED_OBJECTS: usize = 512;
