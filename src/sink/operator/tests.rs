@@ -138,3 +138,22 @@ fn a_full_object_is_continued_in_a_new_one_and_an_early_cut_is_asked_for() {
     assert_eq!(asked, 1, "one request per sealed epoch at most");
     assert_eq!(reports, vec![(e, vec![(format!("gps_data-e{e:010}-t-1.parquet"), e, e, 2000), (format!("gps_data-e{e:010}-t.parquet"), e, e, 2000)])]);
 }
+
+#[test]
+fn at_most_a_bounded_number_of_objects_are_open_the_least_recently_written_closes_first() {
+    let e = EPOCH;
+    // Late rows of 70 different event hours in one epoch, then again the first hour's.
+    let late = |hour: i64, offset: i64| {
+        let mut c = chunk(e, offset, 1);
+        c.key = FileKey { stream: DataStream::Gps, kind: FileKind::Late, hour: c.key.hour - (hour + 1) * HOUR };
+        c
+    };
+    let mut chunks: Vec<Chunk> = (0..70).map(|h| late(h, h)).collect();
+    chunks.push(late(0, 1000));
+    let (reports, _) = run(vec![(chunks, vec![], e + 1)], 128 << 20);
+    let [(_, objects)] = reports.as_slice() else { panic!("one commit: {reports:?}") };
+    // 70 objects for 70 hours, plus a second one for hour 0 (closed when the 65th opened).
+    assert_eq!(objects.len(), 71);
+    assert_eq!(objects.iter().map(|o| o.3).sum::<u64>(), 71);
+    assert_eq!(objects.iter().filter(|o| o.0.ends_with("-late-t-1.parquet")).count(), 1);
+}
