@@ -15,11 +15,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 const LONG: Duration = Duration::from_secs(600);
 
-/// Flags of a cluster reading `prefix` into `output`. Commits are cut every 500 ms (not every
-/// 10 s), so that these runs of a few seconds commit many times and kills and outages land
-/// between commits, with objects of uncut commits left behind.
+/// Flags of a cluster reading `prefix` into `output`. Commits are cut every 200 ms (not every
+/// 10 s), so that these runs of a second or two commit several times and a kill lands between
+/// commits, with objects of uncut commits left behind.
 fn run_flags(prefix: &str, output: &str, extra: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = ["--brokers", &brokers(), "--topic-prefix", prefix, "--group", prefix, "--output", output, "--commit-interval", "500ms"]
+    let mut v: Vec<String> = ["--brokers", &brokers(), "--topic-prefix", prefix, "--group", prefix, "--output", output, "--commit-interval", "200ms"]
         .iter()
         .map(|s| s.to_string())
         .collect();
