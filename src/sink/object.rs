@@ -75,18 +75,16 @@ impl OpenObject {
     /// event time has thousands of late objects receiving a row now and then.
     fn hold(&mut self, batch: RecordBatch) -> Result<(), PipelineError> {
         let small = |b: &RecordBatch| b.num_rows() < COMPACT_BELOW_ROWS;
-        match self.held.last_mut() {
-            Some(last) if small(&batch) && small(last) => {
-                *last = arrow::compute::concat_batches(&self.schema, [&*last, &batch])
-                    .map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("merging rows of {}", self.entry.path), e))?;
-            }
-            _ if small(&batch) => {
-                let compact = arrow::compute::concat_batches(&self.schema, [&batch])
-                    .map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("merging rows of {}", self.entry.path), e))?;
-                self.held.push(compact);
-            }
-            _ => self.held.push(batch),
+        if !small(&batch) {
+            self.held.push(batch);
+            return Ok(());
         }
+        // A small batch joins a small last one, or stands alone; either way copied right-sized.
+        let last = if self.held.last().is_some_and(small) { self.held.pop() } else { None };
+        let parts: Vec<&RecordBatch> = last.iter().chain([&batch]).collect();
+        let merged = arrow::compute::concat_batches(&self.schema, parts)
+            .map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("merging rows of {}", self.entry.path), e))?;
+        self.held.push(merged);
         Ok(())
     }
 

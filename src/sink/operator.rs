@@ -37,6 +37,7 @@ use tokio::runtime::Handle;
 
 use super::object::{OpenObject, Upload};
 use crate::commit::cut::CutRequest;
+use crate::commit::manifest::FileEntry;
 use crate::contract::timestamp::HOUR;
 use crate::dataflow::{Backpressure, Chunk, FileKey, Report};
 use crate::epoch::{Epoch, EpochClock};
@@ -154,14 +155,47 @@ struct Filling {
     /// The open objects, with when each was last written (a count of writes).
     open: HashMap<FileKey, (OpenObject, u64)>,
     writes: u64,
-    closed: Vec<Upload>,
+    closed: Closed,
     /// Objects started per key in this commit (a full object is continued in a new one).
     started: HashMap<FileKey, u32>,
 }
 
-/// A commit's objects being finished: its capability, its uploads, and when its first epoch
+/// A commit's objects being finished: its capability, its objects, and when its first epoch
 /// was sealed.
-type Sealing = (Capability<Epoch>, Vec<Upload>, i64);
+type Sealing = (Capability<Epoch>, Closed, i64);
+
+/// Closed objects: those durable, with their sizes, and the uploads still running. Uploads are
+/// settled as they finish, so the checks on every activation (back-pressure, "is the commit
+/// durable") cost what is still running, not every object of a commit.
+#[derive(Default)]
+struct Closed {
+    durable: Vec<FileEntry>,
+    running: Vec<Upload>,
+}
+
+impl Closed {
+    /// Moves the finished uploads to `durable`; an upload that failed is the pipeline's error.
+    fn settle(&mut self, spec: &SinkSpec) -> Result<(), PipelineError> {
+        let mut i = 0;
+        while i < self.running.len() {
+            if !self.running[i].1.is_finished() {
+                i += 1;
+                continue;
+            }
+            let (mut entry, handle) = self.running.swap_remove(i);
+            match spec.rt.block_on(handle) {
+                Ok(Ok(bytes)) => entry.bytes = bytes,
+                Ok(Err(err)) => {
+                    let message = format!("writing {} failed after retries: {}", entry.path, spec.lake.gave_up());
+                    return Err(PipelineError::caused(ErrorClass::Transient, message, err));
+                }
+                Err(err) => return Err(PipelineError::caused(ErrorClass::Definite, format!("the upload task for {} failed", entry.path), err)),
+            }
+            self.durable.push(entry);
+        }
+        Ok(())
+    }
+}
 
 /// The rows of an unsealed epoch, with its capabilities for reports and for requests.
 type Pending = (Capability<Epoch>, Capability<Epoch>, Vec<Chunk>);
@@ -214,7 +248,7 @@ impl SinkState {
                 sealed_at_us: crate::clock::now_micros(),
                 open: HashMap::new(),
                 writes: 0,
-                closed: Vec::new(),
+                closed: Closed::default(),
                 started: HashMap::new(),
             });
             for chunk in chunks {
@@ -243,7 +277,7 @@ impl SinkState {
         let mut open: Vec<(FileKey, (OpenObject, u64))> = f.open.drain().collect();
         open.sort_by_key(|(k, _)| *k);
         for (_, (object, _)) in open {
-            f.closed.push(object.close(spec)?);
+            f.closed.running.push(object.close(spec)?);
         }
         self.sealing.insert(f.first, (f.cap, f.closed, f.sealed_at_us));
         Ok(())
@@ -251,22 +285,21 @@ impl SinkState {
 
     /// Reports the commits whose objects are all durable.
     fn report(&mut self, spec: &SinkSpec, output: &mut ReportOutput) -> Result<(), PipelineError> {
-        let done: Vec<Epoch> = self.sealing.iter().filter(|(_, (_, ups, _))| ups.iter().all(|(_, h)| h.is_finished())).map(|(e, _)| *e).collect();
-        for e in done {
-            let (cap, uploads, sealed_at_us) = self.sealing.remove(&e).expect("listed above");
-            let mut entries = Vec::with_capacity(uploads.len());
-            for (mut entry, handle) in uploads {
-                match spec.rt.block_on(handle) {
-                    Ok(Ok(bytes)) => entry.bytes = bytes,
-                    Ok(Err(err)) => {
-                        let message = format!("writing {} failed after retries: {}", entry.path, spec.lake.gave_up());
-                        return Err(PipelineError::caused(ErrorClass::Transient, message, err));
-                    }
-                    Err(err) => return Err(PipelineError::caused(ErrorClass::Definite, format!("the upload task for {} failed", entry.path), err)),
-                }
-                entries.push(entry);
+        if let Some(f) = self.filling.as_mut() {
+            f.closed.settle(spec)?;
+        }
+        let mut done = Vec::new();
+        for (e, (_, closed, _)) in self.sealing.iter_mut() {
+            closed.settle(spec)?;
+            if closed.running.is_empty() {
+                done.push(*e);
             }
-            output.activate().session(&cap).give(Report::Files { files: entries, sealed_at_us });
+        }
+        for e in done {
+            let (cap, mut closed, sealed_at_us) = self.sealing.remove(&e).expect("listed above");
+            // Listed by path, whatever order the uploads finished in.
+            closed.durable.sort_by(|a, b| a.path.cmp(&b.path));
+            output.activate().session(&cap).give(Report::Files { files: closed.durable, sealed_at_us });
         }
         Ok(())
     }
@@ -276,7 +309,7 @@ impl SinkState {
     /// durable, so memory and concurrent requests stay bounded; the worker thread keeps running
     /// (and the upload errors out once the store's retry budget is spent).
     fn bound_unfinished(&mut self, spec: &SinkSpec) {
-        let unfinished = self.sealing.values().flat_map(|(_, uploads, _)| uploads).chain(self.filling.iter().flat_map(|f| &f.closed));
+        let unfinished = self.sealing.values().flat_map(|(_, closed, _)| &closed.running).chain(self.filling.iter().flat_map(|f| &f.closed.running));
         match (over_budget(unfinished), self.holding.as_mut()) {
             (true, None) => {
                 spec.backpressure.engage();
@@ -324,8 +357,7 @@ impl Filling {
         if object.size() < spec.target_object_size {
             return Ok(false);
         }
-        let (full, _) = self.open.remove(&key).expect("written above");
-        self.closed.push(full.close(spec)?);
+        self.close_object(spec, key)?;
         Ok(true)
     }
 
@@ -337,10 +369,10 @@ impl Filling {
         if self.open.len() < MAX_OPEN_OBJECTS {
             return Ok(());
         }
-        let Some(key) = self.open.iter().min_by_key(|(_, (_, w))| *w).map(|(k, _)| *k) else { return Ok(()) };
-        let (object, _) = self.open.remove(&key).expect("found above");
-        self.closed.push(object.close(spec)?);
-        Ok(())
+        match self.open.iter().min_by_key(|(_, (_, w))| *w).map(|(k, _)| *k) {
+            Some(key) => self.close_object(spec, key),
+            None => Ok(()),
+        }
     }
 
     /// Closes the data and dead-letter objects of hours before epoch `e`'s: sealed epochs only
@@ -352,8 +384,15 @@ impl Filling {
         let mut past: Vec<FileKey> = self.open.keys().filter(|k| k.kind != FileKind::Late && k.hour < hour).copied().collect();
         past.sort();
         for key in past {
-            let (object, _) = self.open.remove(&key).expect("listed above");
-            self.closed.push(object.close(spec)?);
+            self.close_object(spec, key)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the open object of `key`; it is finished in the background.
+    fn close_object(&mut self, spec: &SinkSpec, key: FileKey) -> Result<(), PipelineError> {
+        if let Some((object, _)) = self.open.remove(&key) {
+            self.closed.running.push(object.close(spec)?);
         }
         Ok(())
     }
@@ -378,7 +417,7 @@ const MAX_UNFINISHED_BYTES: u64 = 256 << 20;
 /// How often a sink waiting for the store says so.
 const STORE_WAIT_WARNING: Duration = Duration::from_secs(10);
 
-/// Whether the unfinished uploads exceed [`MAX_UNFINISHED_OBJECTS`] or [`MAX_UNFINISHED_BYTES`].
+/// Whether the running uploads exceed [`MAX_UNFINISHED_OBJECTS`] or [`MAX_UNFINISHED_BYTES`].
 fn over_budget<'a>(uploads: impl Iterator<Item = &'a Upload>) -> bool {
     let (mut count, mut bytes) = (0, 0);
     for (entry, handle) in uploads {
