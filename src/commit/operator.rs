@@ -9,9 +9,9 @@
 //! writes the next manifest of the chain for `[lower, b)`, `b` the greatest boundary at or
 //! below the frontier (the end of the input when it is done), with a create-if-absent PUT (one
 //! in flight at a time, so commits batch up when the store is slower than the boundaries), and
-//! only after it is durable commits the consumer-group offsets. A lost create race means another cluster writes this output:
-//! the pipeline stops with that error (a definite [`PipelineError`] in the process's
-//! [`Failure`]).
+//! only after it is durable commits the consumer-group offsets. A lost create race means
+//! another cluster writes this output: the pipeline stops with that error (a definite
+//! [`PipelineError`] in the process's [`Failure`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
