@@ -1,7 +1,9 @@
 //! The output: where the lake lives (`--output`) and how it is laid out.
 //!
 //! `<root>/<stream>/date=YYYY-MM-DD/hour=HH/<name>.parquet` (Hive style, queryable as-is),
-//! manifests under `<root>/_manifests/`, dead letters under `<root>/_dead_letter/<stream>/…`.
+//! manifests under `<root>/_manifests/`, dead letters under `<root>/_dead_letter/stream=<stream>/…`
+//! (one table for all streams, partitioned by `stream`, so that every reader takes the folder as
+//! one table). Each stream folder and `_dead_letter/` is also a Delta table (see [`crate::delta`]).
 //! Object names carry the first epoch they hold (which names their commit) and the writer's run
 //! id (which names the worker): `<stream>-e<epoch>[-late]-<run>[-<n>].parquet`. One worker of a
 //! process writes one object per commit and (stream, kind, hour) for all the partitions the
@@ -18,8 +20,11 @@ use object_store::path::Path;
 use object_store::{BackoffConfig, RetryConfig};
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use url::Url;
+
 use crate::contract::timestamp::date_hour;
 use crate::contract::{Micros, Stream};
+use crate::delta::DeltaRoot;
 use crate::epoch::Epoch;
 
 /// Why the output cannot be used.
@@ -127,6 +132,8 @@ pub struct Lake {
     pub url: String,
     /// How long a failing store request is retried before the run gives up.
     pub retry_timeout: Duration,
+    /// The same output as Delta tables address it (see [`Lake::delta`]).
+    pub(crate) delta: DeltaRoot,
 }
 
 impl std::fmt::Debug for Lake {
@@ -150,7 +157,9 @@ impl Lake {
         }
         let retry_timeout = retry_timeout_from_env()?;
         if spec == "memory://" {
-            return Ok(Lake { store: Arc::new(InMemory::new()), url: spec.to_owned(), retry_timeout });
+            let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+            let delta = DeltaRoot { store: store.clone(), url: Url::parse("memory:///").expect("a valid URL") };
+            return Ok(Lake { store, url: spec.to_owned(), retry_timeout, delta });
         }
         if let Some(rest) = spec.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -158,10 +167,12 @@ impl Lake {
                 return Err(bad("no bucket name after s3://"));
             }
             let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry_config(retry_timeout)).build().map_err(|e| bad(&e.to_string()))?;
-            let store: Arc<dyn ObjectStore> = Arc::new(s3);
+            let root: Arc<dyn ObjectStore> = Arc::new(s3);
             let prefix = prefix.trim_matches('/');
-            let store = if prefix.is_empty() { store } else { Arc::new(object_store::prefix::PrefixStore::new(store, prefix)) as Arc<dyn ObjectStore> };
-            return Ok(Lake { store, url: spec.to_owned(), retry_timeout });
+            let store =
+                if prefix.is_empty() { root.clone() } else { Arc::new(object_store::prefix::PrefixStore::new(root.clone(), prefix)) as Arc<dyn ObjectStore> };
+            let url = Url::parse(&format!("s3://{bucket}/{prefix}")).map_err(|e| bad(&e.to_string()))?;
+            return Ok(Lake { store, url: spec.to_owned(), retry_timeout, delta: DeltaRoot { store: root, url } });
         }
         if spec.contains("://") && !spec.starts_with("file://") {
             return Err(bad("unsupported scheme; use a directory, file:///dir or s3://bucket/prefix"));
@@ -169,7 +180,11 @@ impl Lake {
         let dir = spec.strip_prefix("file://").unwrap_or(spec);
         std::fs::create_dir_all(dir).map_err(|e| LakeError::Access { url: spec.to_owned(), reason: format!("cannot create directory {dir}: {e}") })?;
         let store = LocalFileSystem::new_with_prefix(dir).map_err(|e| LakeError::Access { url: spec.to_owned(), reason: e.to_string() })?;
-        Ok(Lake { store: Arc::new(store), url: spec.to_owned(), retry_timeout })
+        let absolute =
+            std::fs::canonicalize(dir).map_err(|e| LakeError::Access { url: spec.to_owned(), reason: format!("cannot resolve directory {dir}: {e}") })?;
+        let url = Url::from_directory_path(&absolute).map_err(|()| bad("not an absolute directory path"))?;
+        let delta = DeltaRoot { store: Arc::new(LocalFileSystem::new()), url };
+        Ok(Lake { store: Arc::new(store), url: spec.to_owned(), retry_timeout, delta })
     }
 
     /// What a store request that failed for good means, for the fatal message: how long it was
@@ -251,15 +266,19 @@ pub fn file_path(stream: Stream, kind: FileKind, epoch: Epoch, run: &str, hour_o
     match kind {
         FileKind::Data => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-{run}{part}.parquet")),
         FileKind::Late => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-late-{run}{part}.parquet")),
-        FileKind::DeadLetter => Path::from(format!("_dead_letter/{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-{run}{part}.parquet")),
+        FileKind::DeadLetter => Path::from(format!("_dead_letter/stream={name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-{run}{part}.parquet")),
     }
 }
 
-/// The first epoch encoded in an object name made by [`file_path`].
+/// The first epoch encoded in an object name made by [`file_path`]: `<stream>-e<10 digits>-…`.
+/// Any other name (compacted files, Delta checkpoints, foreign files) has none, so garbage
+/// collection never touches it.
 pub fn epoch_of_file(path: &Path) -> Option<Epoch> {
     let name = path.filename()?;
-    let rest = name.split("-e").nth(1)?;
-    rest.split('-').next()?.parse().ok()
+    let stream = Stream::ALL.into_iter().find(|s| name.starts_with(s.name()))?;
+    let digits = name[stream.name().len()..].strip_prefix("-e")?.get(..10)?;
+    let rest = &name[stream.name().len() + 2 + 10..];
+    (digits.bytes().all(|b| b.is_ascii_digit()) && rest.starts_with('-')).then(|| digits.parse().ok()).flatten()
 }
 
 /// Deletes data and dead-letter objects that no manifest can have committed: those whose
@@ -310,9 +329,16 @@ mod tests {
         assert!(l.as_ref().ends_with("gps_data-e0000000012-late-r.parquet"));
         assert_eq!(epoch_of_file(&l), Some(12));
         let d = file_path(Stream::Gps, FileKind::DeadLetter, 12, "r", t, 2);
-        assert!(d.as_ref().starts_with("_dead_letter/gps_data/date=2025-03-01/hour=10/"));
+        assert!(d.as_ref().starts_with("_dead_letter/stream=gps_data/date=2025-03-01/hour=10/"));
         assert!(d.as_ref().ends_with("gps_data-e0000000012-r-2.parquet"), "the third object of its key in one commit");
         assert_eq!(epoch_of_file(&d), Some(12));
+        for other in [
+            "gps_data/date=2025-03-01/hour=10/gps_data-compacted-v12-0e1234567890abcdef.parquet",
+            "gps_data/_delta_log/00000000000000000100.checkpoint.parquet",
+            "x-e0000000012-r.parquet",
+        ] {
+            assert_eq!(epoch_of_file(&Path::from(other)), None, "{other}");
+        }
     }
 
     #[test]

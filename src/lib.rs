@@ -17,6 +17,7 @@
 //! | [`sink`] | the sink stage: the operator (`chunks.write_parquet(..)`), Parquet encoding, object uploads |
 //! | [`commit`] | the commit stage: the operator (`reports.commit(..)`), the manifest chain, consumer-group offsets |
 //! | [`dataflow`] | the wiring of the three stages ([`dataflow::build`]) and what flows between them |
+//! | [`delta`] | the Delta Lake tables: publishing committed manifests, statistics, compaction, vacuum |
 //! | [`lake`] | `--output` (local, `s3://`, `memory://`), object layout, garbage collection |
 //! | [`ddl`] | Athena/Glue statements for the lake |
 //! | [`error`] | errors that stop the pipeline, with their class, and the per-process failure slot |
@@ -31,6 +32,7 @@ pub mod commit;
 pub mod contract;
 pub mod dataflow;
 pub mod ddl;
+pub mod delta;
 pub mod epoch;
 pub mod error;
 pub mod kafka;

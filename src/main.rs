@@ -52,7 +52,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ddl(args) => {
-            print!("{}", citystream::ddl::statements(&args.output, &args.database));
+            let ddl = if args.hive {
+                citystream::ddl::hive_statements(&args.output, &args.database)
+            } else {
+                citystream::ddl::statements(&args.output, &args.database)
+            };
+            print!("{ddl}");
+            Ok(())
+        }
+        Command::Compact(args) => {
+            let opts = args.validate()?;
+            let lake = citystream::lake::Lake::open(&args.output)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let reports = rt.block_on(citystream::delta::compact::compact_lake(&lake, &opts))?;
+            let verb = if opts.dry_run { "would rewrite" } else { "rewrote" };
+            for r in &reports {
+                println!(
+                    "{:<16} files {:>6} → {:<6} ({verb} {} partitions, {} rows, {} commits)",
+                    r.table, r.files_before, r.files_after, r.partitions, r.rows, r.commits
+                );
+            }
+            Ok(())
+        }
+        Command::Vacuum(args) => {
+            let retention = args.validate()?;
+            let lake = citystream::lake::Lake::open(&args.output)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let reports = rt.block_on(citystream::delta::vacuum::vacuum_lake(&lake, retention, args.dry_run))?;
+            let verb = if args.dry_run { "would delete" } else { "deleted" };
+            for r in &reports {
+                println!(
+                    "{:<16} {verb} {:>6} files, kept {} unreferenced (younger than the retention or of a commit in flight)",
+                    r.table,
+                    r.deleted.len(),
+                    r.kept
+                );
+                if args.dry_run {
+                    for f in &r.deleted {
+                        println!("  {f}");
+                    }
+                }
+            }
             Ok(())
         }
         Command::Run(args) => {
@@ -104,5 +144,13 @@ fn print_run_report(r: &citystream::run::RunReport, embedded: bool) {
     if r.garbage_collected > 0 {
         println!("  uncommitted objects of a crashed run deleted: {}", r.garbage_collected);
     }
-    println!("  output: {} (manifests in _manifests/, dead letters in _dead_letter/)", r.output);
+    if let Some(p) = &r.published {
+        println!(
+            "  Delta tables:     {:>10} commits, {} objects added; every table holds manifest {}",
+            p.commits,
+            p.files,
+            p.head.map_or("-".to_owned(), |h| h.to_string())
+        );
+    }
+    println!("  output: {} (a Delta table per stream and _dead_letter/; manifests in _manifests/)", r.output);
 }

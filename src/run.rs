@@ -19,8 +19,9 @@ use crate::cli::run::{RunConfig, SourceConfig};
 use crate::commit::manifest::{self, FORMAT, Manifest, ManifestKind};
 use crate::commit::operator::CommitSummary;
 use crate::dataflow::Backpressure;
+use crate::delta::publish::{self, PublishSummary};
 use crate::epoch::Epoch;
-use crate::error::Failure;
+use crate::error::{ErrorClass, Failure, PipelineError};
 use crate::lake::{self, Lake};
 use crate::source::embedded::{self, EmbeddedReader};
 
@@ -44,6 +45,8 @@ pub struct RunReport {
     pub window_us: i64,
     /// Wall-clock time between commits (`--commit-interval`).
     pub commit_interval: Duration,
+    /// What process 0 published to the Delta tables.
+    pub published: Option<PublishSummary>,
 }
 
 /// A short random id for this process's object names: the standard library's randomly keyed
@@ -119,6 +122,26 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         std::process::exit(i32::from(FATAL_EXIT_CODE));
     }));
 
+    // Process 0 publishes every durable manifest to the Delta tables, after bringing them up
+    // to the claim (republishing what a crash kept from them).
+    let failure = Failure::default();
+    let (publish_tx, publishing) = match &claim {
+        Some(claim) if cfg.process == 0 => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let (lake, run, head, failure) = (lake.clone(), run.clone(), claim.sequence, failure.clone());
+            let task = rt.spawn(async move {
+                let result = publish::serve(lake.clone(), run, head, rx).await;
+                if let Err(e) = &result {
+                    let message = format!("{e}; the manifests are durable and the next start publishes them ({})", lake.gave_up());
+                    failure.set(PipelineError::new(ErrorClass::Transient, message));
+                }
+                result
+            });
+            (Some(tx), Some(task))
+        }
+        _ => (None, None),
+    };
+
     let process = Arc::new(worker::Process {
         cfg: cfg.clone(),
         lake: lake.clone(),
@@ -130,11 +153,11 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         partitions,
         claim,
         shutdown,
-        failure: Failure::default(),
+        failure: failure.clone(),
         backpressure: Backpressure::default(),
         started,
+        publish: std::sync::Mutex::new(publish_tx),
     });
-    let failure = process.failure.clone();
     let guards = timely::execute(timely_config(&cfg), move |worker| {
         workers_started.store(true, Ordering::SeqCst);
         worker::run_worker(worker, &process)
@@ -148,6 +171,20 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
             Err(e) => bail!("worker {i} failed: {e}"),
         }
     }
+    // The committer is gone, and with it the publisher's input: wait for the last manifests
+    // to reach the tables (unless the run failed: then the next start publishes them).
+    let published = match publishing {
+        Some(task) if !failure.is_set() => match rt.block_on(task) {
+            Ok(Ok(summary)) => Some(summary),
+            Ok(Err(_)) => None, // recorded in `failure`
+            Err(e) => bail!("the Delta publisher failed: {e}"),
+        },
+        Some(task) => {
+            task.abort();
+            None
+        }
+        None => None,
+    };
     drop(rt);
     if let Some(e) = failure.take() {
         return Err(e.into());
@@ -160,6 +197,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         first_epoch,
         window_us: cfg.clock.window_us,
         commit_interval: cfg.commit_interval,
+        published,
     })
 }
 

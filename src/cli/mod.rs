@@ -4,6 +4,7 @@
 //! before any work starts, and every error names the flag and says what would be accepted.
 
 pub mod kafka;
+pub mod maintain;
 pub mod run;
 pub mod simulate;
 
@@ -32,8 +33,12 @@ pub enum Command {
     Simulate(Box<simulate::SimulateArgs>),
     /// Run one process of the cluster: Kafka (or the embedded simulator) → Parquet lake.
     Run(Box<run::RunArgs>),
-    /// Print Athena/Glue CREATE EXTERNAL TABLE statements for the lake's layout.
+    /// Print Athena/Glue CREATE EXTERNAL TABLE statements for the lake's Delta tables.
     Ddl(DdlArgs),
+    /// Rewrite the small files of sealed hours into right-sized ones (Delta, dataChange=false).
+    Compact(maintain::CompactArgs),
+    /// Delete files no Delta table version needs any more, after a retention period.
+    Vacuum(maintain::VacuumArgs),
 }
 
 /// `citystream ddl` flags.
@@ -48,6 +53,10 @@ pub struct DdlArgs {
     /// Glue/Athena database name.
     #[arg(long, env = "CITYSTREAM_DATABASE", default_value = "citystream")]
     pub database: String,
+    /// Print Hive-layout tables with partition projection instead of Delta tables (they list
+    /// folders, so they also see objects not yet or no longer committed).
+    #[arg(long)]
+    pub hive: bool,
 }
 
 /// Parses a human duration such as `60s`, `2m`, `1h30m` or `500ms`.
@@ -107,7 +116,7 @@ mod tests {
             let shown = match &cli.command {
                 Command::Run(a) => format!("{:?}", a.validate().unwrap()),
                 Command::Simulate(a) => format!("{:?}", a.validate().unwrap()),
-                Command::Ddl(_) => unreachable!(),
+                Command::Ddl(_) | Command::Compact(_) | Command::Vacuum(_) => unreachable!(),
             };
             assert!(!shown.contains(mark) && shown.contains("sasl.password=***"), "{shown}");
         }

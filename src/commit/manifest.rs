@@ -42,6 +42,11 @@ pub struct FileEntry {
     pub rows: u64,
     /// Size in bytes.
     pub bytes: u64,
+    /// Delta statistics JSON of the object (`numRecords`, `minValues`, `maxValues`,
+    /// `nullCount`), computed from its footer as it was written; published in its `add`.
+    /// (Absent in manifests of versions before the Delta tables.)
+    #[serde(default)]
+    pub stats: Option<String>,
 }
 
 impl FileEntry {
@@ -130,6 +135,11 @@ pub async fn latest(lake: &Lake) -> Result<Option<Manifest>, ManifestError> {
     let listed: Vec<_> = lake.store.list(Some(&Path::from("_manifests"))).try_collect().await?;
     let newest = listed.iter().filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse::<u64>().ok()).max();
     let Some(sequence) = newest else { return Ok(None) };
+    read(lake, sequence).await.map(Some)
+}
+
+/// Reads manifest `sequence`.
+pub async fn read(lake: &Lake, sequence: u64) -> Result<Manifest, ManifestError> {
     let path = manifest_path(sequence);
     let bytes = lake.store.get(&path).await?.bytes().await?;
     let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| ManifestError::Corrupt { path: path.to_string(), reason: e.to_string() })?;
@@ -139,7 +149,7 @@ pub async fn latest(lake: &Lake) -> Result<Option<Manifest>, ManifestError> {
             reason: format!("sequence {} / format {} do not match", manifest.sequence, manifest.format),
         });
     }
-    Ok(Some(manifest))
+    Ok(manifest)
 }
 
 /// Writes a manifest if and only if its sequence number is still free.

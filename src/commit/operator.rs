@@ -9,7 +9,8 @@
 //! writes the next manifest of the chain for `[lower, b)`, `b` the greatest boundary at or
 //! below the frontier (the end of the input when it is done), with a create-if-absent PUT (one
 //! in flight at a time, so commits batch up when the store is slower than the boundaries), and
-//! only after it is durable commits the consumer-group offsets. A lost create race means
+//! only after it is durable commits the consumer-group offsets and hands the manifest to the
+//! Delta publisher ([`crate::delta::publish`]), which adds its objects to the tables. A lost create race means
 //! another cluster writes this output: the pipeline stops with that error (a definite
 //! [`PipelineError`] in the process's [`Failure`]).
 
@@ -49,6 +50,8 @@ pub struct CommitSpec {
     pub previous: Option<Manifest>,
     /// Commits consumer-group offsets after each manifest (Kafka only).
     pub offsets: Option<OffsetCommitter>,
+    /// Hands each durable manifest to the Delta publisher ([`crate::delta::publish::serve`]).
+    pub publish: Option<tokio::sync::mpsc::UnboundedSender<Manifest>>,
     /// Filled in as manifests become durable.
     pub summary: Rc<RefCell<CommitSummary>>,
     /// Where an error that stops the pipeline goes.
@@ -119,7 +122,7 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
     let mut input = builder.new_input(reports, Pipeline);
 
     builder.build_reschedule(move |_caps| {
-        let CommitSpec { lake, rt, run, clock, topic_prefix, previous, mut offsets, summary, failure } = spec;
+        let CommitSpec { lake, rt, run, clock, topic_prefix, previous, mut offsets, publish, summary, failure } = spec;
         let mut lower = previous.as_ref().map_or(0, |m| m.upper);
         let mut sequence = previous.as_ref().map_or(0, |m| m.sequence);
         let mut states: BTreeMap<PartitionId, ResumeState> = previous.map(|m| m.partitions.into_iter().map(|s| (s.id, s)).collect()).unwrap_or_default();
@@ -179,6 +182,11 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                         if let Some(committer) = offsets.as_mut() {
                             let offs: Vec<(PartitionId, i64)> = m.partitions.iter().map(|s| (s.id, s.position.offset)).collect();
                             committer.commit(&offs);
+                        }
+                        if let Some(tables) = &publish {
+                            // A closed channel means the publisher stopped with an error, which
+                            // it reports itself; the manifest is durable either way.
+                            let _ = tables.send(m);
                         }
                     }
                     Ok(Err(e @ ManifestError::Lake(_))) => {

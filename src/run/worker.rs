@@ -57,6 +57,9 @@ pub(super) struct Process {
     /// Shared by the process's sinks and sources (chunks stay in their process).
     pub(super) backpressure: Backpressure,
     pub(super) started: Instant,
+    /// Process 0: where the committer (worker 0) hands durable manifests to the Delta
+    /// publisher; taken by that worker.
+    pub(super) publish: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<Manifest>>>,
 }
 
 /// Builds the dataflow of one worker and steps it until it completes or the process fails;
@@ -112,6 +115,7 @@ pub(super) fn run_worker(worker: &mut timely::worker::Worker, p: &Process) -> Co
         topic_prefix: p.prefix.clone(),
         previous: p.claim.clone(),
         offsets,
+        publish: if index == 0 { p.publish.lock().unwrap_or_else(|e| e.into_inner()).take() } else { None },
         summary: summary.clone(),
         failure: failure.clone(),
     };

@@ -13,7 +13,7 @@ use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
-use parquet::file::metadata::KeyValue;
+use parquet::file::metadata::{KeyValue, ParquetMetaData};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
@@ -168,13 +168,14 @@ impl ParquetEncoder {
         self.out.take()
     }
 
-    /// Finishes the file with `metadata` in its footer and returns the remaining bytes.
-    pub fn close(mut self, metadata: Vec<(String, String)>) -> Result<Vec<u8>, ParquetError> {
+    /// Finishes the file with `metadata` in its footer and returns the remaining bytes and
+    /// the footer as written (its statistics go into the Delta `add`).
+    pub fn close(mut self, metadata: Vec<(String, String)>) -> Result<(Vec<u8>, ParquetMetaData), ParquetError> {
         for (key, value) in metadata {
             self.writer.append_key_value_metadata(KeyValue::new(key, value));
         }
-        self.writer.close()?;
-        Ok(self.out.take())
+        let footer = self.writer.close()?;
+        Ok((self.out.take(), footer))
     }
 }
 
@@ -185,7 +186,7 @@ pub fn batch_to_parquet(batch: &RecordBatch) -> Result<Vec<u8>, ParquetError> {
     let mut enc = ParquetEncoder::new(batch.schema(), &opts)?;
     enc.write(batch)?;
     let mut bytes = enc.take_bytes();
-    bytes.extend(enc.close(Vec::new())?);
+    bytes.extend(enc.close(Vec::new())?.0);
     Ok(bytes)
 }
 
@@ -232,7 +233,7 @@ mod tests {
         }
         enc.write(&b.finish().unwrap()).unwrap();
         assert!(streamed.len() > 1000, "closed row groups leave before the file is finished");
-        streamed.extend(enc.close(vec![("citystream.epoch".into(), "7".into())]).unwrap());
+        streamed.extend(enc.close(vec![("citystream.epoch".into(), "7".into())]).unwrap().0);
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(streamed)).unwrap();
         let md = reader.metadata().clone();
         assert_eq!(md.file_metadata().num_rows(), 5000);
@@ -257,7 +258,7 @@ mod tests {
         let mut enc = ParquetEncoder::new(crate::contract::schema::schema(Stream::Weather, true), &EncodeOptions::default()).unwrap();
         enc.write(&b.finish().unwrap()).unwrap();
         let mut bytes = enc.take_bytes();
-        bytes.extend(enc.close(Vec::new()).unwrap());
+        bytes.extend(enc.close(Vec::new()).unwrap().0);
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).unwrap();
         let rg = reader.metadata().row_group(0).clone();
         let chunk = |name: &str| rg.columns().iter().find(|c| c.column_path().string() == name).unwrap_or_else(|| panic!("{name}")).clone();

@@ -45,6 +45,7 @@ impl OpenObject {
             partitions: Vec::new(),
             rows: 0,
             bytes: 0,
+            stats: None,
         };
         OpenObject {
             entry,
@@ -132,7 +133,8 @@ impl OpenObject {
         ];
         self.entry.rows = encoder.rows();
         let path = self.entry.path.clone();
-        let bytes = encoder.close(metadata).map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("finishing {path}"), e))?;
+        let (bytes, footer) = encoder.close(metadata).map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("finishing {path}"), e))?;
+        self.entry.stats = Some(crate::delta::stats::stats_json(&self.schema, &footer));
         self.upload
             .write(&spec.rt, &bytes)
             .map_err(|e| PipelineError::caused(ErrorClass::Transient, format!("uploading {path}: {}", spec.lake.gave_up()), e))?;

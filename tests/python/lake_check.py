@@ -8,6 +8,12 @@ appears exactly once across data, late and dead-letter files, nothing else appea
 and types equal the produced JSON, and the manifests account for exactly the listed files, each
 object in one manifest only and holding only epochs of that manifest's commit.
 
+Then the same through Delta Lake, with the Python `deltalake` package (delta-rs's own reader,
+independent of citystream's writer): every table (one per stream, `_dead_letter/`) read from its
+`_delta_log` holds every (topic, partition, offset) of its records exactly once with the values
+Kafka holds, its files are exactly the committed ones (unless --compacted: then only the rows are
+compared), and its `txn` version for `citystream/<table>` equals the newest manifest.
+
 Prints a JSON summary on stdout; exits 1 with the problems on stderr if anything is wrong.
 """
 import argparse
@@ -16,6 +22,7 @@ import json
 import os
 import sys
 
+import deltalake
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -100,6 +107,88 @@ def parse_ts(text):
     return t
 
 
+def check_values(stream, key, row, kafka, where, problems):
+    """The row's fields equal the produced JSON record's."""
+    raw = kafka.get(key)
+    if raw is None:
+        problems.append(f"{key} in {where} is not in Kafka")
+        return
+    src = json.loads(raw)
+    for f in FIELDS[stream]:
+        if f == "location":
+            got, want = [row["latitude"], row["longitude"]], [float(x) for x in src[f]]
+        elif f == "timestamp":
+            got, want = row["timestamp"], parse_ts(src[f])
+        elif f in INT_FIELDS:
+            got, want = row[f], int(src[f])
+        elif f in STR_FIELDS:
+            got, want = row[f], src[f]
+        else:
+            got, want = row[f], float(src[f])
+        if got != want:
+            problems.append(f"{key} field {f}: {where} {got!r} != kafka {want!r}")
+            return
+
+
+def delta_options(output):
+    if not output.startswith("s3://"):
+        path = output[len("file://"):] if output.startswith("file://") else output
+        return os.path.abspath(path), None
+    opts = {"AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"), "AWS_ALLOW_HTTP": "true"}
+    for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"]:
+        if os.environ.get(k):
+            opts[k] = os.environ[k]
+    return output.rstrip("/"), opts
+
+
+def check_delta(output, prefix, kafka, committed, head, compacted, problems):
+    """Reads every table through its Delta log; returns rows seen per table."""
+    root, opts = delta_options(output)
+    rows_seen = {}
+    tables = [(s, s, s) for s in STREAMS] + [("dead_letter", "_dead_letter", None)]
+    for name, folder, stream in tables:
+        uri = f"{root}/{folder}"
+        if not deltalake.DeltaTable.is_deltatable(uri, storage_options=opts):
+            if head:
+                problems.append(f"delta: {uri} is not a Delta table")
+            continue
+        dt_ = deltalake.DeltaTable(uri, storage_options=opts)
+        proto = dt_.protocol()
+        if (proto.min_reader_version, proto.min_writer_version) != (1, 2):
+            problems.append(f"delta {name}: protocol {proto.min_reader_version}/{proto.min_writer_version}, expected 1/2")
+        version = dt_.transaction_version(f"citystream/{name}")
+        if head is not None and version != head:
+            problems.append(f"delta {name}: txn version {version}, newest manifest {head}")
+        files = {f"{folder}/{p}" for p in pa.record_batch(dt_.get_add_actions(flatten=True)).column("path").to_pylist()}
+        want = {p for p in committed if p.startswith(folder + "/")}
+        if not compacted and files != want:
+            problems.append(f"delta {name}: files not committed {sorted(files - want)[:3]}; committed, not in the table {sorted(want - files)[:3]}")
+        table = dt_.to_pyarrow_table()
+        if stream is not None and table.num_rows and table.schema.field("timestamp").type != pa.timestamp("us", tz="UTC"):
+            problems.append(f"delta {name}: timestamp is {table.schema.field('timestamp').type}")
+        seen = set()
+        for row in table.to_pylist():
+            topic = row["topic"] if stream is None else prefix + stream
+            key = (topic, row["_partition"], row["_offset"])
+            if key in seen:
+                problems.append(f"delta {name}: duplicate {key}")
+                continue
+            seen.add(key)
+            if stream is None:
+                if kafka.get(key) != row["raw"]:
+                    problems.append(f"delta dead letter {key}: raw bytes differ from Kafka")
+            else:
+                check_values(stream, key, row, kafka, f"delta {name}", problems)
+        rows_seen[name] = seen
+    everything = set().union(*rows_seen.values()) if rows_seen else set()
+    if sum(len(v) for v in rows_seen.values()) != len(everything):
+        problems.append("delta: a record is in two tables")
+    missing = [k for k in kafka if k not in everything]
+    if missing:
+        problems.append(f"delta: {len(missing)} Kafka records are in no Delta table, e.g. {missing[:5]}")
+    return sum(len(v) for v in rows_seen.values())
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--output", required=True)
@@ -107,6 +196,7 @@ def main():
     ap.add_argument("--prefix", default="")
     ap.add_argument("--expect-records", type=int)
     ap.add_argument("--expect-group", help="consumer group whose committed offsets must equal the end of every partition")
+    ap.add_argument("--compacted", action="store_true", help="the lake was compacted: the Hive listing holds removed files until a vacuum, so compare rows through Delta only")
     args = ap.parse_args()
 
     problems = []
@@ -120,7 +210,7 @@ def main():
     expected_types = {"timestamp": pa.timestamp("us", tz="UTC"), "latitude": pa.float64(), "longitude": pa.float64(), "year": pa.int32(), "humidity": pa.int32(), "temperature": pa.float64(), "_partition": pa.int32(), "_offset": pa.int64(), "_late": pa.bool_()}
     for s in STREAMS:
         topic = args.prefix + s
-        for path in list_files(fs, root, s):
+        for path in [] if args.compacted else list_files(fs, root, s):
             files.append(path)
             table = pq.read_table(path, filesystem=fs)
             footers[path[len(root) + 1:]] = table.schema.metadata or {}
@@ -134,26 +224,8 @@ def main():
                     continue
                 seen[key] = path
                 counts["late" if row["_late"] else "data"] += 1
-                raw = kafka.get(key)
-                if raw is None:
-                    problems.append(f"{key} in {path} is not in Kafka")
-                    continue
-                src = json.loads(raw)
-                for f in FIELDS[s]:
-                    if f == "location":
-                        got, want = [row["latitude"], row["longitude"]], [float(x) for x in src[f]]
-                    elif f == "timestamp":
-                        got, want = row["timestamp"], parse_ts(src[f])
-                    elif f in INT_FIELDS:
-                        got, want = row[f], int(src[f])
-                    elif f in STR_FIELDS:
-                        got, want = row[f], src[f]
-                    else:
-                        got, want = row[f], float(src[f])
-                    if got != want:
-                        problems.append(f"{key} field {f}: lake {got!r} != kafka {want!r}")
-                        break
-    for path in list_files(fs, root, "_dead_letter"):
+                check_values(s, key, row, kafka, path, problems)
+    for path in [] if args.compacted else list_files(fs, root, "_dead_letter"):
         files.append(path)
         table = pq.read_table(path, filesystem=fs)
         footers[path[len(root) + 1:]] = table.schema.metadata or {}
@@ -170,7 +242,7 @@ def main():
                 problems.append(f"dead letter {key} has no reason")
 
     missing = [k for k in kafka if k not in seen]
-    if missing:
+    if missing and not args.compacted:
         problems.append(f"{len(missing)} Kafka records are in no output, e.g. {missing[:5]}")
     if args.expect_records is not None and len(kafka) != args.expect_records:
         problems.append(f"Kafka holds {len(kafka)} records, expected {args.expect_records}")
@@ -203,9 +275,13 @@ def main():
                 if got != (first, last):
                     problems.append(f"{f['path']}: footer says epochs {got}, manifest {first}..={last}")
     listed = {p[len(root) + 1:] for p in files}
-    if set(committed) != listed:
+    head = manifests[-1]["sequence"] if manifests else None
+    delta_rows = check_delta(args.output, args.prefix, kafka, committed, head, args.compacted, problems)
+    if args.compacted:
+        pass  # the Hive listing also holds compaction inputs until a vacuum; Delta was checked
+    elif set(committed) != listed:
         problems.append(f"files not committed: {sorted(listed - set(committed))[:5]}; committed but absent: {sorted(set(committed) - listed)[:5]}")
-    if sum(committed.values()) != len(seen):
+    if not args.compacted and sum(committed.values()) != len(seen):
         problems.append(f"manifests count {sum(committed.values())} rows, files hold {len(seen)}")
 
     if args.expect_group:
@@ -221,7 +297,7 @@ def main():
         finally:
             c.close()
 
-    summary = {"kafka_records": len(kafka), "data_rows": counts["data"], "late_rows": counts["late"], "dead_letters": counts["dead"], "files": len(files), "manifests": len(manifests), "problems": len(problems)}
+    summary = {"kafka_records": len(kafka), "data_rows": counts["data"], "late_rows": counts["late"], "dead_letters": counts["dead"], "files": len(files), "manifests": len(manifests), "delta_rows": delta_rows, "problems": len(problems)}
     print(json.dumps(summary))
     if problems:
         for p in problems[:50]:

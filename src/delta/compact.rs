@@ -1,0 +1,247 @@
+//! `citystream compact`: rewrites the small files of sealed hour partitions into files of a
+//! target size, as one Delta commit per partition group of `remove` + `add` actions with
+//! `dataChange = false`.
+//!
+//! Why it is safe while a cluster writes: the publisher only ever *adds* files, and a Delta
+//! commit whose actions do not change data does not conflict with concurrent appends (the
+//! conflict check only fails when two commits remove the same file — two compactions at once
+//! — and then the loser's new file is deleted and nothing changed). Rows are copied, never
+//! changed, so a query returns the same rows before and after; readers of an older version keep
+//! finding the removed files until `citystream vacuum` deletes them after the retention period.
+//! Hive-layout readers (those that list folders instead of reading the Delta log) see both the
+//! old and the new files until then: they must read through Delta, or only after a vacuum.
+//!
+//! New files are named `<stream>-compacted-v<table version>-<uuid>.parquet`: no epoch in the
+//! name, so the start-up garbage collection of uncommitted objects never mistakes them for
+//! the objects of a crashed run.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add};
+use deltalake::protocol::DeltaOperation;
+use deltalake::{DeltaTable, DeltaTableError};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::Table;
+use crate::lake::Lake;
+use crate::sink::encode::{EncodeOptions, ParquetEncoder};
+
+/// What to compact.
+#[derive(Debug, Clone)]
+pub struct CompactOptions {
+    /// Only hour partitions that ended at least this long ago (event time vs. wall clock).
+    pub older_than: Duration,
+    /// Size the new files aim for (bytes); files at least half of it are left alone.
+    pub target_size: u64,
+    /// Report what would be done, change nothing.
+    pub dry_run: bool,
+}
+
+/// What compaction did to one table.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CompactReport {
+    /// The table.
+    pub table: String,
+    /// Active files before.
+    pub files_before: usize,
+    /// Active files after.
+    pub files_after: usize,
+    /// Partitions rewritten.
+    pub partitions: usize,
+    /// Rows copied.
+    pub rows: u64,
+    /// Delta commits written.
+    pub commits: usize,
+}
+
+/// Why compaction stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    /// A Delta operation failed.
+    #[error("compacting {table}: {source}")]
+    Delta {
+        /// The table.
+        table: &'static str,
+        /// The cause.
+        #[source]
+        source: DeltaTableError,
+    },
+    /// Reading or writing a file failed.
+    #[error("compacting {table}: {message}")]
+    File {
+        /// The table.
+        table: &'static str,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// One active file of a table.
+#[derive(Debug, Clone)]
+struct Active {
+    path: String,
+    size: u64,
+    remove: deltalake::kernel::Remove,
+}
+
+/// Compacts every table of `lake` that exists.
+pub async fn compact_lake(lake: &Lake, opts: &CompactOptions) -> Result<Vec<CompactReport>, CompactError> {
+    let mut reports = Vec::new();
+    for table in Table::all() {
+        let opened = lake.delta().open(table).await.map_err(|source| CompactError::Delta { table: table.name(), source })?;
+        if let Some(t) = opened {
+            reports.push(compact_table(lake, table, t, opts).await?);
+        }
+    }
+    Ok(reports)
+}
+
+/// The end of the hour a partition holds, µs since the epoch, from its `date` and `hour`.
+fn partition_end_us(values: &std::collections::HashMap<String, Option<String>>) -> Option<i64> {
+    let date = values.get("date")?.as_deref()?;
+    let hour: i64 = values.get("hour")?.as_deref()?.parse().ok()?;
+    let start = crate::contract::timestamp::parse_timestamp(&format!("{date}T00:00:00Z"), 0).ok()?;
+    Some(start + (hour + 1) * 3_600_000_000)
+}
+
+/// Compacts one table: per sealed partition, its files under half the target size, packed
+/// into groups of at most the target size, each group one new file and one commit.
+pub async fn compact_table(lake: &Lake, table: Table, mut t: DeltaTable, opts: &CompactOptions) -> Result<CompactReport, CompactError> {
+    let name = table.name();
+    let delta = |source| CompactError::Delta { table: name, source };
+    let snapshot = t.snapshot().map_err(delta)?;
+    let now = crate::clock::now_micros();
+    let mut by_partition: BTreeMap<Vec<(String, Option<String>)>, Vec<Active>> = BTreeMap::new();
+    let mut files_before = 0;
+    for f in snapshot.log_data().iter() {
+        files_before += 1;
+        let values = f.partition_values_map();
+        let sealed = partition_end_us(&values).is_some_and(|end| end + opts.older_than.as_micros() as i64 <= now);
+        if !sealed || f.size() as u64 >= opts.target_size / 2 {
+            continue;
+        }
+        let mut key: Vec<(String, Option<String>)> = values.into_iter().collect();
+        key.sort();
+        by_partition.entry(key).or_default().push(Active { path: f.path().to_string(), size: f.size() as u64, remove: f.remove_action(false) });
+    }
+    let mut report = CompactReport { table: name.to_owned(), files_before, files_after: files_before, ..CompactReport::default() };
+    for (_, mut files) in by_partition {
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        // Greedy packing in name (epoch) order: a group closes when the next file would pass
+        // the target.
+        let mut groups: Vec<Vec<Active>> = vec![Vec::new()];
+        for f in files {
+            let size: u64 = groups.last().expect("one group").iter().map(|f| f.size).sum();
+            if size + f.size > opts.target_size && !groups.last().expect("one group").is_empty() {
+                groups.push(Vec::new());
+            }
+            groups.last_mut().expect("one group").push(f);
+        }
+        let mut touched = false;
+        for group in groups.into_iter().filter(|g| g.len() >= 2) {
+            touched = true;
+            if opts.dry_run {
+                report.files_after -= group.len() - 1;
+                continue;
+            }
+            let (add, rows) = rewrite(lake, table, &t, &group).await?;
+            let new_path = add.path.clone();
+            let mut actions: Vec<Action> = group.iter().map(|f| Action::Remove(f.remove.clone())).collect();
+            actions.push(Action::Add(add));
+            let properties = CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false));
+            let operation = DeltaOperation::Optimize { predicate: None, target_size: opts.target_size as i64 };
+            let committed = CommitBuilder::from(properties).with_actions(actions).build(Some(t.snapshot().map_err(delta)?), t.log_store(), operation).await;
+            match committed {
+                Ok(done) => {
+                    t.state = Some(done.snapshot);
+                    report.files_after -= group.len() - 1;
+                    report.rows += rows;
+                    report.commits += 1;
+                }
+                Err(e) => {
+                    // Another compaction removed one of these files first: ours changed
+                    // nothing; its new file is deleted (vacuum would, later).
+                    let _ = lake.store.delete(&Path::from(format!("{}/{new_path}", table.dir()))).await;
+                    return Err(delta(e));
+                }
+            }
+        }
+        report.partitions += usize::from(touched);
+    }
+    Ok(report)
+}
+
+/// Copies the rows of `group` (in order) into one new file in their partition's folder;
+/// returns its `add` (`dataChange = false`, statistics from the new footer) and the row count.
+async fn rewrite(lake: &Lake, table: Table, t: &DeltaTable, group: &[Active]) -> Result<(Add, u64), CompactError> {
+    let name = table.name();
+    let file_error = |message: String| CompactError::File { table: name, message };
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    for f in group {
+        let path = Path::from(format!("{}/{}", table.dir(), f.path));
+        // Files to compact are under half the target size: read whole.
+        let bytes = lake
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| file_error(format!("reading {path}: {e}")))?
+            .bytes()
+            .await
+            .map_err(|e| file_error(format!("reading {path}: {e}")))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| file_error(format!("reading {path}: {e}")))?;
+        for batch in reader {
+            batches.push(batch.map_err(|e| file_error(format!("reading {path}: {e}")))?);
+        }
+    }
+    let schema = batches.first().map(RecordBatch::schema).ok_or_else(|| file_error("the files to compact hold no rows".into()))?;
+    let mut encoder = ParquetEncoder::new(schema.clone(), &EncodeOptions::default()).map_err(|e| file_error(e.to_string()))?;
+    let mut bytes = Vec::new();
+    for b in &batches {
+        encoder.write(b).map_err(|e| file_error(e.to_string()))?;
+        bytes.extend(encoder.take_bytes());
+    }
+    let rows = encoder.rows();
+    let metadata = vec![("citystream.compacted_from".to_owned(), group.len().to_string()), ("citystream.table".to_owned(), name.to_owned())];
+    let (tail, footer) = encoder.close(metadata).map_err(|e| file_error(e.to_string()))?;
+    bytes.extend(tail);
+    let folder = group[0].path.rsplit_once('/').map_or("", |(dir, _)| dir);
+    let stream = match table {
+        Table::Stream(s) => s.name(),
+        Table::DeadLetter => "dead_letter",
+    };
+    let version = t.version().unwrap_or(0);
+    let file = format!("{folder}/{stream}-compacted-v{version}-{}.parquet", uuid_simple());
+    let size = bytes.len() as u64;
+    let store: &dyn ObjectStore = lake.store.as_ref();
+    store.put(&Path::from(format!("{}/{file}", table.dir())), bytes.into()).await.map_err(|e| file_error(format!("writing {file}: {e}")))?;
+    let add = Add {
+        path: file,
+        partition_values: group[0].remove.partition_values.clone().unwrap_or_default(),
+        size: size as i64,
+        modification_time: crate::clock::now_micros() / 1000,
+        data_change: false,
+        stats: Some(super::stats::stats_json(&schema, &footer)),
+        tags: None,
+        deletion_vector: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+        clustering_provider: None,
+    };
+    Ok((add, rows))
+}
+
+/// A random 128-bit hex name part (no dashes): two randomly keyed hashes of the clock.
+fn uuid_simple() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let part = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_i64(crate::clock::now_micros());
+        h.finish()
+    };
+    format!("{:016x}{:016x}", part(), part())
+}

@@ -1,0 +1,311 @@
+//! Publishing durable manifests to the Delta tables: the second level of the commit.
+//!
+//! The committer writes manifest `n` (the cluster's commit point); then this module adds the
+//! objects of `n` to every table in one Delta commit per table, with
+//! `txn(appId = citystream/<table>, version = n)` and the manifest's sequence, epoch range and
+//! resume offsets in `commitInfo`. Every table gets a commit for every manifest, with or
+//! without objects for it, so that each table's `txn` version is the manifest it is current
+//! with. Manifests that queue up while a commit is in flight go out together in the next one
+//! (its `txn` version is the last of them).
+//!
+//! Idempotent by construction: before each commit the table's `txn` version says what it
+//! already holds, and only newer manifests are added. A commit is attempted against one
+//! snapshot only (delta-rs's own rebase-and-retry is off): if the log moved on — an ambiguous
+//! earlier attempt that landed although its answer was lost, another publisher of the same
+//! chain, a compaction — the attempt fails, the table is reloaded, and its `txn` version
+//! decides: the manifests are in (nothing to do) or the commit is tried again on the new
+//! snapshot. So a retry never publishes twice, whatever delta-rs's conflict rules say about
+//! application transactions (tested in `tests/delta.rs`). Publishing never deletes anything and
+//! only ever reads manifests from the chain, so several publishers of one chain (a restarted
+//! cluster and a zombie) cannot duplicate a row either.
+//!
+//! Post-commit hooks are off on this path: checkpoints (every [`CHECKPOINT_INTERVAL`]
+//! versions) and the log clean-up run in a background task after the commit that crossed the
+//! interval, never in the way of the next publish.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::protocol::{DeltaOperation, OutputMode};
+use deltalake::{DeltaTable, DeltaTableError};
+use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::{CHECKPOINT_INTERVAL, Table};
+use crate::commit::manifest::{self, FileEntry, Manifest};
+use crate::lake::Lake;
+
+/// Why publishing stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// A Delta operation failed for longer than the lake's retry budget.
+    #[error("publishing manifest {sequence} to the Delta table {table}: {source}")]
+    Delta {
+        /// The table.
+        table: &'static str,
+        /// The manifest.
+        sequence: u64,
+        /// What failed last.
+        #[source]
+        source: DeltaTableError,
+    },
+    /// A manifest the table lacks could not be read from the chain.
+    #[error("reading manifest {sequence} to republish it: {source}")]
+    Manifest {
+        /// The manifest.
+        sequence: u64,
+        /// Why.
+        #[source]
+        source: manifest::ManifestError,
+    },
+}
+
+/// What publishing did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PublishSummary {
+    /// Delta commits written, over all tables.
+    pub commits: u64,
+    /// Objects added, over all tables.
+    pub files: u64,
+    /// The newest manifest every table holds.
+    pub head: Option<u64>,
+}
+
+/// The lake's tables, opened (created where missing), each with the manifest it is current
+/// with.
+pub struct Publisher {
+    lake: Lake,
+    run: String,
+    tables: BTreeMap<Table, DeltaTable>,
+    /// The manifest each table is known to hold (read from its log once, then kept).
+    held: BTreeMap<Table, u64>,
+    summary: PublishSummary,
+}
+
+impl Publisher {
+    /// Opens (or creates) every table of `lake`.
+    pub async fn open(lake: &Lake, run: &str) -> Result<Publisher, PublishError> {
+        let mut tables = BTreeMap::new();
+        for table in Table::all() {
+            let t = with_retries(lake, table, 0, || lake.delta().open_or_create(table)).await?;
+            tables.insert(table, t);
+        }
+        Ok(Publisher { lake: lake.clone(), run: run.to_owned(), tables, held: BTreeMap::new(), summary: PublishSummary::default() })
+    }
+
+    /// What was published so far.
+    pub fn summary(&self) -> &PublishSummary {
+        &self.summary
+    }
+
+    /// The manifest `table` is current with (0: none).
+    pub async fn version_of(&self, table: Table) -> Result<u64, DeltaTableError> {
+        let t = &self.tables[&table];
+        let v = t.snapshot()?.transaction_version(t.log_store().as_ref(), table.app_id()).await?;
+        Ok(v.map_or(0, |v| v.max(0) as u64))
+    }
+
+    /// Brings every table up to manifest `head`, reading the manifests a table lacks from the
+    /// chain (after a crash between a manifest and its publication, or on a lake written
+    /// before the tables existed).
+    pub async fn catch_up(&mut self, head: u64) -> Result<(), PublishError> {
+        self.publish(&[], head).await
+    }
+
+    /// Publishes `manifests` (ascending) to every table that lacks them; any older manifest a
+    /// table lacks, up to `head` at least, is read from the chain first.
+    pub async fn publish(&mut self, manifests: &[Manifest], head: u64) -> Result<(), PublishError> {
+        let head = manifests.last().map_or(head, |m| m.sequence.max(head));
+        let mut cache: BTreeMap<u64, Manifest> = manifests.iter().map(|m| (m.sequence, m.clone())).collect();
+        for table in Table::all() {
+            loop {
+                let have = self.current(table, head).await?;
+                if have >= head {
+                    break;
+                }
+                for sequence in have + 1..=head {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = cache.entry(sequence) {
+                        let m = manifest::read(&self.lake, sequence).await.map_err(|source| PublishError::Manifest { sequence, source })?;
+                        slot.insert(m);
+                    }
+                }
+                let batch: Vec<&Manifest> = cache.range(have + 1..=head).map(|(_, m)| m).collect();
+                self.commit(table, &batch).await?;
+            }
+        }
+        self.summary.head = Some(head);
+        Ok(())
+    }
+
+    /// The manifest `table` holds: as last seen, or read from its log.
+    async fn current(&mut self, table: Table, head: u64) -> Result<u64, PublishError> {
+        if let Some(&v) = self.held.get(&table) {
+            return Ok(v);
+        }
+        let v = self.version_of(table).await.map_err(|source| PublishError::Delta { table: table.name(), sequence: head, source })?;
+        self.held.insert(table, v);
+        Ok(v)
+    }
+
+    /// One Delta commit adding the objects of `batch` to `table`, with its `txn` at the last
+    /// manifest. Retried (reloading the table first, so that a landed attempt is seen and not
+    /// repeated) until the lake's retry budget is spent.
+    async fn commit(&mut self, table: Table, batch: &[&Manifest]) -> Result<(), PublishError> {
+        let last = batch.last().expect("a batch holds a manifest");
+        let adds: Vec<Action> = batch.iter().flat_map(|m| m.files.iter()).filter(|f| Table::of(f) == table).filter_map(|f| add_action(table, f)).collect();
+        let files = adds.len() as u64;
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let t = self.tables.get_mut(&table).expect("every table is open");
+            let properties = CommitProperties::default()
+                .with_application_transaction(Transaction::new_with_last_update(table.app_id(), last.sequence as i64, Some(crate::clock::now_micros() / 1000)))
+                .with_metadata(commit_info(batch, &self.run))
+                .with_create_checkpoint(false)
+                .with_cleanup_expired_logs(Some(false))
+                // No retry inside delta-rs: on any newer version (another publisher, a
+                // compaction, our own attempt whose answer was lost) the commit fails, and the
+                // loop below reloads the table and decides by its `txn` version.
+                .with_max_retries(0);
+            let operation = DeltaOperation::StreamingUpdate {
+                output_mode: OutputMode::Append,
+                query_id: format!("citystream-{}", self.run),
+                epoch_id: last.sequence as i64,
+            };
+            let attempt = match t.snapshot() {
+                Ok(snapshot) => CommitBuilder::from(properties).with_actions(adds.clone()).build(Some(snapshot), t.log_store(), operation).await,
+                Err(e) => Err(e),
+            };
+            match attempt {
+                Ok(done) => {
+                    let version = done.version();
+                    t.state = Some(done.snapshot);
+                    self.held.insert(table, last.sequence);
+                    self.summary.commits += 1;
+                    self.summary.files += files;
+                    tracing::debug!(table = table.name(), version, manifest = last.sequence, files, "published to Delta");
+                    if version > 0 && version % CHECKPOINT_INTERVAL == 0 {
+                        maintain_in_background(t.clone(), version);
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Whatever happened, the table may now hold the batch (an attempt that
+                    // landed, or another publisher of the same chain): reload and look.
+                    let _ = t.update_state().await;
+                    let now = self.version_of(table).await;
+                    if let Ok(v) = now {
+                        self.held.insert(table, v);
+                    }
+                    if now.is_ok_and(|v| v >= last.sequence) {
+                        tracing::info!(table = table.name(), manifest = last.sequence, error = %e, "the table already holds the manifest (an earlier attempt landed): nothing to publish");
+                        return Ok(());
+                    }
+                    if started.elapsed() + pause >= self.lake.retry_timeout {
+                        return Err(PublishError::Delta { table: table.name(), sequence: last.sequence, source: e });
+                    }
+                    tracing::warn!(table = table.name(), manifest = last.sequence, error = %e, "publishing to Delta failed; retrying in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Retries an operation on `table` within the lake's retry budget.
+async fn with_retries<T, F, Fut>(lake: &Lake, table: Table, sequence: u64, mut op: F) -> Result<T, PublishError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, DeltaTableError>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if started.elapsed() + pause < lake.retry_timeout => {
+                tracing::warn!(table = table.name(), error = %e, "opening the Delta table failed; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(source) => return Err(PublishError::Delta { table: table.name(), sequence, source }),
+        }
+    }
+}
+
+/// The `add` of a committed object: its path inside the table, partition values from the
+/// path, size, the writer's statistics, `dataChange = true`.
+fn add_action(table: Table, f: &FileEntry) -> Option<Action> {
+    let Some((path, partition_values)) = table.relative(&f.path) else {
+        tracing::warn!(path = %f.path, table = table.name(), "object outside the table's layout (written by an older version): not published");
+        return None;
+    };
+    let stats = f.stats.clone().or_else(|| Some(json!({ "numRecords": f.rows }).to_string()));
+    Some(Action::Add(Add {
+        path,
+        partition_values,
+        size: f.bytes as i64,
+        modification_time: crate::clock::now_micros() / 1000,
+        data_change: true,
+        stats,
+        tags: None,
+        deletion_vector: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+        clustering_provider: None,
+    }))
+}
+
+/// What `commitInfo` says about the manifests: sequence, epochs, run, and where every
+/// partition resumes (the Kafka offsets this table version is consistent with).
+fn commit_info(batch: &[&Manifest], run: &str) -> HashMap<String, Value> {
+    let first = batch.first().expect("a batch holds a manifest");
+    let last = batch.last().expect("a batch holds a manifest");
+    let offsets: Vec<Value> =
+        last.partitions.iter().map(|s| json!({ "stream": s.id.stream.name(), "partition": s.id.partition, "offset": s.position.offset })).collect();
+    let citystream = json!({
+        "manifests": [first.sequence, last.sequence],
+        "epochs": [first.lower, last.upper],
+        "run": last.run,
+        "publisher": run,
+        "offsets": offsets,
+    });
+    HashMap::from([("citystream".to_owned(), citystream)])
+}
+
+/// Writes a checkpoint at `version` and deletes log entries older than the table's log
+/// retention, in the background (a failure is logged: the next interval tries again).
+fn maintain_in_background(table: DeltaTable, version: u64) {
+    tokio::spawn(async move {
+        if let Err(e) = deltalake::checkpoints::create_checkpoint(&table, None).await {
+            tracing::warn!(table = %table.table_url(), version, error = %e, "writing a Delta checkpoint failed (the next interval tries again)");
+            return;
+        }
+        match deltalake::checkpoints::cleanup_metadata(&table, None).await {
+            Ok(n) if n > 0 => tracing::info!(table = %table.table_url(), deleted = n, "expired Delta log entries deleted"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(table = %table.table_url(), error = %e, "cleaning up the Delta log failed"),
+        }
+    });
+}
+
+/// Runs a publisher until `manifests` closes: first it brings every table up to `head` (the
+/// cluster's claim), then publishes each durable manifest the committer sends, together with
+/// any that queued up meanwhile.
+pub async fn serve(lake: Lake, run: String, head: u64, mut manifests: UnboundedReceiver<Manifest>) -> Result<PublishSummary, PublishError> {
+    let mut publisher = Publisher::open(&lake, &run).await?;
+    publisher.catch_up(head).await?;
+    let mut head = head;
+    while let Some(first) = manifests.recv().await {
+        let mut batch = vec![first];
+        while let Ok(m) = manifests.try_recv() {
+            batch.push(m);
+        }
+        head = head.max(batch.last().map_or(head, |m| m.sequence));
+        publisher.publish(&batch, head).await?;
+    }
+    Ok(publisher.summary().clone())
+}
