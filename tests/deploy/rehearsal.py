@@ -49,7 +49,7 @@ ENTRYPOINT = os.path.join(REPO, "workers", "entrypoint.sh")
 DOCKERFILE = os.path.join(REPO, "workers", "Dockerfile")
 SERVICES = os.path.join(REPO, "scripts", "services.sh")
 LAKE_CHECK = os.path.join(REPO, "tests", "python", "lake_check.py")
-MARK = "citystream-rehearsal"  # a file of this name in /etc/netns/<ns>/ marks the namespace ours
+MARKS = "/run/citystream-rehearsal"  # a file <MARKS>/<ns> marks a namespace as made here
 LOCK = "/run/citystream-rehearsal.lock"
 HUB = "citystream-hub"
 NET = "10.213.0"  # only inside the namespaces made here; the machine's own namespace never sees it
@@ -87,7 +87,7 @@ class Network:
     def ours():
         out = run(["ip", "netns", "list"]).stdout
         names = [line.split()[0] for line in out.splitlines() if line.strip()]
-        return [n for n in names if os.path.exists(f"/etc/netns/{n}/{MARK}")]
+        return [n for n in names if os.path.exists(os.path.join(MARKS, n))]
 
     @staticmethod
     def remove(ns):
@@ -107,6 +107,10 @@ class Network:
                 break
         run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
+        try:
+            os.unlink(os.path.join(MARKS, ns))
+        except FileNotFoundError:
+            pass
 
     def sweep(self):
         """Remove namespaces an earlier run left (killed before its clean-up)."""
@@ -116,7 +120,8 @@ class Network:
 
     def _mark(self, ns):
         os.makedirs(f"/etc/netns/{ns}", exist_ok=True)
-        with open(f"/etc/netns/{ns}/{MARK}", "w") as f:
+        os.makedirs(MARKS, exist_ok=True)
+        with open(os.path.join(MARKS, ns), "w") as f:
             f.write(f"made by tests/deploy/rehearsal.py, pid {os.getpid()}\n")
         # No DNS server in the namespaces: names come from the hosts file, others fail at once.
         with open(f"/etc/netns/{ns}/resolv.conf", "w") as f:
@@ -449,7 +454,7 @@ def statefulset(args, net, checker, logs, rng):
     for p in pods:
         p.start()
     kubelet = Kubelet(pods)
-    kubelet.wait("the first two commits of the 2-pod cluster", lambda: commits(pods) >= 2)
+    kubelet.wait("the first commit of the 2-pod cluster", lambda: commits(pods) >= 1)
     peers = re.search(r"peers: (.*)", pods[1].output())
     sample_rss(pods)
     before = commits(pods)
@@ -570,7 +575,9 @@ def main():
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
     global IMAGE_BIN
-    IMAGE_BIN = os.path.join(os.path.abspath(args.work), "image-bin")
+    # Beside the binary, not under the work folder: that may be under /tmp, which each pod's
+    # emptyDir (a tmpfs on /tmp) hides.
+    IMAGE_BIN = os.path.join(os.path.dirname(args.bin), "rehearsal-image-bin")
     os.makedirs(IMAGE_BIN, exist_ok=True)
     link = os.path.join(IMAGE_BIN, "citystream")
     if os.path.lexists(link):
@@ -592,6 +599,10 @@ def main():
         run_as = "root (the checkout is not readable by uid 10001)"
         log(f"warning: running the pods as {run_as}")
 
+    def stop(signum, _frame):
+        raise Failure(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)  # clean up the namespaces when stopped
     lock = open(LOCK, "w")
     fcntl.flock(lock, fcntl.LOCK_EX)  # one rehearsal per machine at a time (fixed namespace names)
     net = Network()
