@@ -32,6 +32,7 @@ namespace and process it made is removed at the end, whatever happened. Needs ro
 import argparse
 import base64
 import fcntl
+import itertools
 import json
 import os
 import random
@@ -58,6 +59,7 @@ IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 IMAGE_BIN = None  # set in main(): <work>/image-bin, holding a link to the binary under test
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "citystream", "AWS_SECRET_ACCESS_KEY": "citystream-secret"}  # services.sh's test identity
 T0 = time.monotonic()
+LOG_SERIAL = itertools.count()
 
 
 def log(msg):
@@ -296,7 +298,7 @@ class Pod:
         return in_ns(self.ns, ["unshare", "--mount", "--uts", "--", "sh", "-c", script, self.name] + priv + ["env", "-i"] + [f"{k}={v}" for k, v in env.items()] + self.entry + self.args + extra)
 
     def start(self, extra=(), tag="run"):
-        self.log_path = os.path.join(self.logs, f"{self.name}.{tag}{self.generation}.log")
+        self.log_path = os.path.join(self.logs, f"{next(LOG_SERIAL):03d}-{self.name}.{tag}{self.generation}.log")
         out = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.command(list(extra)), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         out.close()
@@ -492,9 +494,10 @@ def statefulset(args, net, checker, logs, rng):
         raise Failure(f"the survivor of the kill exited 0: {survivor.output()[-2000:]}")
     log(f"kill: {results[-1]}")
 
-    # rollout 2 -> 3: a new template; every pod is replaced at once with the new -n.
-    finish(produce(args.bin, prefix, 20_000, "2025-03-01T16:00:00", 103), "simulate (rollout)")
-    produced += 20_000
+    # rollout 2 -> 3: a new template; every pod is replaced at once with the new -n. Records
+    # arrive before and after the replacement, so that the new cluster has new epochs to commit.
+    finish(produce(args.bin, prefix, 10_000, "2025-03-01T16:00:00", 103), "simulate (rollout, before)")
+    produced += 10_000
     old = pods_of(two)
     for p in old:
         p.start()
@@ -506,6 +509,8 @@ def statefulset(args, net, checker, logs, rng):
         raise Failure(f"the new template's CITYSTREAM_PROCESSES is {new[2].env.get('CITYSTREAM_PROCESSES')}, expected 3")
     for p in new:
         p.start()
+    finish(produce(args.bin, prefix, 10_000, "2025-03-01T18:00:00", 104), "simulate (rollout, after)")
+    produced += 10_000
     kubelet = Kubelet(new)
     kubelet.wait("a commit of the new (3-pod) cluster", lambda: commits(new) >= 1)
     peers3 = re.search(r"peers: (.*)", new[2].output())
