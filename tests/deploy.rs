@@ -22,7 +22,12 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 fn tools() -> &'static BTreeMap<String, String> {
     static TOOLS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
     TOOLS.get_or_init(|| {
-        let out = Command::new("bash").arg(format!("{REPO}/scripts/deploy-tools.sh")).stdin(Stdio::null()).stderr(Stdio::inherit()).output().expect("run scripts/deploy-tools.sh");
+        let out = Command::new("bash")
+            .arg(format!("{REPO}/scripts/deploy-tools.sh"))
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/deploy-tools.sh");
         assert!(out.status.success(), "scripts/deploy-tools.sh failed (see its messages above)");
         String::from_utf8(out.stdout).unwrap().lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
     })
@@ -220,7 +225,9 @@ fn statefulset_and_compose_rehearsal_in_network_namespaces() {
             eprintln!("SKIPPED: the deployment rehearsal needs root and `ip netns` ({why}); CITYSTREAM_DEPLOY_REHEARSAL=skip says this machine has none");
             return;
         }
-        panic!("the deployment rehearsal needs root and `ip netns` (iproute2): {why}. On a machine that cannot have them, set CITYSTREAM_DEPLOY_REHEARSAL=skip");
+        panic!(
+            "the deployment rehearsal needs root and `ip netns` (iproute2): {why}. On a machine that cannot have them, set CITYSTREAM_DEPLOY_REHEARSAL=skip"
+        );
     }
     let dir = tempfile::Builder::new().prefix("citystream-rehearsal").tempdir().unwrap();
     // The pods run as the manifest's user (10001): it must reach the work folder.
@@ -245,7 +252,8 @@ fn statefulset_and_compose_rehearsal_in_network_namespaces() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("{}")).unwrap_or_else(|_| panic!("no summary from the rehearsal:\n{stdout}"));
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or("{}")).unwrap_or_else(|_| panic!("no summary from the rehearsal:\n{stdout}"));
     assert!(out.status.success() && summary["ok"] == true, "the rehearsal failed: {}", summary["error"].as_str().unwrap_or(&stdout));
     println!("REHEARSAL {summary}");
     // Every scenario was checked against Kafka by the lake checker; the counts only grow.
@@ -255,7 +263,10 @@ fn statefulset_and_compose_rehearsal_in_network_namespaces() {
     let checked: Vec<u64> = scenarios.iter().map(|s| s["records_checked"].as_u64().unwrap()).collect();
     assert_eq!(checked, [20_000, 50_000, 70_000], "every record produced so far, exactly once");
     for s in scenarios {
-        assert_eq!(s["data_rows"].as_u64().unwrap() + s["late_rows"].as_u64().unwrap() + s["dead_letters"].as_u64().unwrap(), s["records_checked"].as_u64().unwrap());
+        assert_eq!(
+            s["data_rows"].as_u64().unwrap() + s["late_rows"].as_u64().unwrap() + s["dead_letters"].as_u64().unwrap(),
+            s["records_checked"].as_u64().unwrap()
+        );
         assert!(s["sigterm_exit_seconds"].as_f64().unwrap() < summary["statefulset"]["grace_period_seconds"].as_f64().unwrap());
     }
     assert!(scenarios[0]["peers"].as_str().unwrap().contains("citystream-1.citystream.citystream.svc.cluster.local:2101"));

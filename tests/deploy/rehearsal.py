@@ -520,7 +520,7 @@ def statefulset(args, net, checker, logs, rng):
     check = checker.check(output, prefix, group, produced)
     results.append({"scenario": "rollout", "pods_before": 2, "pods_after": 3, "peers": peers3.group(1) if peers3 else None, "sigterm_exit_seconds": round(max(grace_old, grace_new), 2), "records_checked": check["kafka_records"], **{k: check[k] for k in ("data_rows", "late_rows", "dead_letters", "files", "manifests")}})
     log(f"rollout: {results[-1]}")
-    redacted = {k: ("<redacted>" if ("SECRET" in k or "PASSWORD" in k) else v) for k, v in env0.items()}
+    redacted = {k: ("<redacted>" if any(w in k for w in ("SECRET", "PASSWORD", "KEY")) else v) for k, v in env0.items()}
     return {"grace_period_seconds": two.grace, "pod_env": redacted, "peak_rss_mib": round(max(rss) / 1024, 1) if rss else None, "scenarios": results}
 
 
