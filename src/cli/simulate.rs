@@ -165,7 +165,7 @@ mod tests {
                 // CITYSTREAM_BROKERS in the environment: the flag is parsed all the same.
                 SourceConfig::Kafka(_) => a.time_model,
             },
-            Command::Ddl(_) => unreachable!(),
+            Command::Ddl(_) | Command::Status(_) => unreachable!(),
         };
         assert_eq!(model(&["simulate"]), TimeModel::Fleet);
         assert_eq!(model(&["simulate", "--time-model", "original"]), TimeModel::Original);
