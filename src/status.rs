@@ -157,7 +157,10 @@ pub fn summarise(output: &str, manifests: Vec<(u64, Result<Manifest, String>)>) 
     for (sequence, m) in &manifests {
         if *sequence != expected && broken.is_none() {
             broken = Some(if *sequence > expected {
-                format!("manifest {expected} is missing (the chain goes on at {sequence}): a restart would resume from {}, skipping what it committed", manifests.last().map_or(0, |l| l.0))
+                format!(
+                    "manifest {expected} is missing (the chain goes on at {sequence}): a restart would resume from {}, skipping what it committed",
+                    manifests.last().map_or(0, |l| l.0)
+                )
             } else {
                 format!("manifest {sequence} appears twice")
             });

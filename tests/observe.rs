@@ -113,7 +113,10 @@ fn a_live_two_process_cluster_is_scraped_while_it_reads_and_once_it_has_read_eve
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("{}.", unique("obs"));
     let produced = 20_000u64;
-    simulate(&prefix, &["--vehicles", "40", "--events", "20000", "--partitions", "2", "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", "31"]);
+    simulate(
+        &prefix,
+        &["--vehicles", "40", "--events", "20000", "--partitions", "2", "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", "31"],
+    );
     let out = dir.path().join("lake");
     let out_s = out.display().to_string();
     let addrs = [format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())];

@@ -82,7 +82,9 @@ fn group_lag(opts: &KafkaOptions, known: &[PartitionStatus]) -> anyhow::Result<V
     for p in &all {
         tpl.add_partition(&opts.topic(p.stream), p.partition);
     }
-    let committed = consumer.committed_offsets(tpl, opts.timeout).with_context(|| format!("reading the offsets of consumer group {:?} from {}", opts.group, opts.brokers))?;
+    let committed = consumer
+        .committed_offsets(tpl, opts.timeout)
+        .with_context(|| format!("reading the offsets of consumer group {:?} from {}", opts.group, opts.brokers))?;
     let mut out: Vec<PartitionStatus> = all
         .iter()
         .map(|p| {

@@ -104,7 +104,12 @@ mod tests {
             out
         };
         let m = get("/metrics");
-        assert!(m.starts_with("HTTP/1.1 200 OK\r\n") && m.contains("citystream_records_total{stream=\"gps_data\",outcome=\"dead_letter\"} ") && m.ends_with("# EOF\n"), "{m}");
+        assert!(
+            m.starts_with("HTTP/1.1 200 OK\r\n")
+                && m.contains("citystream_records_total{stream=\"gps_data\",outcome=\"dead_letter\"} ")
+                && m.ends_with("# EOF\n"),
+            "{m}"
+        );
         assert!(get("/readyz").starts_with("HTTP/1.1 503"), "not ready before any worker runs");
         assert!(get("/nothing").starts_with("HTTP/1.1 404"));
         let in_use = serve(addr).unwrap_err().to_string();

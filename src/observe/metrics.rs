@@ -181,14 +181,26 @@ impl Metrics {
             m.store_retries.get_or_create_owned(&OpLabel { op: op.to_owned() });
         }
         let r = root.sub_registry_with_prefix("citystream");
-        r.register("records", "Records read, by stream and outcome (ok: on time; late: behind the watermark, written as late rows; dead_letter: not decodable)", m.records.clone());
+        r.register(
+            "records",
+            "Records read, by stream and outcome (ok: on time; late: behind the watermark, written as late rows; dead_letter: not decodable)",
+            m.records.clone(),
+        );
         r.register("bytes_read", "Bytes of Kafka values read", m.bytes_read.clone());
         r.register("bytes_written", "Bytes of Parquet objects this process made durable, by stream", m.bytes_written.clone());
         r.register("objects_written", "Parquet objects this process made durable, by stream", m.objects_written.clone());
-        r.register("partition_lag_records", "Records on the broker beyond this process's read position (high watermark − position), per owned partition", m.partition_lag.clone());
+        r.register(
+            "partition_lag_records",
+            "Records on the broker beyond this process's read position (high watermark − position), per owned partition",
+            m.partition_lag.clone(),
+        );
         r.register("partition_watermark_seconds", "Event-time watermark of an owned partition, seconds since the Unix epoch", m.partition_watermark.clone());
         r.register("partition_idle", "1 when an owned partition is caught up (idle: it follows the cluster's watermark)", m.partition_idle.clone());
-        r.register("partition_stalled", "1 while the stall guard finds an owned partition starved (the broker holds records, none arrive)", m.partition_stalled.clone());
+        r.register(
+            "partition_stalled",
+            "1 while the stall guard finds an owned partition starved (the broker holds records, none arrive)",
+            m.partition_stalled.clone(),
+        );
         r.register("frontier_epoch", "The cluster's watermark as an epoch: every epoch below it is sealed", m.frontier_epoch.clone());
         r.register("last_committed_epoch", "Last epoch of the latest commit manifest this process knows (-1: none)", m.last_committed_epoch.clone());
         r.register("epoch_seal_seconds", "Per committed epoch: time from the frontier passing it to its manifest being durable", m.epoch_seal.clone());

@@ -109,11 +109,7 @@ fn figures(first_epoch: u64, elapsed: Duration) -> String {
     let read: u64 = Outcome::ALL.iter().map(|o| m.records_sum(*o)).sum();
     let rate = read as f64 / elapsed.as_secs_f64().max(1e-3);
     let sealed = (m.frontier_epoch.get() as u64).saturating_sub(first_epoch);
-    format!(
-        "{read} records read ({rate:.0}/s), lag {} records, {sealed} epochs sealed, {} manifests committed",
-        m.lag_sum(),
-        m.manifests_committed.get()
-    )
+    format!("{read} records read ({rate:.0}/s), lag {} records, {sealed} epochs sealed, {} manifests committed", m.lag_sum(), m.manifests_committed.get())
 }
 
 /// Plain progress lines for work that draws its own bar on a terminal (`simulate`): nothing on
