@@ -38,7 +38,7 @@ pub struct LastCommit {
     pub sequence: u64,
     /// The last epoch it committed (the cluster's committed watermark).
     pub epoch: Epoch,
-    /// Event time the committed epochs reach, from the first epoch of the lake (RFC 3339).
+    /// Start of the event time committed: the first epoch any committed object holds (RFC 3339).
     pub event_time_from: String,
     /// End (exclusive) of the event time committed (RFC 3339).
     pub event_time_to: String,
@@ -186,7 +186,9 @@ pub fn summarise(output: &str, manifests: Vec<(u64, Result<Manifest, String>)>) 
             continue;
         }
         commits += 1;
-        first_lower.get_or_insert(m.lower);
+        if let Some(least) = m.files.iter().map(|f| f.epoch).min() {
+            first_lower = Some(first_lower.map_or(least, |e: Epoch| e.min(least)));
+        }
         last_commit = Some(m);
         for f in &m.files {
             let t = &mut streams[f.stream.index()];
@@ -241,5 +243,81 @@ pub fn summarise(output: &str, manifests: Vec<(u64, Result<Manifest, String>)>) 
             .unwrap_or_default(),
         topic_prefix: prefix,
         tables: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::manifest::{FORMAT, FileEntry};
+    use crate::epoch::EpochClock;
+
+    fn manifest(sequence: u64, kind: ManifestKind, lower: Epoch, upper: Epoch, rows: u64) -> Manifest {
+        let file = |stream, kind, rows| FileEntry {
+            path: format!("f{sequence}"),
+            stream,
+            kind,
+            epoch: lower,
+            last_epoch: upper - 1,
+            partitions: vec![0],
+            rows,
+            bytes: 100,
+        };
+        Manifest {
+            format: FORMAT,
+            sequence,
+            kind,
+            lower,
+            upper,
+            clock: EpochClock::new(60_000_000, 120_000_000),
+            topic_prefix: "t.".into(),
+            run: "r".into(),
+            written_at: "2026-11-29T00:00:00.000Z".into(),
+            files: if kind == ManifestKind::Commit {
+                vec![file(Stream::Gps, FileKind::Data, rows), file(Stream::Gps, FileKind::DeadLetter, 1)]
+            } else {
+                vec![]
+            },
+            partitions: vec![],
+            cluster: Some(ClusterShape { processes: 2, threads: 2 }),
+        }
+    }
+
+    #[test]
+    fn a_chain_is_healthy_empty_or_broken_with_its_reason() {
+        assert!(matches!(summarise("x", vec![]).health, Health::Empty(_)));
+        let claim_only = summarise("x", vec![(1, Ok(manifest(1, ManifestKind::Claim, 0, 0, 0)))]);
+        assert!(matches!(&claim_only.health, Health::Empty(why) if why.contains("claim")), "{:?}", claim_only.health);
+
+        let chain = || {
+            vec![
+                (1, Ok(manifest(1, ManifestKind::Claim, 0, 0, 0))),
+                (2, Ok(manifest(2, ManifestKind::Commit, 0, 10, 7))),
+                (3, Ok(manifest(3, ManifestKind::Commit, 10, 12, 5))),
+            ]
+        };
+        let s = summarise("x", chain());
+        assert_eq!(s.health, Health::Healthy);
+        assert_eq!((s.manifests, s.commits, s.exit_code()), (3, 2, 0));
+        let gps = &s.streams[Stream::Gps.index()];
+        assert_eq!((gps.rows, gps.dead_letters, gps.objects, gps.bytes), (12, 2, 4, 400));
+        let last = s.last_commit.unwrap();
+        assert_eq!((last.sequence, last.epoch), (3, 11));
+        assert_eq!(last.event_time_to, "1970-01-01T00:12:00Z");
+        assert_eq!(last.cluster, Some(ClusterShape { processes: 2, threads: 2 }));
+
+        let mut gap = chain();
+        let _ = gap.remove(1);
+        let s = summarise("x", gap);
+        assert!(matches!(&s.health, Health::Broken(why) if why.contains("manifest 2 is missing")), "{:?}", s.health);
+        assert_eq!(s.exit_code(), BROKEN_EXIT_CODE);
+
+        let mut unreadable = chain();
+        unreadable[1].1 = Err("manifest _manifests/2 is not valid: eof".into());
+        assert!(matches!(summarise("x", unreadable).health, Health::Broken(why) if why.contains("not valid")));
+
+        let mut misplaced = chain();
+        misplaced[2].1 = Ok(manifest(3, ManifestKind::Commit, 11, 12, 5));
+        assert!(matches!(summarise("x", misplaced).health, Health::Broken(why) if why.contains("starts at epoch 11")));
     }
 }

@@ -131,12 +131,13 @@ pub fn human(s: &LakeStatus, kafka: Option<(&str, &str)>) -> String {
     if let Some((brokers, group)) = kafka {
         let total: i64 = s.partitions.iter().filter_map(|p| p.lag).sum();
         let _ = writeln!(o, "  consumer group {group:?} at {brokers}: lag {total} records");
-        let _ = writeln!(o, "    {:<28} {:>12} {:>12} {:>12} {:>10}", "topic/partition", "manifest", "group", "end", "lag");
+        let width = s.partitions.iter().map(|p| p.topic.len() + 1 + p.partition.to_string().len()).max().unwrap_or(0).max(15);
+        let _ = writeln!(o, "    {:<width$} {:>12} {:>12} {:>12} {:>10}", "topic/partition", "manifest", "group", "end", "lag");
         let show = |v: Option<i64>| v.map_or("-".to_owned(), |v| v.to_string());
         for p in &s.partitions {
             let name = format!("{}/{}", p.topic, p.partition);
             let manifest = (p.committed_position >= 0).then_some(p.committed_position);
-            let _ = writeln!(o, "    {name:<28} {:>12} {:>12} {:>12} {:>10}", show(manifest), show(p.group_offset), show(p.end), show(p.lag));
+            let _ = writeln!(o, "    {name:<width$} {:>12} {:>12} {:>12} {:>10}", show(manifest), show(p.group_offset), show(p.end), show(p.lag));
         }
     }
     o
