@@ -176,7 +176,7 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                         tracing::info!(sequence = m.sequence, lower = m.lower, upper = m.upper, objects = m.files.len(), "manifest committed");
                         let latency = first_sealed.map(|t| (crate::clock::now_micros() - t) as f64 / 1e6);
                         summary.borrow_mut().add(&m, latency);
-                        crate::observe::metrics().committed(m.lower, m.upper);
+                        crate::observe::metrics().committed(m.lower, m.upper, m.files.iter().map(|f| f.epoch).min());
                         crate::observe::health().committed();
                         lower = m.upper;
                         sequence = m.sequence;

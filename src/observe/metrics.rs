@@ -124,6 +124,8 @@ pub struct Metrics {
     max_sent: AtomicI64,
     /// The sum of the partition lags (for progress lines).
     lag_total: AtomicI64,
+    /// The least epoch holding data of this run's first commit with objects (-1: none yet).
+    data_from: AtomicI64,
     /// When the frontier (as the cutter sees it) first passed each epoch: `(frontier, when)`
     /// for every advance, oldest first. Read by the committer to time each committed epoch.
     seal_times: Mutex<VecDeque<(Epoch, Instant)>>,
@@ -162,6 +164,7 @@ impl Metrics {
             manifests_committed: Counter::default(),
             max_sent: AtomicI64::new(-1),
             lag_total: AtomicI64::new(0),
+            data_from: AtomicI64::new(-1),
             seal_times: Mutex::new(VecDeque::new()),
             topic_prefix: Mutex::new(String::new()),
         };
@@ -271,13 +274,25 @@ impl Metrics {
         self.open_epochs.set(open.max(0));
     }
 
-    /// A commit manifest for epochs `[lower, upper)` is durable: one seal-latency observation
-    /// per epoch (from when the frontier passed it; an epoch sealed before this process watched,
-    /// e.g. a resumed one, counts from the first advance it saw), and the last committed epoch.
-    pub fn committed(&self, lower: Epoch, upper: Epoch) {
-        if upper <= lower {
+    /// A commit manifest for epochs `[lower, upper)` whose objects' least epoch is
+    /// `least_object_epoch` is durable: one seal-latency observation per epoch (from when the
+    /// frontier passed it), counting from the first epoch that holds data in this run — the
+    /// epochs before it are the empty stretch before the run's first record (for a new lake,
+    /// every epoch since 1970: 29 million one-minute epochs, sealed by one frontier advance) —
+    /// and the last committed epoch.
+    pub fn committed(&self, lower: Epoch, upper: Epoch, least_object_epoch: Option<Epoch>) {
+        self.last_committed_epoch.set(upper as i64 - 1);
+        self.manifests_committed.inc();
+        if let Some(e) = least_object_epoch
+            && self.data_from.load(Ordering::Relaxed) < 0
+        {
+            self.data_from.store(e as i64, Ordering::Relaxed);
+        }
+        let from = self.data_from.load(Ordering::Relaxed);
+        if from < 0 {
             return;
         }
+        let lower = lower.max(from as Epoch);
         let now = Instant::now();
         let mut times = self.seal_times.lock().expect("not poisoned");
         for e in lower..upper {
@@ -288,9 +303,6 @@ impl Metrics {
             let sealed = times.front().map_or(now, |(_, t)| *t);
             self.epoch_seal.observe(now.saturating_duration_since(sealed).as_secs_f64());
         }
-        drop(times);
-        self.manifests_committed.inc();
-        self.last_committed_epoch.set(upper as i64 - 1);
     }
 
     /// Sum of `citystream_records_total` for `outcome` (all streams).
@@ -335,15 +347,17 @@ mod tests {
         };
         m.note_frontier(3, true);
         m.note_frontier(7, true);
-        m.committed(0, 5);
-        assert_eq!(count(&m), 5);
+        m.committed(0, 2, None);
+        assert_eq!(count(&m), 0, "nothing before the first data");
+        m.committed(2, 5, Some(3));
+        assert_eq!(count(&m), 2, "epochs 3 and 4");
         m.note_frontier(9, true);
-        m.committed(5, 9);
-        assert_eq!(count(&m), 9);
+        m.committed(5, 9, None);
+        assert_eq!(count(&m), 6, "every epoch after the first data, empty or not");
         assert_eq!(m.last_committed_epoch.get(), 8);
-        assert_eq!(m.manifests_committed.get(), 2);
-        m.committed(9, 9);
-        assert_eq!(count(&m), 9, "a claim commits no epoch");
+        assert_eq!(m.manifests_committed.get(), 3);
+        m.committed(9, 9, None);
+        assert_eq!(count(&m), 6, "a claim commits no epoch");
     }
 
     #[test]
