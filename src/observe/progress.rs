@@ -51,8 +51,8 @@ pub struct RunProgress {
 }
 
 impl RunProgress {
-    /// Starts showing the progress of a run whose first epoch is `first_epoch`.
-    pub fn start(first_epoch: u64) -> RunProgress {
+    /// Starts showing the progress of a run.
+    pub fn start() -> RunProgress {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let terminal = std::io::stderr().is_terminal();
@@ -71,7 +71,7 @@ impl RunProgress {
                 let mut last_line = Instant::now();
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(200));
-                    let line = figures(first_epoch, started.elapsed());
+                    let line = figures(started.elapsed());
                     match &bar {
                         Some(b) => {
                             b.set_message(line);
@@ -104,11 +104,11 @@ impl Drop for RunProgress {
 }
 
 /// The figures of a run so far, from the process's metrics.
-fn figures(first_epoch: u64, elapsed: Duration) -> String {
+fn figures(elapsed: Duration) -> String {
     let m = super::metrics();
     let read: u64 = Outcome::ALL.iter().map(|o| m.records_sum(*o)).sum();
     let rate = read as f64 / elapsed.as_secs_f64().max(1e-3);
-    let sealed = (m.frontier_epoch.get() as u64).saturating_sub(first_epoch);
+    let sealed = m.epochs_sealed();
     format!("{read} records read ({rate:.0}/s), lag {} records, {sealed} epochs sealed, {} manifests committed", m.lag_sum(), m.manifests_committed.get())
 }
 
