@@ -126,10 +126,8 @@ pub struct Metrics {
     lag_total: AtomicI64,
     /// The least epoch holding data of this run's first commit with objects (-1: none yet).
     data_from: AtomicI64,
-    /// The first frontier noted (the run's first epoch) and the first one above it: the
-    /// epoch of the first data (-1: not yet).
-    frontier_start: AtomicI64,
-    first_advance: AtomicI64,
+    /// The least epoch any source of this process sent rows at (`i64::MAX`: none yet).
+    least_sent: AtomicI64,
     /// When the frontier (as the cutter sees it) first passed each epoch: `(frontier, when)`
     /// for every advance, oldest first. Read by the committer to time each committed epoch.
     seal_times: Mutex<VecDeque<(Epoch, Instant)>>,
@@ -169,8 +167,7 @@ impl Metrics {
             max_sent: AtomicI64::new(-1),
             lag_total: AtomicI64::new(0),
             data_from: AtomicI64::new(-1),
-            frontier_start: AtomicI64::new(-1),
-            first_advance: AtomicI64::new(-1),
+            least_sent: AtomicI64::new(i64::MAX),
             seal_times: Mutex::new(VecDeque::new()),
             topic_prefix: Mutex::new(String::new()),
         };
@@ -263,11 +260,6 @@ impl Metrics {
     /// The cluster's frontier as this process's cutters see it; `leader`: the cutter of worker
     /// 0, which also notes when each epoch was sealed for [`Metrics::committed`].
     pub fn note_frontier(&self, f: Epoch, leader: bool) {
-        let f_i = f as i64;
-        let _ = self.frontier_start.compare_exchange(-1, f_i, Ordering::Relaxed, Ordering::Relaxed);
-        if f_i > self.frontier_start.load(Ordering::Relaxed) {
-            let _ = self.first_advance.compare_exchange(-1, f_i, Ordering::Relaxed, Ordering::Relaxed);
-        }
         if self.frontier_epoch.get() < f as i64 {
             self.frontier_epoch.set(f as i64);
             self.update_open();
@@ -280,11 +272,16 @@ impl Metrics {
         }
     }
 
-    /// Epochs sealed since the frontier first advanced in this run (its first jump passes the
-    /// empty epochs before the first data, which are not counted).
+    /// A source of this process sent rows at epoch `e` (the least of an activation).
+    pub fn note_least_sent(&self, e: Epoch) {
+        self.least_sent.fetch_min(e as i64, Ordering::Relaxed);
+    }
+
+    /// Epochs sealed from the least epoch this process sent rows at on (the empty epochs before
+    /// the first data — every epoch since 1970 for a new lake — are not counted).
     pub fn epochs_sealed(&self) -> u64 {
-        let first = self.first_advance.load(Ordering::Relaxed);
-        if first < 0 { 0 } else { (self.frontier_epoch.get() - first).max(0) as u64 }
+        let least = self.least_sent.load(Ordering::Relaxed);
+        if least == i64::MAX { 0 } else { (self.frontier_epoch.get() - least).max(0) as u64 }
     }
 
     fn update_open(&self) {
@@ -363,11 +360,12 @@ mod tests {
             let line = text.lines().find(|l| l.starts_with("citystream_epoch_seal_seconds_count")).unwrap().to_owned();
             line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
         };
-        m.note_frontier(0, false);
+        m.note_frontier(1, false);
         assert_eq!(m.epochs_sealed(), 0);
+        m.note_least_sent(3);
         m.note_frontier(3, true);
         m.note_frontier(7, true);
-        assert_eq!(m.epochs_sealed(), 4, "from the first advance (3) to 7");
+        assert_eq!(m.epochs_sealed(), 4, "from the first data (3) to 7");
         m.committed(0, 2, None);
         assert_eq!(count(&m), 0, "nothing before the first data");
         m.committed(2, 5, Some(3));

@@ -15,18 +15,27 @@ use crate::ownership::PartitionId;
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 /// Records and bytes read in one activation, counted locally.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct ReadCounts {
     /// Per stream (in `Stream::ALL` order) and outcome (in `Outcome::ALL` order).
     pub records: [[u64; 3]; 5],
     /// Value bytes.
     pub bytes: u64,
+    /// The least epoch a row was sent at (`u64::MAX`: none).
+    pub least_epoch: u64,
+}
+
+impl Default for ReadCounts {
+    fn default() -> Self {
+        ReadCounts { records: [[0; 3]; 5], bytes: 0, least_epoch: u64::MAX }
+    }
 }
 
 impl ReadCounts {
-    /// One record of `stream` with `outcome` and `bytes` value bytes.
+    /// One record of `stream` with `outcome` and `bytes` value bytes, sent at `epoch`.
     #[inline]
-    pub fn add(&mut self, stream: Stream, outcome: Outcome, bytes: usize) {
+    pub fn add(&mut self, stream: Stream, outcome: Outcome, bytes: usize, epoch: u64) {
+        self.least_epoch = self.least_epoch.min(epoch);
         let o = match outcome {
             Outcome::Ok => 0,
             Outcome::Late => 1,
@@ -104,6 +113,9 @@ impl SourceMetrics {
         }
         if counts.bytes > 0 {
             self.metrics.bytes_read.inc_by(counts.bytes);
+        }
+        if counts.least_epoch != u64::MAX {
+            self.metrics.note_least_sent(counts.least_epoch);
         }
     }
 

@@ -232,11 +232,11 @@ impl SourceState {
                     match decoded {
                         Ok(record) => {
                             let late = matches!(class, Class::Late(_));
-                            counts.add(id.stream, if late { Outcome::Late } else { Outcome::Ok }, payload.len());
+                            counts.add(id.stream, if late { Outcome::Late } else { Outcome::Ok }, payload.len(), epoch);
                             batches.record(epoch, &record, Provenance { partition: id.partition, offset, late });
                         }
                         Err(e) => {
-                            counts.add(id.stream, Outcome::DeadLetter, payload.len());
+                            counts.add(id.stream, Outcome::DeadLetter, payload.len(), epoch);
                             batches.dead(epoch, id.stream, id.partition, offset, &e, payload)
                         }
                     }
