@@ -188,7 +188,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         started,
     });
     let failure = process.failure.clone();
-    let progress = cfg.until_caught_up.then(|| crate::observe::progress::RunProgress::start());
+    let progress = cfg.until_caught_up.then(crate::observe::progress::RunProgress::start);
     let guards = timely::execute(timely_config(&cfg), move |worker| {
         workers_started.store(true, Ordering::SeqCst);
         worker::run_worker(worker, &process)
