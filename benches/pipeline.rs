@@ -167,7 +167,7 @@ fn encode_files<S: AsRef<str>>(stream: Stream, records: &[Record<S>], rows_per_f
             enc.write(&b.finish().expect("batch")).expect("write");
         }
         written += enc.take_bytes().len();
-        written += enc.close(vec![("citystream.epoch".into(), "0".into())]).expect("close").len();
+        written += enc.close(vec![("citystream.epoch".into(), "0".into())]).expect("close").0.len();
     }
     written
 }
@@ -263,7 +263,7 @@ fn bench_all(c: &mut Criterion<ThreadCpu>, corpora: &[Corpus]) {
                 for batch in &batches {
                     enc.write(batch).expect("write");
                 }
-                black_box(enc.close(Vec::new()).expect("close").len())
+                black_box(enc.close(Vec::new()).expect("close").0.len())
             })
         });
     }

@@ -171,11 +171,20 @@ pub fn build<'s>(scope: Scope<'s, Epoch>, workers_per_process: usize, source: So
     read.resume.concat(written.reports).concat(boundaries).exchange(|_| 0).commit(committer);
 }
 
-/// Steps `worker` until its dataflows complete or `failure` is set; after a failure the
-/// dataflows are dropped (their operators, and so their clients and open uploads, are dropped
-/// with them), because timely would otherwise wait for them to complete when the worker returns.
-pub fn step_until_done_or_failed(worker: &mut timely::worker::Worker, failure: &Failure, park: std::time::Duration) {
-    while !failure.is_set() && worker.step_or_park(Some(park)) {}
+/// Steps `worker` until its dataflows complete or `failure` is set, beating `heartbeat` after
+/// every step (for `/healthz`); after a failure the dataflows are dropped (their operators, and
+/// so their clients and open uploads, are dropped with them), because timely would otherwise
+/// wait for them to complete when the worker returns.
+pub fn step_until_done_or_failed(
+    worker: &mut timely::worker::Worker,
+    failure: &Failure,
+    park: std::time::Duration,
+    heartbeat: &crate::observe::health::Heartbeat,
+) {
+    while !failure.is_set() && worker.step_or_park(Some(park)) {
+        heartbeat.beat();
+    }
+    heartbeat.finished();
     if failure.is_set() {
         for id in worker.installed_dataflows() {
             worker.drop_dataflow(id);

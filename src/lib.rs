@@ -19,6 +19,8 @@
 //! | [`dataflow`] | the wiring of the three stages ([`dataflow::build`]) and what flows between them |
 //! | [`delta`] | the Delta Lake tables: publishing committed manifests, statistics, compaction, vacuum |
 //! | [`lake`] | `--output` (local, `s3://`, `memory://`), object layout, garbage collection |
+//! | [`observe`] | Prometheus metrics, `/healthz` and `/readyz`, logs, progress bars |
+//! | [`status`] | `citystream status`: what the manifest chain says about a lake |
 //! | [`ddl`] | Athena/Glue statements for the lake |
 //! | [`error`] | errors that stop the pipeline, with their class, and the per-process failure slot |
 //! | [`clock`] | the wall clock |
@@ -37,9 +39,11 @@ pub mod epoch;
 pub mod error;
 pub mod kafka;
 pub mod lake;
+pub mod observe;
 pub mod ownership;
 pub mod reclock;
 pub mod run;
 pub mod simulate;
 pub mod sink;
 pub mod source;
+pub mod status;

@@ -14,11 +14,18 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rdkafka=warn,object_store=warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    citystream::observe::logs::init(cli.log_format);
+    if let Command::Status(args) = &cli.command {
+        // `status` has exit codes of its own: healthy, empty, broken chain.
+        return match citystream::cli::status::run(args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -95,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Status(_) => unreachable!("handled in main"),
         Command::Run(args) => {
             let cfg = args.validate()?;
             let embedded = matches!(cfg.source, citystream::cli::run::SourceConfig::Embedded { .. });
@@ -109,11 +117,30 @@ fn print_run_report(r: &citystream::run::RunReport, embedded: bool) {
     let c = &r.committed;
     let source = if embedded { "the embedded simulator" } else { "Kafka" };
     println!("citystream run finished in {:.1} s (source: {source})", r.seconds);
+    // What this process did: every process reads and writes its share.
+    let p = &r.process;
+    let this = if r.processes > 1 { format!("this process (process {} of {})", r.process_index, r.processes) } else { "this process".to_owned() };
+    println!(
+        "  {this} read {} records ({:.0} records/s; {} on time, {} late, {} dead letters; {:.1} MB of values) and wrote {} objects ({:.1} MB)",
+        p.records(),
+        p.records() as f64 / r.seconds.max(1e-9),
+        p.ok,
+        p.late,
+        p.dead_letters,
+        p.bytes_read as f64 / 1e6,
+        p.objects,
+        p.bytes_written as f64 / 1e6
+    );
+    if r.process_index != 0 {
+        println!("  cluster totals: reported by process 0, which commits for the cluster (or run `citystream status --output {}`)", r.output);
+        return;
+    }
+    let scope = if r.processes > 1 { "the cluster (all processes)" } else { "the cluster" };
     if c.manifests == 0 {
-        println!("  nothing new to commit (process 0 reports commits; the output is up to date)");
+        println!("  committed by {scope}: nothing new (the output is up to date)");
     }
     let total: u64 = c.rows.iter().sum::<u64>() + c.late + c.dead_letters;
-    println!("  records committed: {total} ({:.0} records/s)", total as f64 / r.seconds.max(1e-9));
+    println!("  records committed: {total} by {scope} ({:.0} records/s)", total as f64 / r.seconds.max(1e-9));
     for s in Stream::ALL {
         println!("    {:<16} {:>10}", s.name(), c.rows[s.index()]);
     }
@@ -129,7 +156,7 @@ fn print_run_report(r: &citystream::run::RunReport, embedded: bool) {
     }
     let per_thousand = if total > 0 { c.objects as f64 * 1000.0 / total as f64 } else { 0.0 };
     let mean = if c.objects > 0 { c.bytes as f64 / c.objects as f64 / 1e3 } else { 0.0 };
-    println!("  objects written:  {:>10} ({:.1} MB; mean {mean:.1} kB, {per_thousand:.2} per 1,000 records)", c.objects, c.bytes as f64 / 1e6);
+    println!("  objects written:  {:>10} ({:.1} MB; mean {mean:.1} kB, {per_thousand:.2} per 1,000 records; all processes)", c.objects, c.bytes as f64 / 1e6);
     println!("  manifests:        {:>10}", c.manifests);
     let mut lat = c.seal_latencies.clone();
     lat.sort_by(f64::total_cmp);

@@ -47,6 +47,50 @@ pub struct RunReport {
     pub commit_interval: Duration,
     /// What process 0 published to the Delta tables.
     pub published: Option<PublishSummary>,
+    /// What this process read and wrote (every process; `committed` is the cluster's).
+    pub process: ProcessTotals,
+    /// This process's index (`-p`).
+    pub process_index: usize,
+    /// Processes in the cluster (`-n`).
+    pub processes: usize,
+}
+
+/// What one process read and wrote, from its metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ProcessTotals {
+    /// Records read that were on time.
+    pub ok: u64,
+    /// Records read that were late.
+    pub late: u64,
+    /// Records read that were dead letters.
+    pub dead_letters: u64,
+    /// Kafka value bytes read.
+    pub bytes_read: u64,
+    /// Objects made durable.
+    pub objects: u64,
+    /// Bytes of those objects.
+    pub bytes_written: u64,
+}
+
+impl ProcessTotals {
+    /// This process's totals so far.
+    pub fn now() -> Self {
+        use crate::observe::{Metrics, Outcome, metrics};
+        let m = metrics();
+        ProcessTotals {
+            ok: m.records_sum(Outcome::Ok),
+            late: m.records_sum(Outcome::Late),
+            dead_letters: m.records_sum(Outcome::DeadLetter),
+            bytes_read: m.bytes_read.get(),
+            objects: Metrics::stream_sum(&m.objects_written),
+            bytes_written: Metrics::stream_sum(&m.bytes_written),
+        }
+    }
+
+    /// Every record read.
+    pub fn records(&self) -> u64 {
+        self.ok + self.late + self.dead_letters
+    }
 }
 
 /// A short random id for this process's object names: the standard library's randomly keyed
@@ -85,10 +129,14 @@ fn check_own_address(cfg: &RunConfig) -> anyhow::Result<()> {
 pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     let started = Instant::now();
     check_own_address(&cfg)?;
+    if let Some(addr) = cfg.metrics_addr {
+        crate::observe::http::serve(addr)?;
+    }
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().thread_name("citystream-io").build().context("starting the I/O runtime")?;
     let lake = Lake::open(&cfg.output)?;
     rt.block_on(lake.check_access())?;
+    crate::observe::health().store_answered();
     let previous = rt.block_on(manifest::latest(&lake))?;
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "start-up: output checked, latest manifest read");
     let prefix = match &cfg.source {
@@ -97,6 +145,11 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
     };
     check_resumable(&cfg, previous.as_ref(), &prefix, &lake)?;
     let first_epoch = previous.as_ref().map_or(0, |m| m.upper);
+    let metrics = crate::observe::metrics();
+    metrics.set_topic_prefix(&prefix);
+    metrics.last_committed_epoch.set(first_epoch as i64 - 1);
+    metrics.note_frontier(first_epoch, false);
+    crate::observe::health().expect(cfg.threads, first_epoch);
     let partitions = partitions(&cfg, started)?;
 
     let run = run_id();
@@ -158,6 +211,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         started,
         publish: std::sync::Mutex::new(publish_tx),
     });
+    let progress = cfg.until_caught_up.then(crate::observe::progress::RunProgress::start);
     let guards = timely::execute(timely_config(&cfg), move |worker| {
         workers_started.store(true, Ordering::SeqCst);
         worker::run_worker(worker, &process)
@@ -185,6 +239,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         }
         None => None,
     };
+    drop(progress);
     drop(rt);
     if let Some(e) = failure.take() {
         return Err(e.into());
@@ -198,6 +253,9 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         window_us: cfg.clock.window_us,
         commit_interval: cfg.commit_interval,
         published,
+        process: ProcessTotals::now(),
+        process_index: cfg.process,
+        processes: cfg.processes,
     })
 }
 
@@ -267,6 +325,7 @@ fn claim_output(
         written_at: manifest::now_rfc3339(),
         files: Vec::new(),
         partitions: previous.map(|m| m.partitions.clone()).unwrap_or_default(),
+        cluster: Some(manifest::ClusterShape { processes: cfg.processes, threads: cfg.threads }),
     };
     rt.block_on(manifest::write(lake, &m))?;
     let garbage = rt.block_on(lake::collect_garbage(lake, first_epoch))?;

@@ -1,7 +1,8 @@
 //! Bad configuration and environment fail fast, exit non-zero and say what is wrong, naming it:
 //! unreachable brokers (the address), a missing bucket (its name), bad S3 credentials, an
 //! unknown topic, `-n` > 1 without `-h`, a hostfile with fewer lines than `-n`, a port in use,
-//! an unwritable output directory, an invalid duration, bad Kafka security settings.
+//! an unwritable output directory, an invalid duration, bad Kafka security settings, a
+//! `--metrics-addr` in use or unparsable.
 //!
 //! Against the real Kafka broker and the real S3 server (`CITYSTREAM_BROKERS` and `AWS_*` from
 //! `scripts/with-services.sh`). Every run is bounded by [`FAST`]: a run that has not failed
@@ -205,4 +206,20 @@ fn bad_kafka_security_settings_are_named() {
     // The password is never a flag (it would show in `ps`).
     run(&["--kafka-sasl-password", "pw"], &[]).fails_naming(&["--kafka-sasl-password"]);
     citystream(&["simulate", "--kafka-sasl-username", "alice", "--events", "1"], &[]).fails_naming(&["CITYSTREAM_KAFKA_SASL_PASSWORD"]);
+}
+
+#[test]
+fn a_metrics_address_in_use_or_unparsable_is_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    // The embedded source: no Kafka needed, so the endpoint is the only thing that can fail.
+    let o = citystream(&["run", "--output", &path(&lake), "--metrics-addr", &addr], &[]);
+    o.fails_naming(&["--metrics-addr", &addr, "already in use"]);
+    let o = citystream(&["run", "--output", &path(&lake), "--metrics-addr", "metrics-here"], &[]);
+    o.fails_naming(&["--metrics-addr", "metrics-here", "HOST:PORT"]);
+    let o = citystream(&["run", "--output", &path(&lake)], &[("CITYSTREAM_METRICS_ADDR", "127.0.0.1:99999")]);
+    o.fails_naming(&["--metrics-addr", "127.0.0.1:99999"]);
+    assert!(!lake.join("_manifests").exists(), "nothing was claimed or written before failing");
 }

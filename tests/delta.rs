@@ -108,6 +108,7 @@ fn manifest_with(sequence: u64, files: usize) -> Manifest {
         written_at: manifest::now_rfc3339(),
         files,
         partitions: vec![],
+        cluster: None,
     }
 }
 
@@ -328,7 +329,7 @@ fn compaction_and_vacuum_against_a_live_two_process_cluster() {
     std::thread::sleep(Duration::from_secs(6));
     let vacuum = citystream(&["vacuum", "--output", &output, "--retention", "5s", "--allow-short-retention"]);
     eprintln!("{vacuum}");
-    let deleted: usize = vacuum.lines().filter_map(|l| l.split(" deleted ").nth(1)?.split_whitespace().next()?.parse().ok()).sum();
+    let deleted: usize = vacuum.lines().filter_map(|l| l.split(" deleted ").nth(1)?.split_whitespace().next()?.parse::<usize>().ok()).sum();
     assert!(deleted > 0, "vacuum deleted none of the compacted inputs: {vacuum}");
 
     let status = producer.wait(Duration::from_secs(600));

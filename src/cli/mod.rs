@@ -7,6 +7,7 @@ pub mod kafka;
 pub mod maintain;
 pub mod run;
 pub mod simulate;
+pub mod status;
 
 use std::time::Duration;
 
@@ -21,6 +22,10 @@ pub struct Cli {
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help, global = false)]
     pub help: Option<bool>,
+    /// Log lines as human-readable text (coloured only on a terminal) or one JSON object per
+    /// line; RUST_LOG filters them as usual.
+    #[arg(long, global = true, env = "CITYSTREAM_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::observe::logs::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -39,6 +44,9 @@ pub enum Command {
     Compact(maintain::CompactArgs),
     /// Delete files no Delta table version needs any more, after a retention period.
     Vacuum(maintain::VacuumArgs),
+    /// Show what a lake holds: the last commit, rows and objects per stream, the manifest
+    /// chain's health, and with --brokers the consumer group's lag.
+    Status(Box<status::StatusArgs>),
 }
 
 /// `citystream ddl` flags.
@@ -116,7 +124,7 @@ mod tests {
             let shown = match &cli.command {
                 Command::Run(a) => format!("{:?}", a.validate().unwrap()),
                 Command::Simulate(a) => format!("{:?}", a.validate().unwrap()),
-                Command::Ddl(_) | Command::Compact(_) | Command::Vacuum(_) => unreachable!(),
+                Command::Ddl(_) | Command::Compact(_) | Command::Vacuum(_) | Command::Status(_) => unreachable!(),
             };
             assert!(!shown.contains(mark) && shown.contains("sasl.password=***"), "{shown}");
         }

@@ -95,6 +95,10 @@ pub struct RunArgs {
     /// error (exit code 3), so that its supervisor restarts the cluster from the last manifest.
     #[arg(long, env = "CITYSTREAM_STALL_EXIT", value_parser = parse_duration, default_value = "5m")]
     pub stall_exit: Duration,
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP at HOST:PORT (e.g.
+    /// 0.0.0.0:9100); off when not given.
+    #[arg(long, env = "CITYSTREAM_METRICS_ADDR", value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     /// Embedded source: vehicles in the simulated fleet (one journey each).
     #[arg(long, env = "CITYSTREAM_VEHICLES", default_value_t = 200)]
     pub vehicles: u32,
@@ -168,6 +172,8 @@ pub struct RunConfig {
     pub commit_interval: Duration,
     /// Size at which an object is closed and a commit is asked for.
     pub target_object_size: u64,
+    /// Where the metrics and health endpoint listens (`--metrics-addr`), if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The smallest `--target-object-size`: below it, a Parquet footer and the per-object request
@@ -220,6 +226,10 @@ impl RunArgs {
         if self.target_object_size < MIN_TARGET_OBJECT_SIZE {
             return Err(ConfigError::new("--target-object-size", format!("must be at least 1MiB, got {} bytes", self.target_object_size)));
         }
+        let metrics_addr = match self.metrics_addr.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(a) => Some(crate::observe::http::resolve(a).map_err(|e| ConfigError::new("--metrics-addr", e))?),
+        };
         if self.output.trim().is_empty() {
             return Err(ConfigError::new("--output", "is empty; give a directory or s3://bucket/prefix"));
         }
@@ -270,6 +280,7 @@ impl RunArgs {
             stall: StallConfig { timeout: self.stall_timeout, give_up: self.stall_exit },
             commit_interval: self.commit_interval,
             target_object_size: self.target_object_size,
+            metrics_addr,
         })
     }
 }

@@ -79,6 +79,10 @@ impl<'s, D: Clone + 'static> CutCommits<'s> for Stream<'s, Epoch, Vec<D>> {
                     requested |= !data.is_empty();
                     data.clear();
                 });
+                if let Some(&f) = frontiers[0].frontier().first() {
+                    crate::observe::metrics().note_frontier(f, spec.leader);
+                    crate::observe::health().frontier(f);
+                }
                 let Some(c) = cap.as_mut() else { return };
                 // The sources finished: the sinks close everything, the committer commits it.
                 let Some(&f) = frontiers[0].frontier().first() else {

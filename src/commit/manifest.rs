@@ -91,6 +91,18 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     /// Where every known partition resumes.
     pub partitions: Vec<ResumeState>,
+    /// The shape of the cluster that wrote it (absent in manifests of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterShape>,
+}
+
+/// How many processes and worker threads per process a cluster runs (`-n`, `-w`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterShape {
+    /// Processes (`-n`).
+    pub processes: usize,
+    /// Worker threads per process (`-w`).
+    pub threads: usize,
 }
 
 /// Errors of committing.
@@ -179,6 +191,8 @@ pub async fn write(lake: &Lake, manifest: &Manifest) -> Result<(), ManifestError
             }
             Err(e @ object_store::Error::Generic { .. }) if started.elapsed() + pause < lake.retry_timeout => {
                 tracing::warn!(sequence = manifest.sequence, error = %e, "writing the manifest failed; retrying in {pause:?}");
+                crate::observe::metrics().store_retry("manifest_put");
+                crate::observe::metrics().commit_failures.inc();
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(5));
             }
@@ -210,6 +224,7 @@ mod tests {
             written_at: now_rfc3339(),
             files: vec![],
             partitions: vec![],
+            cluster: None,
         }
     }
 

@@ -56,6 +56,8 @@ pub struct CommitSpec {
     pub summary: Rc<RefCell<CommitSummary>>,
     /// Where an error that stops the pipeline goes.
     pub failure: Failure,
+    /// The cluster's shape, recorded in each manifest.
+    pub cluster: Option<manifest::ClusterShape>,
 }
 
 /// What this run committed.
@@ -122,7 +124,7 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
     let mut input = builder.new_input(reports, Pipeline);
 
     builder.build_reschedule(move |_caps| {
-        let CommitSpec { lake, rt, run, clock, topic_prefix, previous, mut offsets, publish, summary, failure } = spec;
+        let CommitSpec { lake, rt, run, clock, topic_prefix, previous, mut offsets, publish, summary, failure, cluster } = spec;
         let mut lower = previous.as_ref().map_or(0, |m| m.upper);
         let mut sequence = previous.as_ref().map_or(0, |m| m.sequence);
         let mut states: BTreeMap<PartitionId, ResumeState> = previous.map(|m| m.partitions.into_iter().map(|s| (s.id, s)).collect()).unwrap_or_default();
@@ -177,6 +179,8 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                         tracing::info!(sequence = m.sequence, lower = m.lower, upper = m.upper, objects = m.files.len(), "manifest committed");
                         let latency = first_sealed.map(|t| (crate::clock::now_micros() - t) as f64 / 1e6);
                         summary.borrow_mut().add(&m, latency);
+                        crate::observe::metrics().committed(m.lower, m.upper, m.files.iter().map(|f| f.epoch).min());
+                        crate::observe::health().committed();
                         lower = m.upper;
                         sequence = m.sequence;
                         if let Some(committer) = offsets.as_mut() {
@@ -190,12 +194,15 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                         }
                     }
                     Ok(Err(e @ ManifestError::Lake(_))) => {
+                        crate::observe::metrics().commit_failures.inc();
                         let message = format!("committing epochs [{}, {}): {}", m.lower, m.upper, lake.gave_up());
                         failure.set(PipelineError::caused(ErrorClass::Transient, message, e));
                         return false;
                     }
                     Ok(Err(e)) => {
                         // A lost create race: another cluster writes this output.
+                        crate::observe::metrics().commit_failures.inc();
+                        crate::observe::metrics().fenced.set(i64::from(matches!(e, ManifestError::Conflict { .. })));
                         failure.set(PipelineError::caused(ErrorClass::Definite, format!("committing epochs [{}, {})", m.lower, m.upper), e));
                         return false;
                     }
@@ -246,6 +253,7 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                     written_at: manifest::now_rfc3339(),
                     files: committed,
                     partitions: states.values().cloned().collect(),
+                    cluster,
                 };
                 let lake = lake.clone();
                 let to_write = m.clone();

@@ -68,7 +68,9 @@ pub(super) fn run_worker(worker: &mut timely::worker::Worker, p: &Process) -> Co
     let (cfg, failure) = (&p.cfg, &p.failure);
     let index = worker.index();
     let owned = ownership::owned(&p.partitions.all, index, worker.peers());
+    let heartbeat = crate::observe::health().heartbeat(index % cfg.threads);
     let Some(reader) = reader(p, index, &owned) else { return CommitSummary::default() };
+    crate::observe::health().assigned();
     let partitions: Vec<OwnedPartition> = owned
         .iter()
         .map(|id| OwnedPartition {
@@ -118,11 +120,12 @@ pub(super) fn run_worker(worker: &mut timely::worker::Worker, p: &Process) -> Co
         publish: if index == 0 { p.publish.lock().unwrap_or_else(|e| e.into_inner()).take() } else { None },
         summary: summary.clone(),
         failure: failure.clone(),
+        cluster: Some(crate::commit::manifest::ClusterShape { processes: cfg.processes, threads: cfg.threads }),
     };
     let cut = CutSpec { leader: index == 0, interval: cfg.commit_interval, committed_below: p.first_epoch };
     worker.dataflow::<Epoch, _, _>(|scope| crate::dataflow::build(scope, cfg.threads, source, cut, sink, committer));
     tracing::debug!(worker = index, ms = p.started.elapsed().as_millis() as u64, "start-up: worker running");
-    crate::dataflow::step_until_done_or_failed(worker, failure, Duration::from_millis(100));
+    crate::dataflow::step_until_done_or_failed(worker, failure, Duration::from_millis(100), &heartbeat);
     summary.borrow().clone()
 }
 

@@ -197,6 +197,8 @@ pub fn produce(fleet_cfg: FleetConfig, opts: &ProduceOptions) -> Result<Summary,
     let producer: BaseProducer<CountingContext> = producer_config(opts).create_with_context(CountingContext(counts.clone()))?;
     let mut fleet = Fleet::new(fleet_cfg);
     let bar = progress_bar(opts);
+    // Without a terminal (no bar), a plain line every 10 s.
+    let mut lines = opts.progress.then(|| crate::observe::progress::Lines::new("records sent"));
     let mut summary = Summary::default();
     let start = Instant::now();
     let mut sent: u64 = 0;
@@ -238,6 +240,9 @@ pub fn produce(fleet_cfg: FleetConfig, opts: &ProduceOptions) -> Result<Summary,
             if sent % 1024 == 0 {
                 producer.poll(Duration::ZERO);
                 bar.set_position(sent);
+                if let Some(l) = lines.as_mut() {
+                    l.update(sent, opts.events);
+                }
             }
         }
     }

@@ -184,7 +184,10 @@ impl Closed {
             }
             let (mut entry, handle) = self.running.swap_remove(i);
             match spec.rt.block_on(handle) {
-                Ok(Ok(bytes)) => entry.bytes = bytes,
+                Ok(Ok(bytes)) => {
+                    entry.bytes = bytes;
+                    crate::observe::metrics().object_written(entry.stream, bytes);
+                }
                 Ok(Err(err)) => {
                     let message = format!("writing {} failed after retries: {}", entry.path, spec.lake.gave_up());
                     return Err(PipelineError::caused(ErrorClass::Transient, message, err));

@@ -155,6 +155,7 @@ fn build_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcements: St
             if let Err(e) = state.guard_stalls(&progress, view) {
                 return failure.set(e);
             }
+            state.publish(false);
             if let Some(a) = state.announcement(view)
                 && let Some(ac) = announce_cap.as_ref()
             {
@@ -188,6 +189,7 @@ fn build_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcements: St
                         reports_out.activate().session(&rc.delayed(&final_from)).give(Report::Resume { from: final_from, to: None, states });
                     }
                     tracing::debug!(worker = state.worker, epoch = cap, "all partitions finished");
+                    state.publish(true);
                     data_cap = None;
                     report_cap = None;
                     announce_cap = None;

@@ -109,6 +109,12 @@ impl StallGuard {
         }
         if stalled.is_empty() { Verdict::Fine } else { Verdict::Recover(stalled) }
     }
+
+    /// Whether partition `id` is stalled: starved past the timeout at least once (a recovery
+    /// was asked for) and not read since. Feeds `citystream_partition_stalled`.
+    pub fn is_stalled(&self, id: PartitionId) -> bool {
+        self.watches.get(&id).is_some_and(|w| w.recoveries > 0)
+    }
 }
 
 #[cfg(test)]
@@ -142,6 +148,9 @@ mod tests {
         let Verdict::Recover(first) = &verdicts[3] else { unreachable!() };
         assert_eq!((first[0].starved, first[0].recoveries, first[0].progress.lag()), (secs(3), 0, 50));
         assert!(matches!(&verdicts[10], Verdict::GiveUp(s) if s.starved == secs(10) && s.recoveries == 3));
+        assert!(g.is_stalled(ID), "stalled from the first recovery on");
+        assert_eq!(g.check(t0 + secs(11), &at(101, 150), |_| true), Verdict::Fine);
+        assert!(!g.is_stalled(ID), "read again: no longer stalled");
     }
 
     #[test]

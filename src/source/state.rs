@@ -6,6 +6,8 @@
 //! stalls, announce, and finally advance the capability ([`SourceState::advance`]). The steps
 //! touch no timely handle, so each is unit-testable; the operator owns the capabilities.
 
+mod publish;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +22,7 @@ use crate::contract::{DecodeOptions, decode_borrowed};
 use crate::dataflow::{Announce, Backpressure, Chunk};
 use crate::epoch::Epoch;
 use crate::error::{ErrorClass, PipelineError};
+use crate::observe::Outcome;
 use crate::ownership::PartitionId;
 use crate::reclock::{Class, PartitionClock, ResumeState};
 
@@ -50,6 +53,8 @@ pub(super) struct Part {
     held: bool,
     /// Since when it is held, and whether that was reported (after [`HOLD_REPORTED_AFTER`]).
     held_since: Option<(Instant, bool)>,
+    /// The broker's end of the partition when last asked (for the lag metric).
+    end: Option<i64>,
 }
 
 impl Part {
@@ -114,6 +119,7 @@ pub(super) struct SourceState {
     last_check: Instant,
     last_state_log: Instant,
     holds: u64,
+    metrics: crate::observe::source::SourceMetrics,
 }
 
 impl SourceState {
@@ -123,11 +129,12 @@ impl SourceState {
         let SourceSpec { worker, committed_below, partitions, reader, decode, max_future, shutdown, budget, batches, stall, backpressure, failure: _ } = spec;
         let parts: Vec<Part> = partitions
             .into_iter()
-            .map(|OwnedPartition { clock, stop }| Part { clock, stop, caught_up: false, finished: false, held: false, held_since: None })
+            .map(|OwnedPartition { clock, stop }| Part { clock, stop, caught_up: false, finished: false, held: false, held_since: None, end: None })
             .collect();
         let mut index: Vec<(PartitionId, usize)> = parts.iter().enumerate().map(|(i, p)| (p.clock.id(), i)).collect();
         index.sort_unstable();
         let now = Instant::now();
+        let metrics = crate::observe::source::SourceMetrics::new(&index.iter().map(|(id, _)| *id).collect::<Vec<_>>());
         let mut state = SourceState {
             worker,
             reader,
@@ -151,6 +158,7 @@ impl SourceState {
             last_check: now,
             last_state_log: now,
             holds: 0,
+            metrics,
         };
         for p in &mut state.parts {
             if p.check_finished() {
@@ -201,6 +209,7 @@ impl SourceState {
         let SourceState { reader, parts, index, batches, decode, max_sent, budget, worker, .. } = self;
         let find = |id: &PartitionId| index.binary_search_by(|(p, _)| p.cmp(id)).ok().map(|k| index[k].1);
         let mut broken = None;
+        let mut counts = crate::observe::source::ReadCounts::default();
         let result = reader.poll(*budget, &mut |event| match event {
             Event::Record { id, offset, payload } => {
                 let Some(i) = find(&id) else { return };
@@ -223,9 +232,13 @@ impl SourceState {
                     match decoded {
                         Ok(record) => {
                             let late = matches!(class, Class::Late(_));
+                            counts.add(id.stream, if late { Outcome::Late } else { Outcome::Ok }, payload.len(), epoch);
                             batches.record(epoch, &record, Provenance { partition: id.partition, offset, late });
                         }
-                        Err(e) => batches.dead(epoch, id.stream, id.partition, offset, &e, payload),
+                        Err(e) => {
+                            counts.add(id.stream, Outcome::DeadLetter, payload.len(), epoch);
+                            batches.dead(epoch, id.stream, id.partition, offset, &e, payload)
+                        }
                     }
                     *max_sent = (*max_sent).max(epoch);
                 }
@@ -243,6 +256,7 @@ impl SourceState {
                 }
             }
         });
+        self.metrics.read(&counts);
         if let Some(message) = broken {
             return Err(PipelineError::new(ErrorClass::Definite, message));
         }
@@ -273,6 +287,7 @@ impl SourceState {
         for pr in &progress {
             let Some(i) = self.find(&pr.id) else { continue };
             let p = &mut self.parts[i];
+            p.end = pr.end.or(p.end);
             if log_state {
                 let client = self.reader.describe(pr.id);
                 tracing::debug!(worker = self.worker, partition = %pr.id, position = pr.position, end = ?pr.end, fresh = pr.fresh, caught_up = p.caught_up, held = p.held, epoch = p.clock.epoch(), %client, "partition state");

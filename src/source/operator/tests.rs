@@ -135,7 +135,7 @@ fn run_source_for(worker: &mut timely::worker::Worker, spec: SourceSpec, tally: 
     while !failure.is_set() && worker.step_or_park(Some(Duration::from_millis(5))) {
         assert!(started.elapsed() < limit, "worker {} did not finish within {limit:?}: a partition was held or stalled for good", worker.index());
     }
-    crate::dataflow::step_until_done_or_failed(worker, &failure, Duration::from_millis(5));
+    crate::dataflow::step_until_done_or_failed(worker, &failure, Duration::from_millis(5), &crate::observe::health().heartbeat(worker.index()));
     failure.take()
 }
 
