@@ -322,7 +322,7 @@ def lake_objects(d):
         for entry in m.get("files", []):
             objects += 1
             object_bytes += entry["bytes"]
-    parquet = sum(1 for _, _, files in os.walk(d) for f in files if f.endswith(".parquet"))
+    parquet = sum(1 for root, _, files in os.walk(d) if "_delta_log" not in root for f in files if f.endswith(".parquet"))
     if parquet != objects:
         print(f"warning: {d} holds {parquet} Parquet files but its manifests name {objects}", file=sys.stderr)
     return {"manifests": manifests, "objects": objects, "object_bytes": object_bytes, "parquet_files": parquet}

@@ -7,8 +7,10 @@
 //! cluster shape it was written, and rows, objects and bytes per stream. The consumer group's
 //! lag per partition is added by the caller ([`crate::cli::status`]) when `--brokers` is given.
 //!
-//! Seam for the Delta Lake tables (issue 14): [`LakeStatus::tables`] is where each table's
-//! version goes once the lake has them; until then it is empty and nothing reads it.
+//! Then each Delta table ([`crate::delta`]): its version and the manifest its `txn` says it
+//! holds ([`LakeStatus::tables`]); a table behind the newest manifest is shown as such (the
+//! publisher of a running cluster is at most a moment behind; a stopped one catches up at the
+//! next start).
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
@@ -105,8 +107,8 @@ pub struct LakeStatus {
     pub topic_prefix: String,
     /// Per partition of the latest manifest.
     pub partitions: Vec<PartitionStatus>,
-    /// Table versions (Delta Lake, issue 14): empty until the lake has tables.
-    pub tables: Vec<(String, u64)>,
+    /// Per Delta table: its name, its version, and the manifest it holds (its `txn`).
+    pub tables: Vec<TableStatus>,
 }
 
 impl LakeStatus {
@@ -118,6 +120,17 @@ impl LakeStatus {
             Health::Broken(_) => BROKEN_EXIT_CODE,
         }
     }
+}
+
+/// One Delta table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableStatus {
+    /// The table's name.
+    pub table: String,
+    /// Its newest version.
+    pub version: u64,
+    /// The manifest it holds (its `txn` version for `citystream/<table>`; 0: none).
+    pub manifest: u64,
 }
 
 /// Exit code of `status` on a lake with no commit.
@@ -142,7 +155,14 @@ pub async fn read(lake: &Lake) -> anyhow::Result<LakeStatus> {
         (sequence, parsed)
     };
     let manifests: Vec<(u64, Result<Manifest, String>)> = futures::stream::iter(sequences.iter().copied()).map(read_one).buffered(16).collect().await;
-    Ok(summarise(&lake.url, manifests))
+    let mut status = summarise(&lake.url, manifests);
+    for table in crate::delta::Table::all() {
+        if let Some(t) = lake.delta().open(table).await? {
+            let manifest = t.snapshot()?.transaction_version(t.log_store().as_ref(), table.app_id()).await?.unwrap_or(0).max(0) as u64;
+            status.tables.push(TableStatus { table: table.name().to_owned(), version: t.version().unwrap_or(0), manifest });
+        }
+    }
+    Ok(status)
 }
 
 /// Sums up a chain read as `(sequence, manifest or why not)`, ascending.

@@ -65,13 +65,15 @@ fn create_topics(prefix: &str) {
     }
 }
 
-/// Every `*.parquet` under `dir`.
+/// Every `*.parquet` data file under `dir` (not the Delta log's checkpoints).
 fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             let p = e.path();
-            if p.is_dir() {
+            if p.is_dir() && p.file_name().is_some_and(|n| n == "_delta_log") {
+                continue;
+            } else if p.is_dir() {
                 out.extend(parquet_files(&p));
             } else if p.extension().is_some_and(|x| x == "parquet") {
                 out.push(p);

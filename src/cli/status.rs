@@ -128,6 +128,15 @@ pub fn human(s: &LakeStatus, kafka: Option<(&str, &str)>) -> String {
         (rows, late, dead, objects, bytes) = (rows + t.rows, late + t.late_rows, dead + t.dead_letters, objects + t.objects, bytes + t.bytes);
     }
     let _ = writeln!(o, "  {:<16} {:>12} {:>10} {:>12} {:>8} {:>10.1}", "total", rows, late, dead, objects, bytes as f64 / 1e6);
+    if !s.tables.is_empty() {
+        let newest = s.manifests;
+        let _ = writeln!(o, "  Delta tables:");
+        for t in &s.tables {
+            let behind =
+                if t.manifest < newest { format!(" (behind the newest manifest {newest}: published at the next commit or start)") } else { String::new() };
+            let _ = writeln!(o, "    {:<16} version {:>8}, holds manifest {}{behind}", t.table, t.version, t.manifest);
+        }
+    }
     if let Some((brokers, group)) = kafka {
         let total: i64 = s.partitions.iter().filter_map(|p| p.lag).sum();
         let _ = writeln!(o, "  consumer group {group:?} at {brokers}: lag {total} records");

@@ -73,26 +73,50 @@ pub struct PublishSummary {
     pub head: Option<u64>,
 }
 
+/// One open table and the manifest it is known to hold (read from its log once, then kept).
+struct TableState {
+    table: Table,
+    delta: DeltaTable,
+    held: Option<u64>,
+}
+
+impl TableState {
+    /// The manifest the table holds, by its `txn` (0: none), read from the loaded snapshot.
+    async fn read_held(&self) -> Result<u64, DeltaTableError> {
+        let v = self.delta.snapshot()?.transaction_version(self.delta.log_store().as_ref(), self.table.app_id()).await?;
+        Ok(v.map_or(0, |v| v.max(0) as u64))
+    }
+
+    /// The manifest the table holds: as last seen, or read from its log.
+    async fn held(&mut self) -> Result<u64, DeltaTableError> {
+        if let Some(v) = self.held {
+            return Ok(v);
+        }
+        let v = self.read_held().await?;
+        self.held = Some(v);
+        Ok(v)
+    }
+}
+
 /// The lake's tables, opened (created where missing), each with the manifest it is current
 /// with.
 pub struct Publisher {
     lake: Lake,
     run: String,
-    tables: BTreeMap<Table, DeltaTable>,
-    /// The manifest each table is known to hold (read from its log once, then kept).
-    held: BTreeMap<Table, u64>,
+    tables: Vec<TableState>,
     summary: PublishSummary,
 }
 
 impl Publisher {
     /// Opens (or creates) every table of `lake`.
     pub async fn open(lake: &Lake, run: &str) -> Result<Publisher, PublishError> {
-        let mut tables = BTreeMap::new();
-        for table in Table::all() {
-            let t = with_retries(lake, table, 0, || lake.delta().open_or_create(table)).await?;
-            tables.insert(table, t);
-        }
-        Ok(Publisher { lake: lake.clone(), run: run.to_owned(), tables, held: BTreeMap::new(), summary: PublishSummary::default() })
+        let opened = futures::future::join_all(Table::all().into_iter().map(|table| async move {
+            let delta = with_retries(lake, table, 0, || lake.delta().open_or_create(table)).await?;
+            Ok::<_, PublishError>(TableState { table, delta, held: None })
+        }))
+        .await;
+        let tables = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok(Publisher { lake: lake.clone(), run: run.to_owned(), tables, summary: PublishSummary::default() })
     }
 
     /// What was published so far.
@@ -100,11 +124,9 @@ impl Publisher {
         &self.summary
     }
 
-    /// The manifest `table` is current with (0: none).
+    /// The manifest `table` is current with (0: none), as its log says now.
     pub async fn version_of(&self, table: Table) -> Result<u64, DeltaTableError> {
-        let t = &self.tables[&table];
-        let v = t.snapshot()?.transaction_version(t.log_store().as_ref(), table.app_id()).await?;
-        Ok(v.map_or(0, |v| v.max(0) as u64))
+        self.tables.iter().find(|t| t.table == table).expect("every table is open").read_held().await
     }
 
     /// Brings every table up to manifest `head`, reading the manifests a table lacks from the
@@ -114,102 +136,95 @@ impl Publisher {
         self.publish(&[], head).await
     }
 
-    /// Publishes `manifests` (ascending) to every table that lacks them; any older manifest a
-    /// table lacks, up to `head` at least, is read from the chain first.
+    /// Publishes `manifests` (ascending) to every table that lacks them, the six tables at
+    /// once; any older manifest a table lacks, up to `head` at least, is read from the chain
+    /// first.
     pub async fn publish(&mut self, manifests: &[Manifest], head: u64) -> Result<(), PublishError> {
         let head = manifests.last().map_or(head, |m| m.sequence.max(head));
-        let mut cache: BTreeMap<u64, Manifest> = manifests.iter().map(|m| (m.sequence, m.clone())).collect();
-        for table in Table::all() {
-            loop {
-                let have = self.current(table, head).await?;
-                if have >= head {
-                    break;
+        let mut lowest = head;
+        for t in &mut self.tables {
+            let held = t.held().await.map_err(|source| PublishError::Delta { table: t.table.name(), sequence: head, source })?;
+            lowest = lowest.min(held);
+        }
+        if lowest < head {
+            let mut cache: BTreeMap<u64, Manifest> = manifests.iter().map(|m| (m.sequence, m.clone())).collect();
+            for sequence in lowest + 1..=head {
+                if let std::collections::btree_map::Entry::Vacant(slot) = cache.entry(sequence) {
+                    let m = manifest::read(&self.lake, sequence).await.map_err(|source| PublishError::Manifest { sequence, source })?;
+                    slot.insert(m);
                 }
-                for sequence in have + 1..=head {
-                    if let std::collections::btree_map::Entry::Vacant(slot) = cache.entry(sequence) {
-                        let m = manifest::read(&self.lake, sequence).await.map_err(|source| PublishError::Manifest { sequence, source })?;
-                        slot.insert(m);
-                    }
-                }
-                let batch: Vec<&Manifest> = cache.range(have + 1..=head).map(|(_, m)| m).collect();
-                self.commit(table, &batch).await?;
+            }
+            let (lake, run, cache) = (&self.lake, self.run.as_str(), &cache);
+            let results = futures::future::join_all(self.tables.iter_mut().map(|t| bring_up(lake, run, t, cache, head))).await;
+            for result in results {
+                let (commits, files) = result?;
+                self.summary.commits += commits;
+                self.summary.files += files;
             }
         }
         self.summary.head = Some(head);
         Ok(())
     }
+}
 
-    /// The manifest `table` holds: as last seen, or read from its log.
-    async fn current(&mut self, table: Table, head: u64) -> Result<u64, PublishError> {
-        if let Some(&v) = self.held.get(&table) {
-            return Ok(v);
+/// Brings one table up to `head` with the manifests of `cache`: one Delta commit adding the
+/// objects of every manifest it lacks, with its `txn` at the last. Retried until the lake's
+/// retry budget is spent; each attempt first recomputes what the table lacks (an attempt
+/// whose answer was lost, or another publisher, may have added some or all of it). Returns
+/// commits made and objects added.
+async fn bring_up(lake: &Lake, run: &str, t: &mut TableState, cache: &BTreeMap<u64, Manifest>, head: u64) -> Result<(u64, u64), PublishError> {
+    let table = t.table;
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let have = t.held().await.map_err(|source| PublishError::Delta { table: table.name(), sequence: head, source })?;
+        if have >= head {
+            return Ok((0, 0));
         }
-        let v = self.version_of(table).await.map_err(|source| PublishError::Delta { table: table.name(), sequence: head, source })?;
-        self.held.insert(table, v);
-        Ok(v)
-    }
-
-    /// One Delta commit adding the objects of `batch` to `table`, with its `txn` at the last
-    /// manifest. Retried (reloading the table first, so that a landed attempt is seen and not
-    /// repeated) until the lake's retry budget is spent.
-    async fn commit(&mut self, table: Table, batch: &[&Manifest]) -> Result<(), PublishError> {
-        let last = batch.last().expect("a batch holds a manifest");
+        let batch: Vec<&Manifest> = cache.range(have + 1..=head).map(|(_, m)| m).collect();
         let adds: Vec<Action> = batch.iter().flat_map(|m| m.files.iter()).filter(|f| Table::of(f) == table).filter_map(|f| add_action(table, f)).collect();
         let files = adds.len() as u64;
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(100);
-        loop {
-            let t = self.tables.get_mut(&table).expect("every table is open");
-            let properties = CommitProperties::default()
-                .with_application_transaction(Transaction::new_with_last_update(table.app_id(), last.sequence as i64, Some(crate::clock::now_micros() / 1000)))
-                .with_metadata(commit_info(batch, &self.run))
-                .with_create_checkpoint(false)
-                .with_cleanup_expired_logs(Some(false))
-                // No retry inside delta-rs: on any newer version (another publisher, a
-                // compaction, our own attempt whose answer was lost) the commit fails, and the
-                // loop below reloads the table and decides by its `txn` version.
-                .with_max_retries(0);
-            let operation = DeltaOperation::StreamingUpdate {
-                output_mode: OutputMode::Append,
-                query_id: format!("citystream-{}", self.run),
-                epoch_id: last.sequence as i64,
-            };
-            let attempt = match t.snapshot() {
-                Ok(snapshot) => CommitBuilder::from(properties).with_actions(adds.clone()).build(Some(snapshot), t.log_store(), operation).await,
-                Err(e) => Err(e),
-            };
-            match attempt {
-                Ok(done) => {
-                    let version = done.version();
-                    t.state = Some(done.snapshot);
-                    self.held.insert(table, last.sequence);
-                    self.summary.commits += 1;
-                    self.summary.files += files;
-                    tracing::debug!(table = table.name(), version, manifest = last.sequence, files, "published to Delta");
-                    if version > 0 && version % CHECKPOINT_INTERVAL == 0 {
-                        maintain_in_background(t.clone(), version);
-                    }
-                    return Ok(());
+        let properties = CommitProperties::default()
+            .with_application_transaction(Transaction::new_with_last_update(table.app_id(), head as i64, Some(crate::clock::now_micros() / 1000)))
+            .with_metadata(commit_info(&batch, run))
+            .with_create_checkpoint(false)
+            .with_cleanup_expired_logs(Some(false))
+            // No retry inside delta-rs: on any newer version (another publisher, a
+            // compaction, our own attempt whose answer was lost) the commit fails, and this
+            // loop reloads the table and decides by its `txn` version.
+            .with_max_retries(0);
+        let operation = DeltaOperation::StreamingUpdate { output_mode: OutputMode::Append, query_id: format!("citystream-{run}"), epoch_id: head as i64 };
+        let attempt = match t.delta.snapshot() {
+            Ok(snapshot) => CommitBuilder::from(properties).with_actions(adds).build(Some(snapshot), t.delta.log_store(), operation).await,
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(done) => {
+                let version = done.version();
+                t.delta.state = Some(done.snapshot);
+                t.held = Some(head);
+                tracing::debug!(table = table.name(), version, manifest = head, files, "published to Delta");
+                if version > 0 && version % CHECKPOINT_INTERVAL == 0 {
+                    maintain_in_background(t.delta.clone(), version);
                 }
-                Err(e) => {
-                    // Whatever happened, the table may now hold the batch (an attempt that
-                    // landed, or another publisher of the same chain): reload and look.
-                    let _ = t.update_state().await;
-                    let now = self.version_of(table).await;
-                    if let Ok(v) = now {
-                        self.held.insert(table, v);
-                    }
-                    if now.is_ok_and(|v| v >= last.sequence) {
-                        tracing::info!(table = table.name(), manifest = last.sequence, error = %e, "the table already holds the manifest (an earlier attempt landed): nothing to publish");
-                        return Ok(());
-                    }
-                    if started.elapsed() + pause >= self.lake.retry_timeout {
-                        return Err(PublishError::Delta { table: table.name(), sequence: last.sequence, source: e });
-                    }
-                    tracing::warn!(table = table.name(), manifest = last.sequence, error = %e, "publishing to Delta failed; retrying in {pause:?}");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
+                return Ok((1, files));
+            }
+            Err(e) => {
+                // Whatever happened, the table may now hold some or all of the batch (an
+                // attempt that landed, another publisher of the same chain): reload and look.
+                t.held = None;
+                let _ = t.delta.update_state().await;
+                if t.held().await.is_ok_and(|v| v >= head) {
+                    tracing::info!(table = table.name(), manifest = head, error = %e, "the table already holds the manifest (an earlier attempt landed): nothing to publish");
+                    return Ok((0, 0));
                 }
+                t.held = None;
+                if started.elapsed() + pause >= lake.retry_timeout {
+                    return Err(PublishError::Delta { table: table.name(), sequence: head, source: e });
+                }
+                tracing::warn!(table = table.name(), manifest = head, error = %e, "publishing to Delta failed; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -29,7 +29,7 @@ pub enum LogFormat {
 }
 
 /// The filter when `RUST_LOG` is not set.
-pub const DEFAULT_FILTER: &str = "info,rdkafka=warn,object_store=warn";
+pub const DEFAULT_FILTER: &str = "info,rdkafka=warn,object_store=warn,buoyant_kernel=warn,deltalake_core=warn";
 
 /// Installs the process's logger (once; later calls do nothing).
 pub fn init(format: LogFormat) {

@@ -52,7 +52,7 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `citystream <args>` with logs in `dir/<name>.log` (log filter: `CITYSTREAM_TEST_LOG`,
-    /// default `info,rdkafka=warn`).
+    /// default `info,rdkafka=warn,buoyant_kernel=warn,deltalake_core=warn`).
     pub fn start(dir: &Path, name: &str, args: &[String], env_remove: &[&str]) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
@@ -61,7 +61,7 @@ impl Proc {
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .stdin(Stdio::null())
-            .env("RUST_LOG", std::env::var("CITYSTREAM_TEST_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()));
+            .env("RUST_LOG", std::env::var("CITYSTREAM_TEST_LOG").unwrap_or_else(|_| "info,rdkafka=warn,buoyant_kernel=warn,deltalake_core=warn".into()));
         for k in env_remove {
             cmd.env_remove(k);
         }

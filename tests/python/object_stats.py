@@ -52,7 +52,7 @@ def main():
     epochs = set()
     lo = hi = None
     for s in STREAMS:
-        for path in glob.glob(os.path.join(args.output, s, "**", "*.parquet"), recursive=True):
+        for path in (p for p in glob.glob(os.path.join(args.output, s, "**", "*.parquet"), recursive=True) if "/_delta_log/" not in p):
             t = pq.read_table(path, columns=["timestamp", "_late"])
             us = pc.cast(t["timestamp"], "int64")
             lo = pc.min(us).as_py() if lo is None else min(lo, pc.min(us).as_py())
