@@ -181,31 +181,7 @@ fn run_flags(prefix: &str, output: &str, extra: &[&str]) -> Vec<String> {
 }
 
 fn start_producer(dir: &std::path::Path, prefix: &str, events: u64, rate: u64, seed: u64) -> Proc {
-    let args = [
-        "simulate",
-        "--brokers",
-        &brokers(),
-        "--topic-prefix",
-        prefix,
-        "--vehicles",
-        "50",
-        "--events",
-        &events.to_string(),
-        "--rate",
-        &rate.to_string(),
-        "--partitions",
-        "2",
-        "--late-fraction",
-        "0.01",
-        "--malformed-fraction",
-        "0.005",
-        "--seed",
-        &seed.to_string(),
-        "--start",
-        "2025-03-01T10:00:00",
-    ]
-    .map(str::to_owned);
-    Proc::start(dir, "producer", &args, &[])
+    start_live_producer(dir, prefix, 50, events, rate, seed)
 }
 
 /// Starts tests/python/delta_poll.py polling `output` until `stop` exists.

@@ -72,31 +72,7 @@ fn produce(prefix: &str, events: u64, seed: u64) {
 /// Starts producing `events` records at `rate` per second in the background, in event time after
 /// what [`produce`] made.
 fn start_producer(dir: &std::path::Path, prefix: &str, events: u64, rate: u64, seed: u64) -> Proc {
-    let args = [
-        "simulate",
-        "--brokers",
-        &brokers(),
-        "--topic-prefix",
-        prefix,
-        "--vehicles",
-        "100",
-        "--events",
-        &events.to_string(),
-        "--rate",
-        &rate.to_string(),
-        "--partitions",
-        "2",
-        "--late-fraction",
-        "0.01",
-        "--malformed-fraction",
-        "0.005",
-        "--seed",
-        &seed.to_string(),
-        "--start",
-        "2025-03-01T10:00:00",
-    ]
-    .map(str::to_owned);
-    Proc::start(dir, "producer", &args, &[])
+    start_live_producer(dir, prefix, 100, events, rate, seed)
 }
 
 fn scale() -> String {

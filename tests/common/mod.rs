@@ -368,3 +368,34 @@ pub fn run_bounded(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Boun
     };
     Bounded { code: status.code(), stdout: out.join().unwrap(), stderr: err.join().unwrap(), elapsed: start.elapsed() }
 }
+
+/// Starts `citystream simulate` in the background: `events` records of `vehicles` vehicles at
+/// `rate` per second (2 partitions per topic, 1 % late, 0.5 % malformed), in event time from
+/// 2025-03-01T10:00 — after what a `simulate` with the default start made before.
+pub fn start_live_producer(dir: &Path, prefix: &str, vehicles: u32, events: u64, rate: u64, seed: u64) -> Proc {
+    let args = [
+        "simulate",
+        "--brokers",
+        &brokers(),
+        "--topic-prefix",
+        prefix,
+        "--vehicles",
+        &vehicles.to_string(),
+        "--events",
+        &events.to_string(),
+        "--rate",
+        &rate.to_string(),
+        "--partitions",
+        "2",
+        "--late-fraction",
+        "0.01",
+        "--malformed-fraction",
+        "0.005",
+        "--seed",
+        &seed.to_string(),
+        "--start",
+        "2025-03-01T10:00:00",
+    ]
+    .map(str::to_owned);
+    Proc::start(dir, "producer", &args, &[])
+}
