@@ -183,6 +183,15 @@ class Services:
         procs = {svc: subprocess.Popen(in_ns(svc, ["bash", SERVICES, "up", svc]), env=self.env(svc), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for svc in ("kafka", "s3")}
         for svc, p in procs.items():
             out = p.communicate()[0]
+            # SeaweedFS's S3 gateway can start before its volume server answers on a loaded
+            # machine, and then fails its first round trips: start it again (twice at most).
+            for attempt in range(2):
+                if p.returncode == 0:
+                    break
+                log(f"{svc} did not come up (attempt {attempt + 1}); starting it again")
+                run(in_ns(svc, ["bash", SERVICES, "down", svc]), check=False, env=self.env(svc))
+                p = subprocess.Popen(in_ns(svc, ["bash", SERVICES, "up", svc]), env=self.env(svc), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                out = p.communicate()[0]
             if p.returncode != 0:
                 raise Failure(f"services.sh up {svc} in namespace {svc} failed:\n{out[-3000:]}")
             log(f"{svc} up at {self.net.addr[svc]}")
