@@ -50,23 +50,8 @@ fn run_flags(prefix: &str, output: &str, extra: &[&str]) -> Vec<String> {
 
 /// Produces `events` records (2 partitions per topic, some late, some malformed).
 fn produce(prefix: &str, events: u64, seed: u64) {
-    simulate(
-        prefix,
-        &[
-            "--vehicles",
-            "100",
-            "--events",
-            &events.to_string(),
-            "--partitions",
-            "2",
-            "--late-fraction",
-            "0.01",
-            "--malformed-fraction",
-            "0.005",
-            "--seed",
-            &seed.to_string(),
-        ],
-    );
+    let args = fleet_args(100, events, seed);
+    simulate(prefix, &args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 /// Starts producing `events` records at `rate` per second in the background, in event time after

@@ -129,11 +129,15 @@ pub fn human(s: &LakeStatus, kafka: Option<(&str, &str)>) -> String {
     }
     let _ = writeln!(o, "  {:<16} {:>12} {:>10} {:>12} {:>8} {:>10.1}", "total", rows, late, dead, objects, bytes as f64 / 1e6);
     if !s.tables.is_empty() {
-        let newest = s.manifests;
+        // Tables hold commit manifests only (a claim publishes nothing): compare with the newest commit.
+        let newest = s.last_commit.as_ref().map_or(0, |c| c.sequence);
         let _ = writeln!(o, "  Delta tables:");
         for t in &s.tables {
-            let behind =
-                if t.manifest < newest { format!(" (behind the newest manifest {newest}: published at the next commit or start)") } else { String::new() };
+            let behind = if t.manifest < newest {
+                format!(" (behind the newest commit manifest {newest}: published at the next commit or start)")
+            } else {
+                String::new()
+            };
             let _ = writeln!(o, "    {:<16} version {:>8}, holds manifest {}{behind}", t.table, t.version, t.manifest);
         }
     }

@@ -18,18 +18,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add};
 use deltalake::protocol::DeltaOperation;
 use deltalake::{DeltaTable, DeltaTableError};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::Table;
 use crate::lake::Lake;
 use crate::sink::encode::{EncodeOptions, ParquetEncoder};
+
+/// Part size of the new file's multipart upload.
+const UPLOAD_PART: usize = 8 << 20;
 
 /// What to compact.
 #[derive(Debug, Clone)]
@@ -178,37 +180,13 @@ pub async fn compact_table(lake: &Lake, table: Table, mut t: DeltaTable, opts: &
 
 /// Copies the rows of `group` (in order) into one new file in their partition's folder;
 /// returns its `add` (`dataChange = false`, statistics from the new footer) and the row count.
+///
+/// Streams: one input file is in memory at a time (inputs are under half the target size), and
+/// the new file goes out as a multipart upload in parts of [`UPLOAD_PART`] as it is encoded, so
+/// memory stays near one input file plus one row group, whatever the target size.
 async fn rewrite(lake: &Lake, table: Table, t: &DeltaTable, group: &[Active]) -> Result<(Add, u64), CompactError> {
     let name = table.name();
     let file_error = |message: String| CompactError::File { table: name, message };
-    let mut batches: Vec<RecordBatch> = Vec::new();
-    for f in group {
-        let path = Path::from(format!("{}/{}", table.dir(), f.path));
-        // Files to compact are under half the target size: read whole.
-        let bytes = lake
-            .store
-            .get(&path)
-            .await
-            .map_err(|e| file_error(format!("reading {path}: {e}")))?
-            .bytes()
-            .await
-            .map_err(|e| file_error(format!("reading {path}: {e}")))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| file_error(format!("reading {path}: {e}")))?;
-        for batch in reader {
-            batches.push(batch.map_err(|e| file_error(format!("reading {path}: {e}")))?);
-        }
-    }
-    let schema = batches.first().map(RecordBatch::schema).ok_or_else(|| file_error("the files to compact hold no rows".into()))?;
-    let mut encoder = ParquetEncoder::new(schema.clone(), &EncodeOptions::default()).map_err(|e| file_error(e.to_string()))?;
-    let mut bytes = Vec::new();
-    for b in &batches {
-        encoder.write(b).map_err(|e| file_error(e.to_string()))?;
-        bytes.extend(encoder.take_bytes());
-    }
-    let rows = encoder.rows();
-    let metadata = vec![("citystream.compacted_from".to_owned(), group.len().to_string()), ("citystream.table".to_owned(), name.to_owned())];
-    let (tail, footer) = encoder.close(metadata).map_err(|e| file_error(e.to_string()))?;
-    bytes.extend(tail);
     let folder = group[0].path.rsplit_once('/').map_or("", |(dir, _)| dir);
     let stream = match table {
         Table::Stream(s) => s.name(),
@@ -216,9 +194,50 @@ async fn rewrite(lake: &Lake, table: Table, t: &DeltaTable, group: &[Active]) ->
     };
     let version = t.version().unwrap_or(0);
     let file = format!("{folder}/{stream}-compacted-v{version}-{}.parquet", uuid_simple());
-    let size = bytes.len() as u64;
     let store: &dyn ObjectStore = lake.store.as_ref();
-    store.put(&Path::from(format!("{}/{file}", table.dir())), bytes.into()).await.map_err(|e| file_error(format!("writing {file}: {e}")))?;
+    let target = Path::from(format!("{}/{file}", table.dir()));
+    let upload = store.put_multipart(&target).await.map_err(|e| file_error(format!("writing {file}: {e}")))?;
+    let mut out = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART);
+    let mut encoder: Option<ParquetEncoder> = None;
+    let mut size = 0u64;
+    let copied = async {
+        for f in group {
+            let path = Path::from(format!("{}/{}", table.dir(), f.path));
+            let read_error = |e: &dyn std::fmt::Display| file_error(format!("reading {path}: {e}"));
+            let bytes = lake.store.get(&path).await.map_err(|e| read_error(&e))?.bytes().await.map_err(|e| read_error(&e))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| read_error(&e))?;
+            let enc = match encoder {
+                Some(ref mut enc) => enc,
+                None => encoder.insert(ParquetEncoder::new(builder.schema().clone(), &EncodeOptions::default()).map_err(|e| file_error(e.to_string()))?),
+            };
+            for batch in builder.build().map_err(|e| read_error(&e))? {
+                enc.write(&batch.map_err(|e| read_error(&e))?).map_err(|e| file_error(e.to_string()))?;
+                let encoded = enc.take_bytes();
+                size += encoded.len() as u64;
+                out.wait_for_capacity(2).await.map_err(|e| file_error(format!("writing {file}: {e}")))?;
+                out.write(&encoded);
+            }
+        }
+        Ok::<_, CompactError>(())
+    }
+    .await;
+    let (Some(encoder), Ok(())) = (encoder, &copied) else {
+        out.abort().await.ok();
+        return Err(copied.err().unwrap_or_else(|| file_error("the files to compact hold no rows".into())));
+    };
+    let schema = encoder.schema();
+    let rows = encoder.rows();
+    let metadata = vec![("citystream.compacted_from".to_owned(), group.len().to_string()), ("citystream.table".to_owned(), name.to_owned())];
+    let (tail, footer) = match encoder.close(metadata) {
+        Ok(closed) => closed,
+        Err(e) => {
+            out.abort().await.ok();
+            return Err(file_error(e.to_string()));
+        }
+    };
+    size += tail.len() as u64;
+    out.write(&tail);
+    out.finish().await.map_err(|e| file_error(format!("writing {file}: {e}")))?;
     let add = Add {
         path: file,
         partition_values: group[0].remove.partition_values.clone().unwrap_or_default(),

@@ -13,7 +13,8 @@
 //!   flight (the cluster is writing, or the publisher has not caught up), and the start-up
 //!   garbage collection deals with those that no commit will ever list.
 //!
-//! The Delta log (`_delta_log/`) and anything not ending in `.parquet` are never touched.
+//! The Delta log (`_delta_log/`) and anything not ending in `.parquet` are never touched, and a
+//! table whose snapshot lists no active file is left alone entirely.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -99,6 +100,14 @@ pub async fn vacuum_table(lake: &Lake, table: Table, retention: Duration, dry_ru
     let prefix = Path::from(table.dir());
     let listed: Vec<_> = lake.store.list(Some(&prefix)).try_collect().await.map_err(|source| VacuumError::Store { table: name, source })?;
     let mut report = VacuumReport { table: name.to_owned(), ..VacuumReport::default() };
+    if active.is_empty() && held > 0 {
+        // A table that holds a manifest but whose snapshot lists no file: either nothing of it
+        // was ever written, or the snapshot came without its file list (delta-rs can load one
+        // lazily). Both ways nothing here is provably unreferenced: keep every file.
+        tracing::warn!(table = name, held, "the table's snapshot lists no active file: vacuum keeps all of its files");
+        report.kept = listed.iter().filter(|m| m.location.as_ref().ends_with(".parquet")).count();
+        return Ok(Some(report));
+    }
     for meta in listed {
         let Some(relative) = meta.location.as_ref().strip_prefix(table.dir()).and_then(|r| r.strip_prefix('/')) else { continue };
         if relative.starts_with("_delta_log/") || relative.split('/').any(|s| s.starts_with('.') || s.starts_with('_')) || !relative.ends_with(".parquet") {

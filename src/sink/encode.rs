@@ -129,6 +129,7 @@ impl Write for SharedBuffer {
 /// One Parquet file being encoded.
 pub struct ParquetEncoder {
     writer: ArrowWriter<SharedBuffer>,
+    schema: SchemaRef,
     out: SharedBuffer,
     row_group_bytes: usize,
     rows: u64,
@@ -139,8 +140,8 @@ impl ParquetEncoder {
     pub fn new(schema: SchemaRef, opts: &EncodeOptions) -> Result<Self, ParquetError> {
         let out = SharedBuffer::default();
         let props = writer_properties(opts, &schema);
-        let writer = ArrowWriter::try_new(out.clone(), schema, Some(props))?;
-        Ok(ParquetEncoder { writer, out, row_group_bytes: opts.row_group_bytes, rows: 0 })
+        let writer = ArrowWriter::try_new(out.clone(), schema.clone(), Some(props))?;
+        Ok(ParquetEncoder { writer, schema, out, row_group_bytes: opts.row_group_bytes, rows: 0 })
     }
 
     /// Encodes a batch; closes the row group if it grew past its byte budget.
@@ -151,6 +152,11 @@ impl ParquetEncoder {
             self.writer.flush()?;
         }
         Ok(())
+    }
+
+    /// The schema of the file.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
     }
 
     /// Rows written so far.

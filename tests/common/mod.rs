@@ -373,29 +373,17 @@ pub fn run_bounded(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Boun
 /// `rate` per second (2 partitions per topic, 1 % late, 0.5 % malformed), in event time from
 /// 2025-03-01T10:00 — after what a `simulate` with the default start made before.
 pub fn start_live_producer(dir: &Path, prefix: &str, vehicles: u32, events: u64, rate: u64, seed: u64) -> Proc {
-    let args = [
-        "simulate",
-        "--brokers",
-        &brokers(),
-        "--topic-prefix",
-        prefix,
-        "--vehicles",
-        &vehicles.to_string(),
-        "--events",
-        &events.to_string(),
-        "--rate",
-        &rate.to_string(),
-        "--partitions",
-        "2",
-        "--late-fraction",
-        "0.01",
-        "--malformed-fraction",
-        "0.005",
-        "--seed",
-        &seed.to_string(),
-        "--start",
-        "2025-03-01T10:00:00",
-    ]
-    .map(str::to_owned);
+    let mut args: Vec<String> = ["simulate", "--brokers", &brokers(), "--topic-prefix", prefix].map(str::to_owned).to_vec();
+    args.extend(fleet_args(vehicles, events, seed));
+    args.extend(["--rate".into(), rate.to_string(), "--start".into(), "2025-03-01T10:00:00".into()]);
     Proc::start(dir, "producer", &args, &[])
+}
+
+/// The simulator flags of the fault and Delta suites: `vehicles` vehicles, `events` records on 2
+/// partitions per topic, 1 % late and 0.5 % malformed, from `seed`.
+pub fn fleet_args(vehicles: u32, events: u64, seed: u64) -> Vec<String> {
+    let (vehicles, events, seed) = (vehicles.to_string(), events.to_string(), seed.to_string());
+    ["--vehicles", &vehicles, "--events", &events, "--partitions", "2", "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", &seed]
+        .map(str::to_owned)
+        .to_vec()
 }

@@ -276,6 +276,20 @@ class Template:
                 raise Failure(f"env {e['name']}: valueFrom {list(vf)} is not emulated by the rehearsal")
         return env
 
+    def probe(self, kind):
+        """(path, port) of the container's `livenessProbe`/`readinessProbe` httpGet, a named
+        port resolved through the container's ports as the kubelet does."""
+        get = self.container.get(kind, {}).get("httpGet")
+        if get is None:
+            raise Failure(f"the container has no {kind} with httpGet")
+        port = get["port"]
+        if isinstance(port, str):
+            named = {p["name"]: p["containerPort"] for p in self.container.get("ports", []) if "name" in p}
+            if port not in named:
+                raise Failure(f"{kind} names port {port!r}, which the container does not declare")
+            port = named[port]
+        return get.get("path", "/"), int(port)
+
     def args(self):
         if "command" in self.container:
             raise Failure("the container sets `command`: the rehearsal expects the image's entrypoint")
@@ -382,6 +396,37 @@ class Kubelet:
         return longest
 
 
+def http_get(ns, host, port, path):
+    """GET from inside the pod's namespace, to the pod's own address, as the kubelet's prober
+    does: (status, body)."""
+    r = subprocess.run(in_ns(ns, ["curl", "-s", "--max-time", "5", "-w", "\n%{http_code}", f"http://{host}:{port}{path}"]), stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    body, _, code = r.stdout.rpartition("\n")
+    return int(code) if code.isdigit() else 0, body
+
+
+def probe_pods(template, pods, net):
+    """The manifest's liveness and readiness probes against every running pod, and a scrape of
+    /metrics on the same port: all must answer 200, and the scrape must show a committed epoch."""
+    seen = {}
+    for kind in ("livenessProbe", "readinessProbe"):
+        path, port = template.probe(kind)
+        for p in pods:
+            code, body = http_get(p.ns, net.addr[p.name], port, path)
+            if code != 200:
+                raise Failure(f"{p.name}: {kind} GET {path} on port {port} answered {code}: {body[:500]}\n{p.output()[-2000:]}")
+            seen[f"{kind}:{path}"] = code
+    for i, p in enumerate(pods):
+        code, body = http_get(p.ns, net.addr[p.name], port, "/metrics")
+        m = re.search(r"^citystream_last_committed_epoch (-?\d+)", body, re.M)
+        if code != 200 or m is None:
+            raise Failure(f"{p.name}: /metrics on port {port} answered {code} without citystream_last_committed_epoch:\n{body[:1000]}")
+        # Process 0 runs the committer: it has seen the commit the rehearsal waited for.
+        if i == 0 and int(m.group(1)) < 0:
+            raise Failure(f"{p.name}: /metrics shows no committed epoch after a commit:\n{body[:1000]}")
+        seen[f"{p.name}:last_committed_epoch"] = int(m.group(1))
+    return seen
+
+
 def commits(pods):
     return sum(p.output().count("manifest committed") for p in pods)
 
@@ -468,13 +513,15 @@ def statefulset(args, net, checker, logs, rng):
     kubelet.wait("the first commit of the 2-pod cluster", lambda: commits(pods) >= 1)
     peers = re.search(r"peers: (.*)", pods[1].output())
     sample_rss(pods)
+    probes = probe_pods(two, pods, net)
+    log(f"probes: {probes}")
     before = commits(pods)
     grace_forms = kubelet.delete()
     if commits(pods) <= before or not all("signal received: finishing" in p.output() for p in pods):
         raise Failure("SIGTERM: the pods exited without sealing and committing what they read:\n" + pods[0].output()[-3000:])
     drain(pods)
     check = checker.check(output, prefix, group, produced)
-    results.append({"scenario": "forms", "pods": 2, "peers": peers.group(1) if peers else None, "sigterm_exit_seconds": round(grace_forms, 2), "records_checked": check["kafka_records"], **{k: check[k] for k in ("data_rows", "late_rows", "dead_letters", "files", "manifests")}})
+    results.append({"scenario": "forms", "pods": 2, "peers": peers.group(1) if peers else None, "probes": probes, "sigterm_exit_seconds": round(grace_forms, 2), "records_checked": check["kafka_records"], **{k: check[k] for k in ("data_rows", "late_rows", "dead_letters", "files", "manifests")}})
     log(f"forms: {results[-1]}")
 
     # kill: SIGKILL one pod while records arrive; the kubelet restarts what exits; it recovers.

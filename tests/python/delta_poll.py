@@ -21,25 +21,16 @@ import time
 import deltalake
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
+
+import lakeio
 
 STREAMS = ["vehicle_data", "gps_data", "traffic_data", "weather_data", "emergency_data"]
 
 
 def options(output):
-    if not output.startswith("s3://"):
-        path = output[len("file://"):] if output.startswith("file://") else output
-        return os.path.abspath(path), None, pafs.LocalFileSystem(), os.path.abspath(path)
-    opts = {"AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"), "AWS_ALLOW_HTTP": "true"}
-    for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"]:
-        if os.environ.get(k):
-            opts[k] = os.environ[k]
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
-    fs = pafs.S3FileSystem(access_key=os.environ.get("AWS_ACCESS_KEY_ID"), secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-                           region=os.environ.get("AWS_REGION", "us-east-1"),
-                           endpoint_override=endpoint.split("://", 1)[1] if endpoint else None,
-                           scheme="http" if endpoint and endpoint.startswith("http://") else "https")
-    return output.rstrip("/"), opts, fs, output[len("s3://"):].rstrip("/")
+    uri, opts = lakeio.delta_location(output)
+    fs, root = lakeio.filesystem(output)
+    return uri, opts, fs, root
 
 
 def keys_of(table, topic):
@@ -143,15 +134,4 @@ def main():
 
 
 if __name__ == "__main__":
-    # Exit without interpreter finalisation: pyarrow's C++ I/O threads (S3) and the deltalake
-    # package's runtime can abort at shutdown ("terminate called without an active exception"),
-    # turning a finished check into a failure. Everything has been printed and flushed by now.
-    try:
-        main()
-    except SystemExit as e:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    lakeio.run(main)

@@ -28,6 +28,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from confluent_kafka import Consumer, TopicPartition
 
+import lakeio
+
 STREAMS = ["vehicle_data", "gps_data", "traffic_data", "weather_data", "emergency_data"]
 FIELDS = {
     "vehicle_data": ["id", "deviceId", "timestamp", "location", "speed", "direction", "maker", "model", "year", "fueltype"],
@@ -76,22 +78,6 @@ def read_kafka(brokers, prefix, timeout_s=120):
     return records
 
 
-def filesystem(output):
-    if output.startswith("s3://"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL")
-        scheme = "http" if endpoint and endpoint.startswith("http://") else "https"
-        fs = pafs.S3FileSystem(
-            access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-            region=os.environ.get("AWS_REGION", "us-east-1"),
-            endpoint_override=endpoint.split("://", 1)[1] if endpoint else None,
-            scheme=scheme,
-        )
-        return fs, output[len("s3://"):].rstrip("/")
-    path = output[len("file://"):] if output.startswith("file://") else output
-    return pafs.LocalFileSystem(), os.path.abspath(path)
-
-
 def list_files(fs, root, sub):
     try:
         infos = fs.get_file_info(pafs.FileSelector(f"{root}/{sub}", recursive=True, allow_not_found=True))
@@ -131,20 +117,9 @@ def check_values(stream, key, row, kafka, where, problems):
             return
 
 
-def delta_options(output):
-    if not output.startswith("s3://"):
-        path = output[len("file://"):] if output.startswith("file://") else output
-        return os.path.abspath(path), None
-    opts = {"AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"), "AWS_ALLOW_HTTP": "true"}
-    for k in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"]:
-        if os.environ.get(k):
-            opts[k] = os.environ[k]
-    return output.rstrip("/"), opts
-
-
 def check_delta(output, prefix, kafka, committed, head, compacted, problems):
     """Reads every table through its Delta log; returns rows seen per table."""
-    root, opts = delta_options(output)
+    root, opts = lakeio.delta_location(output)
     rows_seen = {}
     counts = {"data": 0, "late": 0, "dead": 0}
     tables = [(s, s, s) for s in STREAMS] + [("dead_letter", "_dead_letter", None)]
@@ -204,7 +179,7 @@ def main():
 
     problems = []
     kafka = read_kafka(args.brokers, args.prefix)
-    fs, root = filesystem(args.output)
+    fs, root = lakeio.filesystem(args.output)
 
     seen = {}
     counts = {"data": 0, "late": 0, "dead": 0}
@@ -311,15 +286,4 @@ def main():
 
 
 if __name__ == "__main__":
-    # Exit without interpreter finalisation: pyarrow's C++ I/O threads (S3) and the deltalake
-    # package's runtime can abort at shutdown ("terminate called without an active exception"),
-    # turning a finished check into a failure. Everything has been printed and flushed by now.
-    try:
-        main()
-    except SystemExit as e:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(e.code if isinstance(e.code, int) else (0 if e.code is None else 1))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    lakeio.run(main)
