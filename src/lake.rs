@@ -18,7 +18,7 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{BackoffConfig, RetryConfig};
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 
 use url::Url;
 
@@ -201,8 +201,9 @@ impl Lake {
     /// Checks, before anything is written, that the output exists and that the credentials
     /// may list, write and delete in it; the error names the output and the cause: a missing
     /// bucket (by name), invalid credentials, a permission the credentials lack, an
-    /// unreachable endpoint, an unwritable directory. Listing comes first: some S3 servers
-    /// create a missing bucket on the first write.
+    /// unreachable endpoint, an unwritable directory, a store that does not honour
+    /// create-if-absent PUTs. Listing comes first: some S3 servers create a missing bucket on
+    /// the first write.
     pub async fn check_access(&self) -> Result<(), LakeError> {
         let nanos = crate::clock::now_micros();
         let probe = Path::from(format!("_manifests/.write-check-{}-{nanos}", std::process::id()));
@@ -212,11 +213,27 @@ impl Lake {
             return Err(self.access_error("list", e));
         }
         drop(listing);
-        self.store.put(&probe, b"ok".to_vec().into()).await.map_err(|e| self.access_error("write", e))?;
-        match self.store.delete(&probe).await {
+        let create = || PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        self.store.put_opts(&probe, b"ok".to_vec().into(), create()).await.map_err(|e| self.access_error("write", e))?;
+        // The commit protocol fences a second writer with create-if-absent PUTs (manifests and
+        // Delta commits): a store that quietly overwrites instead would let two clusters both
+        // commit the same sequence. A second create of the probe must be refused.
+        let honoured = match self.store.put_opts(&probe, b"again".to_vec().into(), create()).await {
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(()),
+            Ok(_) | Err(object_store::Error::NotImplemented { .. }) => Err(LakeError::Access {
+                url: self.url.clone(),
+                reason: "the store does not honour conditional writes (a second create-if-absent PUT of the same object succeeded or is not supported): \
+                         citystream's manifests and Delta commits rely on them to fence a second writer; use a store that implements \
+                         `If-None-Match: *` on PUT (AWS S3, MinIO and SeaweedFS do)"
+                    .to_owned(),
+            }),
+            Err(e) => Err(self.access_error("write", e)),
+        };
+        let deleted = match self.store.delete(&probe).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.access_error("delete", e)),
-        }
+        };
+        honoured.and(deleted)
     }
 
     /// The bucket of an `s3://` output.
@@ -306,6 +323,62 @@ pub async fn collect_garbage(lake: &Lake, committed_below: Epoch) -> Result<usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Forwards to an in-memory store but turns every create-if-absent PUT into an overwrite,
+    /// as an S3 server without conditional writes does.
+    #[derive(Debug)]
+    struct IgnoresConditions(InMemory);
+
+    impl std::fmt::Display for IgnoresConditions {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "IgnoresConditions")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for IgnoresConditions {
+        async fn put_opts(&self, location: &Path, payload: object_store::PutPayload, mut opts: PutOptions) -> object_store::Result<object_store::PutResult> {
+            opts.mode = PutMode::Overwrite;
+            self.0.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.0.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(&self, location: &Path, options: object_store::GetOptions) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(&self, prefix: Option<&Path>) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(&self, from: &Path, to: &Path, options: object_store::CopyOptions) -> object_store::Result<()> {
+            self.0.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn the_access_check_refuses_a_store_that_ignores_create_if_absent() {
+        let honest = Lake::open("memory://").unwrap();
+        honest.check_access().await.expect("an in-memory store honours create-if-absent");
+        let lax = Lake { store: Arc::new(IgnoresConditions(InMemory::new())), ..Lake::open("memory://").unwrap() };
+        let err = lax.check_access().await.expect_err("a store that overwrites must be refused").to_string();
+        assert!(err.starts_with("cannot use --output memory://"), "{err}");
+        assert!(err.contains("does not honour conditional writes") && err.contains("If-None-Match"), "{err}");
+        let left: Vec<_> = lax.store.list(None).try_collect().await.unwrap();
+        assert!(left.is_empty(), "the probe is deleted even when the check fails: {left:?}");
+    }
 
     #[test]
     fn file_kinds_are_read_back_by_the_name_they_are_written_as() {
