@@ -107,11 +107,17 @@ for kv in "${kvs[@]}"; do [[ -n $kv ]] && KAFKA_OPTS+=(--kafka-option "$kv"); do
 
 # ---------------------------------------------------------------- build and services
 command -v java >/dev/null || die "java not found (Kafka and Spark need Java 17+)"
-log "building citystream (release) and the raw_consume bench"
-RAW_BIN=$(cargo bench --bench raw_consume --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -n 1)
-[[ -x $REPO/$RAW_BIN ]] && RAW_BIN=$REPO/$RAW_BIN
-[[ -x $RAW_BIN ]] || die "could not find the raw_consume bench executable (cargo bench --bench raw_consume --no-run)"
+# The raw_consume bench is built only when it runs or deletes the topics: building it (a bench,
+# with the dev-dependencies' features) recompiles much of the release tree, ≈ 30 min on 2 cores.
+RAW_BIN=
+if ((MODELS_ONLY == 0 || KEEP_TOPICS == 0)); then
+    log "building the raw_consume bench"
+    RAW_BIN=$(cargo bench --bench raw_consume --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -n 1)
+    [[ -x $REPO/$RAW_BIN ]] && RAW_BIN=$REPO/$RAW_BIN
+    [[ -x $RAW_BIN ]] || die "could not find the raw_consume bench executable (cargo bench --bench raw_consume --no-run)"
+fi
 # After the bench: building it may leave the bench profile's citystream at target/release/.
+log "building citystream (release)"
 cargo build --release --bin citystream >&2
 BIN=$TARGET/release/citystream
 BASELINE_VERSION=
@@ -123,7 +129,7 @@ fi
 STARTED_KAFKA=0
 cleanup() {
     local rc=$?
-    if ((KEEP_TOPICS == 0)) && [[ -n ${CITYSTREAM_BROKERS:-} ]]; then
+    if ((KEEP_TOPICS == 0)) && [[ -n ${CITYSTREAM_BROKERS:-} && -n $RAW_BIN ]]; then
         local p
         for p in "$PREFIX" "$ORIG_PREFIX"; do
             "$RAW_BIN" --bench --brokers "$CITYSTREAM_BROKERS" --topic-prefix "$p" --delete-topics >/dev/null 2>&1 || true
