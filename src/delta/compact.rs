@@ -112,7 +112,8 @@ fn partition_end_us(values: &std::collections::HashMap<String, Option<String>>) 
 }
 
 /// Compacts one table: per sealed partition, its files under half the target size, packed
-/// into groups of at most the target size, each group one new file and one commit.
+/// into groups of at most the target size, each group one new file; the groups' Remove + Add
+/// actions are committed together, many partitions per commit (see [`Pending`]).
 pub async fn compact_table(lake: &Lake, table: Table, mut t: DeltaTable, opts: &CompactOptions) -> Result<CompactReport, CompactError> {
     let name = table.name();
     let delta = |source| CompactError::Delta { table: name, source };
@@ -132,6 +133,7 @@ pub async fn compact_table(lake: &Lake, table: Table, mut t: DeltaTable, opts: &
         by_partition.entry(key).or_default().push(Active { path: f.path().to_string(), size: f.size() as u64, remove: f.remove_action(false) });
     }
     let mut report = CompactReport { table: name.to_owned(), files_before, files_after: files_before, ..CompactReport::default() };
+    let mut pending = Pending::default();
     for (_, mut files) in by_partition {
         files.sort_by(|a, b| a.path.cmp(&b.path));
         // Greedy packing in name (epoch) order: a group closes when the next file would pass
@@ -152,30 +154,79 @@ pub async fn compact_table(lake: &Lake, table: Table, mut t: DeltaTable, opts: &
                 continue;
             }
             let (add, rows) = rewrite(lake, table, &t, &group).await?;
-            let new_path = add.path.clone();
-            let mut actions: Vec<Action> = group.iter().map(|f| Action::Remove(f.remove.clone())).collect();
-            actions.push(Action::Add(add));
-            let properties = CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false));
-            let operation = DeltaOperation::Optimize { predicate: None, target_size: opts.target_size as i64 };
-            let committed = CommitBuilder::from(properties).with_actions(actions).build(Some(t.snapshot().map_err(delta)?), t.log_store(), operation).await;
-            match committed {
-                Ok(done) => {
-                    t.state = Some(done.snapshot);
-                    report.files_after -= group.len() - 1;
-                    report.rows += rows;
-                    report.commits += 1;
-                }
-                Err(e) => {
-                    // Another compaction removed one of these files first: ours changed
-                    // nothing; its new file is deleted (vacuum would, later).
-                    let _ = lake.store.delete(&Path::from(format!("{}/{new_path}", table.dir()))).await;
-                    return Err(delta(e));
-                }
+            pending.bytes += add.size as u64;
+            pending.new_files.push(add.path.clone());
+            pending.merged += group.len() - 1;
+            pending.rows += rows;
+            pending.actions.extend(group.iter().map(|f| Action::Remove(f.remove.clone())));
+            pending.actions.push(Action::Add(add));
+            pending.since.get_or_insert_with(std::time::Instant::now);
+            if pending.due(opts.target_size) {
+                pending.commit(lake, table, &mut t, opts, &mut report).await?;
             }
         }
         report.partitions += usize::from(touched);
     }
+    pending.commit(lake, table, &mut t, opts, &mut report).await?;
     Ok(report)
+}
+
+/// Rewritten groups of one table not yet committed. Many partitions go into one Delta commit
+/// (a lake of the original producer's time model has thousands of hour partitions: one commit
+/// each would be thousands of table versions); a commit is cut at [`COMMIT_EVERY_FILES`] new
+/// files, at the target size of new bytes, or after [`COMMIT_EVERY`], so that a crash loses
+/// little work (its new files are orphans that `vacuum` deletes).
+#[derive(Default)]
+struct Pending {
+    actions: Vec<Action>,
+    new_files: Vec<String>,
+    bytes: u64,
+    merged: usize,
+    rows: u64,
+    since: Option<std::time::Instant>,
+}
+
+/// New files per compaction commit, at most.
+const COMMIT_EVERY_FILES: usize = 1000;
+/// Time between compaction commits, at most (while there is work).
+const COMMIT_EVERY: Duration = Duration::from_secs(60);
+
+impl Pending {
+    fn due(&self, target_size: u64) -> bool {
+        self.new_files.len() >= COMMIT_EVERY_FILES || self.bytes >= target_size || self.since.is_some_and(|s| s.elapsed() >= COMMIT_EVERY)
+    }
+
+    /// Commits what is pending as one Remove + Add commit (`dataChange = false`). On a
+    /// conflict (another compaction removed one of these files first) nothing changed, the new
+    /// files are deleted and the error returned.
+    async fn commit(&mut self, lake: &Lake, table: Table, t: &mut DeltaTable, opts: &CompactOptions, report: &mut CompactReport) -> Result<(), CompactError> {
+        if self.new_files.is_empty() {
+            return Ok(());
+        }
+        let delta = |source| CompactError::Delta { table: table.name(), source };
+        let done = std::mem::take(self);
+        let properties = CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false));
+        let operation = DeltaOperation::Optimize { predicate: None, target_size: opts.target_size as i64 };
+        let committed = match t.snapshot() {
+            Ok(snapshot) => CommitBuilder::from(properties).with_actions(done.actions).build(Some(snapshot), t.log_store(), operation).await,
+            Err(e) => Err(e),
+        };
+        match committed {
+            Ok(finished) => {
+                t.state = Some(finished.snapshot);
+                report.files_after -= done.merged;
+                report.rows += done.rows;
+                report.commits += 1;
+                Ok(())
+            }
+            Err(e) => {
+                for path in &done.new_files {
+                    let _ = lake.store.delete(&Path::from(format!("{}/{path}", table.dir()))).await;
+                }
+                Err(delta(e))
+            }
+        }
+    }
 }
 
 /// Copies the rows of `group` (in order) into one new file in their partition's folder;

@@ -78,6 +78,10 @@ struct TableState {
     table: Table,
     delta: DeltaTable,
     held: Option<u64>,
+    /// `version / CHECKPOINT_INTERVAL` of the last checkpoint this publisher wrote (of the
+    /// version it found at open, at first): a checkpoint is due when a commit of ours enters a
+    /// later interval, also when another writer (a compaction) took the round version itself.
+    checkpoint_round: u64,
 }
 
 impl TableState {
@@ -112,7 +116,8 @@ impl Publisher {
     pub async fn open(lake: &Lake, run: &str) -> Result<Publisher, PublishError> {
         let opened = futures::future::join_all(Table::all().into_iter().map(|table| async move {
             let delta = with_retries(lake, table, 0, || lake.delta().open_or_create(table)).await?;
-            Ok::<_, PublishError>(TableState { table, delta, held: None })
+            let checkpoint_round = delta.version().unwrap_or(0) / CHECKPOINT_INTERVAL;
+            Ok::<_, PublishError>(TableState { table, delta, held: None, checkpoint_round })
         }))
         .await;
         let tables = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -204,7 +209,8 @@ async fn bring_up(lake: &Lake, run: &str, t: &mut TableState, cache: &BTreeMap<u
                 t.delta.state = Some(done.snapshot);
                 t.held = Some(head);
                 tracing::debug!(table = table.name(), version, manifest = head, files, "published to Delta");
-                if version > 0 && version % CHECKPOINT_INTERVAL == 0 {
+                if version / CHECKPOINT_INTERVAL > t.checkpoint_round {
+                    t.checkpoint_round = version / CHECKPOINT_INTERVAL;
                     maintain_in_background(t.delta.clone(), version);
                 }
                 return Ok((1, files));
