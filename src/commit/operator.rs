@@ -179,7 +179,11 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                         tracing::info!(sequence = m.sequence, lower = m.lower, upper = m.upper, objects = m.files.len(), "manifest committed");
                         let latency = first_sealed.map(|t| (crate::clock::now_micros() - t) as f64 / 1e6);
                         summary.borrow_mut().add(&m, latency);
-                        crate::observe::metrics().committed(m.lower, m.upper, m.files.iter().map(|f| f.epoch).min());
+                        // Dead letters of records without a usable time sit at the epoch the
+                        // source was in when they arrived (0 before its first watermark): only
+                        // data objects say where the run's data starts.
+                        let least_data_epoch = m.files.iter().filter(|f| f.kind != FileKind::DeadLetter).map(|f| f.epoch).min();
+                        crate::observe::metrics().committed(m.lower, m.upper, least_data_epoch);
                         crate::observe::health().committed();
                         lower = m.upper;
                         sequence = m.sequence;

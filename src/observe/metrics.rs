@@ -289,7 +289,7 @@ impl Metrics {
         self.open_epochs.set(open.max(0));
     }
 
-    /// A commit manifest for epochs `[lower, upper)` whose objects' least epoch is
+    /// A commit manifest for epochs `[lower, upper)` whose data objects' least epoch is
     /// `least_object_epoch` is durable: one seal-latency observation per epoch (from when the
     /// frontier passed it), counting from the first epoch that holds data in this run — the
     /// epochs before it are the empty stretch before the run's first record (for a new lake,
