@@ -331,18 +331,9 @@ fn compaction_and_vacuum_against_a_live_two_process_cluster() {
 
     let status = producer.wait(Duration::from_secs(600));
     assert!(status.success(), "the producer failed: {}", producer.output());
-    for p in &mut procs {
-        p.term();
-    }
-    for p in &mut procs {
-        let status = p.wait(Duration::from_secs(120));
-        assert!(status.success(), "SIGTERM must seal, commit and exit 0: {}", p.output());
-    }
+    terminate_cleanly(&mut procs, Duration::from_secs(120));
     let mut last = start_cluster(dir.path(), "final", 2, 1, &run_flags(&prefix, &output, &["--until-caught-up"]));
-    for p in &mut last {
-        let status = p.wait(Duration::from_secs(600));
-        assert!(status.success(), "{}", p.output());
-    }
+    wait_all_succeed(&mut last, Duration::from_secs(600));
     let r = stop_poller(dir.path(), poller, &stop, &result);
     eprintln!("DELTA-COMPACT-RESULT {r} files {before} → {after}");
     lake_check_with(&output, &prefix, first + live, &["--compacted"]);

@@ -327,27 +327,10 @@ fn sigterm_mid_run_is_a_clean_shutdown_and_a_restart_resumes_exactly_once() {
 /// devices, keys = record ids over 4 partitions, some late and malformed), event times from
 /// `start`.
 fn produce_batch(prefix: &str, records: u64, start: &str, seed: u64) {
-    simulate(
-        prefix,
-        &[
-            "--vehicles",
-            "5",
-            "--key",
-            "id",
-            "--events",
-            &records.to_string(),
-            "--partitions",
-            "4",
-            "--late-fraction",
-            "0.01",
-            "--malformed-fraction",
-            "0.005",
-            "--seed",
-            &seed.to_string(),
-            "--start",
-            start,
-        ],
-    );
+    let mut args = vec!["--key".to_owned(), "id".to_owned()];
+    args.extend(simulate_args(5, records, 4, seed));
+    args.extend(["--start".to_owned(), start.to_owned()]);
+    simulate(prefix, &args.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 /// The end offset of every partition of the five topics of `prefix`.
@@ -465,13 +448,7 @@ fn a_live_cluster_reads_every_partition_through_kafka_and_s3_outages() {
     );
     let read_after = waited.elapsed();
 
-    for p in procs.iter() {
-        p.term();
-    }
-    for p in &mut procs {
-        let status = p.wait(Duration::from_secs(120));
-        assert!(status.success(), "SIGTERM is a clean shutdown: {}: {}", p.name, p.output());
-    }
+    terminate_cleanly(&mut procs, Duration::from_secs(120));
     let stalls: usize = procs.iter().map(|p| log_count(p, "partition stalled")).sum();
     // The evidence of any stall: the guard's warning names the client's own view (fetch state).
     for p in &procs {

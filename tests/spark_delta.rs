@@ -42,34 +42,11 @@ fn run_flags(prefix: &str, output: &str, extra: &[&str]) -> Vec<String> {
 /// `citystream simulate` arguments for records of the original producer: its time model (one
 /// clock per device, 30–60 s per step), 3 devices, key = record id, 2 partitions per topic.
 fn original_producer(prefix: &str, events: u64, seed: u64, start: &str, rate: u64) -> Vec<String> {
-    let args = [
-        "simulate",
-        "--brokers",
-        &brokers(),
-        "--topic-prefix",
-        prefix,
-        "--time-model",
-        "original",
-        "--key",
-        "id",
-        "--vehicles",
-        "3",
-        "--events",
-        &events.to_string(),
-        "--rate",
-        &rate.to_string(),
-        "--partitions",
-        "2",
-        "--late-fraction",
-        "0.01",
-        "--malformed-fraction",
-        "0.005",
-        "--seed",
-        &seed.to_string(),
-        "--start",
-        start,
-    ];
-    args.iter().map(|s| s.to_string()).collect()
+    let mut args: Vec<String> =
+        ["simulate", "--brokers", &brokers(), "--topic-prefix", prefix, "--time-model", "original", "--key", "id"].map(str::to_owned).to_vec();
+    args.extend(simulate_args(3, events, 2, seed));
+    args.extend(["--rate".to_owned(), rate.to_string(), "--start".to_owned(), start.to_owned()]);
+    args
 }
 
 /// Runs `cmd` with stdout and stderr in `dir/<name>.{out,err}`, killing it after `limit`;
@@ -167,18 +144,9 @@ fn spark_with_delta_spark_reads_every_table_of_a_finished_run() {
         total = again;
     }
     eprintln!("live: {} records in {:.1} s until every table had a checkpoint", total - BACKLOG, started.elapsed().as_secs_f64());
-    for p in &procs {
-        p.term();
-    }
-    for p in &mut procs {
-        let status = p.wait(Duration::from_secs(120));
-        assert!(status.success(), "SIGTERM must seal, commit and exit 0: {}", p.output());
-    }
+    terminate_cleanly(&mut procs, Duration::from_secs(120));
     let mut last = start_cluster(dir.path(), "final", 2, 1, &run_flags(&prefix, &output, &["--until-caught-up"]));
-    for p in &mut last {
-        let status = p.wait(Duration::from_secs(300));
-        assert!(status.success(), "{}: {}", p.name, p.output());
-    }
+    wait_all_succeed(&mut last, Duration::from_secs(300));
     let check = lake_check(&output, &prefix, total);
     eprintln!("lake check: {check:?}");
     assert!(check.late_rows > 0 && check.dead_letters > 0, "the run must hold late rows and dead letters: {check:?}");

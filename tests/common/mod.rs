@@ -131,6 +131,22 @@ pub fn start_cluster(dir: &Path, tag: &str, n: usize, w: usize, rest: &[String])
     (0..n).map(|p| Proc::start(dir, &format!("{tag}-p{p}"), &cluster_args(n, w, p, &hosts, rest), &[])).collect()
 }
 
+/// SIGTERM to every process at once, then waits for each: each must seal, commit and exit 0.
+pub fn terminate_cleanly(procs: &mut [Proc], limit: Duration) {
+    for p in procs.iter() {
+        p.term();
+    }
+    wait_all_succeed(procs, limit);
+}
+
+/// Waits for every process to end; each must exit 0.
+pub fn wait_all_succeed(procs: &mut [Proc], limit: Duration) {
+    for p in procs.iter_mut() {
+        let status = p.wait(limit);
+        assert!(status.success(), "{} must exit 0: {}", p.name, p.output());
+    }
+}
+
 /// The independent check's summary.
 #[derive(Debug, serde::Deserialize)]
 pub struct Check {
@@ -382,8 +398,14 @@ pub fn start_live_producer(dir: &Path, prefix: &str, vehicles: u32, events: u64,
 /// The simulator flags of the fault and Delta suites: `vehicles` vehicles, `events` records on 2
 /// partitions per topic, 1 % late and 0.5 % malformed, from `seed`.
 pub fn fleet_args(vehicles: u32, events: u64, seed: u64) -> Vec<String> {
-    let (vehicles, events, seed) = (vehicles.to_string(), events.to_string(), seed.to_string());
-    ["--vehicles", &vehicles, "--events", &events, "--partitions", "2", "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", &seed]
+    simulate_args(vehicles, events, 2, seed)
+}
+
+/// `vehicles` vehicles, `events` records on `partitions` partitions per topic, 1 % late and
+/// 0.5 % malformed, from `seed`: the mix every fault, Delta and Spark test produces.
+pub fn simulate_args(vehicles: u32, events: u64, partitions: u32, seed: u64) -> Vec<String> {
+    let (vehicles, events, partitions, seed) = (vehicles.to_string(), events.to_string(), partitions.to_string(), seed.to_string());
+    ["--vehicles", &vehicles, "--events", &events, "--partitions", &partitions, "--late-fraction", "0.01", "--malformed-fraction", "0.005", "--seed", &seed]
         .map(str::to_owned)
         .to_vec()
 }

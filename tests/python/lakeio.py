@@ -9,14 +9,14 @@
 import os
 import sys
 
-import pyarrow.fs as pafs
-
 
 def local_path(output):
     return os.path.abspath(output[len("file://"):] if output.startswith("file://") else output)
 
 
 def filesystem(output):
+    import pyarrow.fs as pafs  # here: the Spark check's venv has no pyarrow
+
     if not output.startswith("s3://"):
         return pafs.LocalFileSystem(), local_path(output)
     endpoint = os.environ.get("AWS_ENDPOINT_URL")

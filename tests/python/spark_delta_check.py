@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+import lakeio
+
 # Per column, the aggregates compared between Spark and deltalake; timestamps as µs since the
 # epoch, each taken modulo this prime before summing (the plain sum of 50k timestamps overflows
 # a long).
@@ -372,22 +374,5 @@ def main():
 
 
 if __name__ == "__main__":
-    # Exit without interpreter finalisation, as lake_check.py does: pyarrow/deltalake threads (and
-    # py4j's) can abort at shutdown and turn a finished check into a failure. Everything has been
-    # printed and flushed by then; the JVM was stopped, or ends when its stdin (this process) does.
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-        if code is not None and not isinstance(code, int):
-            print(code, file=sys.stderr)
-            code = 1
-    except BaseException:  # noqa: BLE001 — report it, then exit without finalisation too
-        import traceback
-
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code or 0)
+    # py4j's threads, like pyarrow's, can abort at interpreter shutdown: see lakeio.run.
+    lakeio.run(main)
