@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import sys
 
 import deltalake
 import pyarrow as pa
@@ -278,11 +277,7 @@ def main():
             c.close()
 
     summary = {"kafka_records": len(kafka), "data_rows": counts["data"], "late_rows": counts["late"], "dead_letters": counts["dead"], "files": len(files), "manifests": len(manifests), "delta_rows": delta_rows, "problems": len(problems)}
-    print(json.dumps(summary))
-    if problems:
-        for p in problems[:50]:
-            print("PROBLEM:", p, file=sys.stderr)
-        sys.exit(1)
+    lakeio.report(summary, problems)
 
 
 if __name__ == "__main__":

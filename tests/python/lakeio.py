@@ -4,8 +4,10 @@
   a `file://` URL or an `s3://bucket/prefix` (S3 settings from the standard `AWS_*` variables).
 - `delta_location(output)`: the table-root URI and `storage_options` for the `deltalake` package
   (None for a local folder).
+- `report(summary, problems)`: prints a checker's result and exits 1 if it found problems.
 - `run(main)`: runs a checker's `main` and exits without interpreter finalisation.
 """
+import json
 import os
 import sys
 
@@ -38,6 +40,16 @@ def delta_location(output):
         if os.environ.get(k):
             opts[k] = os.environ[k]
     return output.rstrip("/"), opts
+
+
+def report(summary, problems):
+    """Prints `summary` as one JSON line on stdout and each problem (the first 50) on stderr as
+    `PROBLEM: …`; exits 1 if there is any."""
+    print(json.dumps(summary))
+    if problems:
+        for p in problems[:50]:
+            print("PROBLEM:", p, file=sys.stderr)
+        sys.exit(1)
 
 
 def run(main):

@@ -366,11 +366,7 @@ def main():
     spark.stop()
     summary.update(spark_startup_s=round(startup_s, 1), spark_read_s=round(time.monotonic() - started, 1), deltalake_s=round(deltalake_s, 1),
                    problems=len(problems))
-    print(json.dumps(summary))
-    if problems:
-        for p in problems[:50]:
-            print("PROBLEM:", p, file=sys.stderr)
-        sys.exit(1)
+    lakeio.report(summary, problems)
 
 
 if __name__ == "__main__":
