@@ -93,14 +93,9 @@ impl ProcessTotals {
     }
 }
 
-/// A short random id for this process's object names: the standard library's randomly keyed
-/// hasher, fed the process id and the wall clock.
+/// A short random id for this process's object names.
 fn run_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.write_i64(crate::clock::now_micros());
-    format!("{:08x}", h.finish() as u32)
+    format!("{:08x}", crate::clock::random_u64() as u32)
 }
 
 /// Fails fast, naming the address, if this process cannot listen on its own cluster address

@@ -305,13 +305,7 @@ async fn rewrite(lake: &Lake, table: Table, t: &DeltaTable, group: &[Active]) ->
     Ok((add, rows))
 }
 
-/// A random 128-bit hex name part (no dashes): two randomly keyed hashes of the clock.
+/// A random 128-bit hex name part (no dashes).
 fn uuid_simple() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let part = || {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_i64(crate::clock::now_micros());
-        h.finish()
-    };
-    format!("{:016x}{:016x}", part(), part())
+    format!("{:016x}{:016x}", crate::clock::random_u64(), crate::clock::random_u64())
 }

@@ -224,7 +224,6 @@ async fn bring_up(lake: &Lake, run: &str, t: &mut TableState, cache: &BTreeMap<u
                     tracing::info!(table = table.name(), manifest = head, error = %e, "the table already holds the manifest (an earlier attempt landed): nothing to publish");
                     return Ok((0, 0));
                 }
-                t.held = None;
                 if started.elapsed() + pause >= lake.retry_timeout {
                     return Err(PublishError::Delta { table: table.name(), sequence: head, source: e });
                 }
