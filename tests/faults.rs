@@ -69,7 +69,9 @@ fn sleep_while_alive(procs: &mut [Proc], d: Duration, what: &str) {
     let start = Instant::now();
     while start.elapsed() < d {
         for p in procs.iter_mut() {
-            assert!(alive(p), "{} exited {what}: {}", p.name, p.output());
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("{} exited ({status}) {what}: {}", p.name, p.output());
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
