@@ -39,7 +39,7 @@ use arrow::datatypes::{Field, Schema};
 use arrow::record_batch::RecordBatch;
 use citystream::contract::schema::{BatchBuilder, Provenance, schema};
 use citystream::contract::{DecodeOptions, Record, Stream, decode, decode_borrowed};
-use citystream::epoch::EpochClock;
+use citystream::epoch::{Epoch, EpochClock};
 use citystream::ownership::PartitionId;
 use citystream::reclock::PartitionClock;
 use citystream::simulate::{Fleet, FleetConfig};
@@ -313,7 +313,7 @@ fn bench_all(c: &mut Criterion<ThreadCpu>, corpora: &[Corpus]) {
     g.throughput(Throughput::Bytes(bytes));
     g.bench_function(BenchmarkId::from_parameter("all"), |b| {
         b.iter(|| {
-            let mut pc = PartitionClock::resume(id, clock, None, 0, 0);
+            let mut pc = PartitionClock::resume(id, clock, None, 0, Epoch::ZERO);
             let mut sealed = 0u64;
             for (off, &t) in times.iter().enumerate() {
                 let class = pc.observe(off as i64, Some(t));

@@ -153,7 +153,7 @@ pub struct Announce {
 /// progress messages, one epoch per round — on input sparse in event time (tens of thousands of
 /// epochs) that made sealing crawl. Far beyond any epoch the sources can be ahead, it never
 /// constrains anything.
-const REQUEST_DELAY: Epoch = 1 << 40;
+const REQUEST_DELAY: u64 = 1 << 40;
 
 /// Builds the whole pipeline in `scope`, for a cluster of processes with `workers_per_process`
 /// workers each: Kafka partitions are reclocked into epochs, written as Parquet objects by a
@@ -257,7 +257,7 @@ mod tests {
         }
         let chunk = Chunk {
             key: FileKey { stream: Stream::Emergency, kind: FileKind::Late, hour: 1_740_823_200_000_000 },
-            epoch: 29_013_720,
+            epoch: Epoch(29_013_720),
             batch: b.finish().unwrap(),
             partitions: vec![3, 5],
         };

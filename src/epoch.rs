@@ -6,8 +6,111 @@
 
 use crate::contract::Micros;
 
-/// A timely time: the index of an event-time window.
-pub type Epoch = u64;
+/// A timely time: the index of an event-time window (see [`EpochClock`]).
+///
+/// A newtype, not a bare `u64`, so that an epoch cannot be mixed up with an offset, a count or
+/// microseconds. It is timely's timestamp (totally ordered; a path summary is a number of
+/// epochs to add) and is written to manifests and channels as a plain number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// The first epoch (event times before the first window; dead letters without a time).
+    pub const ZERO: Epoch = Epoch(0);
+    /// The greatest epoch.
+    pub const MAX: Epoch = Epoch(u64::MAX);
+
+    /// The index as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The epoch after this one.
+    pub fn next(self) -> Epoch {
+        Epoch(self.0 + 1)
+    }
+
+    /// The epoch before this one; `None` for [`Epoch::ZERO`].
+    pub fn prev(self) -> Option<Epoch> {
+        self.0.checked_sub(1).map(Epoch)
+    }
+
+    /// `n` epochs later, or [`Epoch::MAX`] on overflow.
+    pub fn saturating_add(self, n: u64) -> Epoch {
+        Epoch(self.0.saturating_add(n))
+    }
+
+    /// `n` epochs earlier, or [`Epoch::ZERO`] below it.
+    pub fn saturating_sub(self, n: u64) -> Epoch {
+        Epoch(self.0.saturating_sub(n))
+    }
+
+    /// Epochs from `earlier` to `self` (0 if `earlier` is later).
+    pub fn since(self, earlier: Epoch) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl std::fmt::Display for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for Epoch {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Epoch, Self::Err> {
+        s.parse().map(Epoch)
+    }
+}
+
+impl std::ops::Add<u64> for Epoch {
+    type Output = Epoch;
+    fn add(self, n: u64) -> Epoch {
+        Epoch(self.0 + n)
+    }
+}
+
+impl std::ops::Sub<u64> for Epoch {
+    type Output = Epoch;
+    fn sub(self, n: u64) -> Epoch {
+        Epoch(self.0 - n)
+    }
+}
+
+impl timely::order::PartialOrder for Epoch {
+    fn less_equal(&self, other: &Self) -> bool {
+        self <= other
+    }
+}
+
+impl timely::order::TotalOrder for Epoch {}
+
+impl timely::progress::Timestamp for Epoch {
+    type Summary = u64;
+    fn minimum() -> Self {
+        Epoch::ZERO
+    }
+}
+
+/// A path summary: the number of epochs a path adds (timely's feedback edges).
+impl timely::progress::timestamp::PathSummary<Epoch> for u64 {
+    fn results_in(&self, src: &Epoch) -> Option<Epoch> {
+        src.0.checked_add(*self).map(Epoch)
+    }
+    fn followed_by(&self, other: &u64) -> Option<u64> {
+        self.checked_add(*other)
+    }
+}
+
+impl timely::progress::timestamp::Refines<()> for Epoch {
+    fn to_inner(_: ()) -> Epoch {
+        Epoch::ZERO
+    }
+    fn to_outer(self) {}
+    fn summarize(_: u64) {}
+}
 
 /// Window length and allowed lateness, both in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -27,17 +130,17 @@ impl EpochClock {
 
     /// The epoch of an event time. Times before 1970 belong to epoch 0 (the decoder refuses them).
     pub fn epoch_of(&self, t: Micros) -> Epoch {
-        if t <= 0 { 0 } else { (t / self.window_us) as Epoch }
+        if t <= 0 { Epoch::ZERO } else { Epoch((t / self.window_us) as u64) }
     }
 
     /// The epoch a watermark lies in; no watermark yet means epoch 0.
     pub fn epoch_of_watermark(&self, wm: Option<Micros>) -> Epoch {
-        wm.map_or(0, |w| self.epoch_of(w))
+        wm.map_or(Epoch::ZERO, |w| self.epoch_of(w))
     }
 
     /// First event time of an epoch.
     pub fn start_of(&self, e: Epoch) -> Micros {
-        (e as i64).saturating_mul(self.window_us)
+        (e.0 as i64).saturating_mul(self.window_us)
     }
 
     /// The watermark implied by the greatest event time seen and a floor from idle advances.
@@ -57,17 +160,17 @@ mod tests {
     #[test]
     fn epochs_and_watermarks() {
         let c = EpochClock::new(60_000_000, 120_000_000);
-        assert_eq!(c.epoch_of(0), 0);
-        assert_eq!(c.epoch_of(59_999_999), 0);
-        assert_eq!(c.epoch_of(60_000_000), 1);
-        assert_eq!(c.epoch_of(-5), 0);
-        assert_eq!(c.start_of(3), 180_000_000);
-        assert_eq!(c.epoch_of(c.start_of(12_345)), 12_345);
+        assert_eq!(c.epoch_of(0), Epoch(0));
+        assert_eq!(c.epoch_of(59_999_999), Epoch(0));
+        assert_eq!(c.epoch_of(60_000_000), Epoch(1));
+        assert_eq!(c.epoch_of(-5), Epoch(0));
+        assert_eq!(c.start_of(Epoch(3)), 180_000_000);
+        assert_eq!(c.epoch_of(c.start_of(Epoch(12_345))), Epoch(12_345));
         assert_eq!(c.watermark(None, None), None);
         assert_eq!(c.watermark(Some(300_000_000), None), Some(180_000_000));
         assert_eq!(c.watermark(Some(300_000_000), Some(200_000_000)), Some(200_000_000));
         assert_eq!(c.watermark(None, Some(7)), Some(7));
-        assert_eq!(c.epoch_of_watermark(None), 0);
-        assert_eq!(c.epoch_of_watermark(Some(180_000_000)), 3);
+        assert_eq!(c.epoch_of_watermark(None), Epoch::ZERO);
+        assert_eq!(c.epoch_of_watermark(Some(180_000_000)), Epoch(3));
     }
 }

@@ -395,16 +395,16 @@ mod tests {
     #[test]
     fn layout_is_hive_style_and_parsable() {
         let t = 1_740_824_142_123_456; // 2025-03-01T10:15:42
-        let p = file_path(Stream::Weather, FileKind::Data, 29_013_735, "ab12cd34", t, 0);
+        let p = file_path(Stream::Weather, FileKind::Data, Epoch(29_013_735), "ab12cd34", t, 0);
         assert_eq!(p.as_ref(), "weather_data/date=2025-03-01/hour=10/weather_data-e0029013735-ab12cd34.parquet");
-        assert_eq!(epoch_of_file(&p), Some(29_013_735));
-        let l = file_path(Stream::Gps, FileKind::Late, 12, "r", t, 0);
+        assert_eq!(epoch_of_file(&p), Some(Epoch(29_013_735)));
+        let l = file_path(Stream::Gps, FileKind::Late, Epoch(12), "r", t, 0);
         assert!(l.as_ref().ends_with("gps_data-e0000000012-late-r.parquet"));
-        assert_eq!(epoch_of_file(&l), Some(12));
-        let d = file_path(Stream::Gps, FileKind::DeadLetter, 12, "r", t, 2);
+        assert_eq!(epoch_of_file(&l), Some(Epoch(12)));
+        let d = file_path(Stream::Gps, FileKind::DeadLetter, Epoch(12), "r", t, 2);
         assert!(d.as_ref().starts_with("_dead_letter/stream=gps_data/date=2025-03-01/hour=10/"));
         assert!(d.as_ref().ends_with("gps_data-e0000000012-r-2.parquet"), "the third object of its key in one commit");
-        assert_eq!(epoch_of_file(&d), Some(12));
+        assert_eq!(epoch_of_file(&d), Some(Epoch(12)));
         for other in [
             "gps_data/date=2025-03-01/hour=10/gps_data-compacted-v12-0e1234567890abcdef.parquet",
             "gps_data/_delta_log/00000000000000000100.checkpoint.parquet",
@@ -420,11 +420,11 @@ mod tests {
         let lake = Lake::open("memory://").unwrap();
         rt.block_on(async {
             for e in [5, 9, 10, 11] {
-                lake.store.put(&file_path(Stream::Gps, FileKind::Data, e, "r", 0, 0), vec![1].into()).await.unwrap();
+                lake.store.put(&file_path(Stream::Gps, FileKind::Data, Epoch(e), "r", 0, 0), vec![1].into()).await.unwrap();
             }
-            lake.store.put(&file_path(Stream::Gps, FileKind::DeadLetter, 12, "r", 0, 1), vec![1].into()).await.unwrap();
+            lake.store.put(&file_path(Stream::Gps, FileKind::DeadLetter, Epoch(12), "r", 0, 1), vec![1].into()).await.unwrap();
             lake.store.put(&Path::from("_manifests/00000000000000000001.json"), vec![1].into()).await.unwrap();
-            assert_eq!(collect_garbage(&lake, 10).await.unwrap(), 3);
+            assert_eq!(collect_garbage(&lake, Epoch(10)).await.unwrap(), 3);
             let left: Vec<_> = lake.store.list(None).try_collect().await.unwrap();
             assert_eq!(left.len(), 3, "epochs 5 and 9 and the manifest stay");
         });

@@ -149,7 +149,7 @@ fn print_run_report(r: &citystream::run::RunReport, embedded: bool) {
     match c.epochs {
         Some((a, b)) => println!(
             "  epochs sealed:    {:>10} (epoch = {} of event time; {a}..={b})",
-            b - a + 1,
+            b.since(a) + 1,
             humantime::format_duration(std::time::Duration::from_micros(r.window_us as u64))
         ),
         None => println!("  epochs sealed:    {:>10}", 0),

@@ -139,10 +139,10 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         SourceConfig::Embedded { .. } => String::new(),
     };
     check_resumable(&cfg, previous.as_ref(), &prefix, &lake)?;
-    let first_epoch = previous.as_ref().map_or(0, |m| m.upper);
+    let first_epoch = previous.as_ref().map_or(Epoch::ZERO, |m| m.upper);
     let metrics = crate::observe::metrics();
     metrics.set_topic_prefix(&prefix);
-    metrics.last_committed_epoch.set(first_epoch as i64 - 1);
+    metrics.last_committed_epoch.set(first_epoch.get() as i64 - 1);
     metrics.note_frontier(first_epoch, false);
     crate::observe::health().expect(cfg.threads, first_epoch);
     let partitions = partitions(&cfg, started)?;
@@ -307,7 +307,7 @@ fn claim_output(
     prefix: &str,
     run: &str,
 ) -> anyhow::Result<(Manifest, usize)> {
-    let first_epoch = previous.map_or(0, |m| m.upper);
+    let first_epoch = previous.map_or(Epoch::ZERO, |m| m.upper);
     let m = Manifest {
         format: FORMAT,
         sequence: previous.map_or(0, |m| m.sequence) + 1,

@@ -307,14 +307,14 @@ mod tests {
     #[test]
     fn a_chain_is_healthy_empty_or_broken_with_its_reason() {
         assert!(matches!(summarise("x", vec![]).health, Health::Empty(_)));
-        let claim_only = summarise("x", vec![(1, Ok(manifest(1, ManifestKind::Claim, 0, 0, 0)))]);
+        let claim_only = summarise("x", vec![(1, Ok(manifest(1, ManifestKind::Claim, Epoch(0), Epoch(0), 0)))]);
         assert!(matches!(&claim_only.health, Health::Empty(why) if why.contains("claim")), "{:?}", claim_only.health);
 
         let chain = || {
             vec![
-                (1, Ok(manifest(1, ManifestKind::Claim, 0, 0, 0))),
-                (2, Ok(manifest(2, ManifestKind::Commit, 0, 10, 7))),
-                (3, Ok(manifest(3, ManifestKind::Commit, 10, 12, 5))),
+                (1, Ok(manifest(1, ManifestKind::Claim, Epoch(0), Epoch(0), 0))),
+                (2, Ok(manifest(2, ManifestKind::Commit, Epoch(0), Epoch(10), 7))),
+                (3, Ok(manifest(3, ManifestKind::Commit, Epoch(10), Epoch(12), 5))),
             ]
         };
         let s = summarise("x", chain());
@@ -323,7 +323,7 @@ mod tests {
         let gps = &s.streams[Stream::Gps.index()];
         assert_eq!((gps.rows, gps.dead_letters, gps.objects, gps.bytes), (12, 2, 4, 400));
         let last = s.last_commit.unwrap();
-        assert_eq!((last.sequence, last.epoch), (3, 11));
+        assert_eq!((last.sequence, last.epoch), (3, Epoch(11)));
         assert_eq!(last.event_time_to, "1970-01-01T00:12:00Z");
         assert_eq!(last.cluster, Some(ClusterShape { processes: 2, threads: 2 }));
 
@@ -338,7 +338,7 @@ mod tests {
         assert!(matches!(summarise("x", unreadable).health, Health::Broken(why) if why.contains("not valid")));
 
         let mut misplaced = chain();
-        misplaced[2].1 = Ok(manifest(3, ManifestKind::Commit, 11, 12, 5));
+        misplaced[2].1 = Ok(manifest(3, ManifestKind::Commit, Epoch(11), Epoch(12), 5));
         assert!(matches!(summarise("x", misplaced).health, Health::Broken(why) if why.contains("starts at epoch 11")));
     }
 }

@@ -19,7 +19,7 @@ use citystream::commit::manifest::{self, FORMAT, FileEntry, Manifest, ManifestKi
 use citystream::contract::Stream;
 use citystream::delta::Table;
 use citystream::delta::publish::Publisher;
-use citystream::epoch::EpochClock;
+use citystream::epoch::{Epoch, EpochClock};
 use citystream::lake::{FileKind, Lake};
 use common::*;
 use futures::stream::BoxStream;
@@ -88,8 +88,8 @@ fn manifest_with(sequence: u64, files: usize) -> Manifest {
             path: format!("vehicle_data/date=2025-03-01/hour=10/vehicle_data-e{:010}-r{i}.parquet", sequence),
             stream: Stream::Vehicle,
             kind: FileKind::Data,
-            epoch: sequence,
-            last_epoch: sequence,
+            epoch: Epoch(sequence),
+            last_epoch: Epoch(sequence),
             partitions: vec![0],
             rows: 10,
             bytes: 1000,
@@ -100,8 +100,8 @@ fn manifest_with(sequence: u64, files: usize) -> Manifest {
         format: FORMAT,
         sequence,
         kind: if sequence == 1 { ManifestKind::Claim } else { ManifestKind::Commit },
-        lower: sequence.saturating_sub(1),
-        upper: sequence,
+        lower: Epoch(sequence.saturating_sub(1)),
+        upper: Epoch(sequence),
         clock: EpochClock::new(60_000_000, 120_000_000),
         topic_prefix: String::new(),
         run: "test".into(),

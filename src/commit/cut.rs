@@ -91,7 +91,7 @@ impl<'s, D: Clone + 'static> CutCommits<'s> for Stream<'s, Epoch, Vec<D>> {
                 };
                 if f > last && (requested || since.elapsed() >= spec.interval) {
                     out.activate().session(&*c).give(f);
-                    tracing::debug!(boundary = f, requested, "commit cut");
+                    tracing::debug!(boundary = f.get(), requested, "commit cut");
                     last = f;
                     since = Instant::now();
                     requested = false;

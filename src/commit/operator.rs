@@ -125,7 +125,7 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
 
     builder.build_reschedule(move |_caps| {
         let CommitSpec { lake, rt, run, clock, topic_prefix, previous, mut offsets, publish, summary, failure, cluster } = spec;
-        let mut lower = previous.as_ref().map_or(0, |m| m.upper);
+        let mut lower = previous.as_ref().map_or(Epoch::ZERO, |m| m.upper);
         let mut sequence = previous.as_ref().map_or(0, |m| m.sequence);
         let mut states: BTreeMap<PartitionId, ResumeState> = previous.map(|m| m.partitions.into_iter().map(|s| (s.id, s)).collect()).unwrap_or_default();
         // Per epoch: its objects, and when a sink first saw the frontier pass it.
@@ -176,7 +176,7 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                 let (handle, m, first_sealed) = in_flight.take().expect("checked above");
                 match rt.block_on(handle) {
                     Ok(Ok(())) => {
-                        tracing::info!(sequence = m.sequence, lower = m.lower, upper = m.upper, objects = m.files.len(), "manifest committed");
+                        tracing::info!(sequence = m.sequence, lower = m.lower.get(), upper = m.upper.get(), objects = m.files.len(), "manifest committed");
                         let latency = first_sealed.map(|t| (crate::clock::now_micros() - t) as f64 / 1e6);
                         summary.borrow_mut().add(&m, latency);
                         // Dead letters of records without a usable time sit at the epoch the
@@ -222,7 +222,7 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
             // at the end of everything once the input is done).
             let upper = match frontiers[0].frontier().first() {
                 Some(&f) => cuts.range(..=f).next_back().copied().unwrap_or(lower),
-                None => max_seen.map_or(lower, |m| m + 1).max(cuts.last().copied().unwrap_or(lower)).max(lower),
+                None => max_seen.map_or(lower, Epoch::next).max(cuts.last().copied().unwrap_or(lower)).max(lower),
             };
             let anything = files.range(..upper).next().is_some() || uncommitted_from.range(..upper).next().is_some();
             if upper > lower && anything {

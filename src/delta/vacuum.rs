@@ -26,6 +26,7 @@ use object_store::path::Path;
 
 use super::Table;
 use crate::commit::manifest;
+use crate::epoch::Epoch;
 use crate::lake::{Lake, epoch_of_file};
 
 /// Retentions below this are refused unless explicitly allowed.
@@ -93,7 +94,7 @@ pub async fn vacuum_table(lake: &Lake, table: Table, retention: Duration, dry_ru
     drop(tombstones);
     // The end of the newest manifest the table holds: objects of later epochs may be in flight.
     let held = snapshot.transaction_version(log_store.as_ref(), table.app_id()).await.map_err(delta)?.unwrap_or(0);
-    let published_upper = if held > 0 { manifest::read(lake, held as u64).await.map(|m| m.upper).unwrap_or(0) } else { 0 };
+    let published_upper = if held > 0 { manifest::read(lake, held as u64).await.map(|m| m.upper).unwrap_or(Epoch::ZERO) } else { Epoch::ZERO };
 
     let now_ms = crate::clock::now_micros() / 1000;
     let retention_ms = retention.as_millis() as i64;

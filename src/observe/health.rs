@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::epoch::Epoch;
+
 /// A worker whose last beat is older than this is stuck: `/healthz` answers 503.
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
 
@@ -75,10 +77,10 @@ impl Health {
 
     /// Sets what readiness waits for: `workers` worker threads, and `first_epoch`, the first
     /// epoch this run can commit.
-    pub fn expect(&self, workers: usize, first_epoch: u64) {
+    pub fn expect(&self, workers: usize, first_epoch: Epoch) {
         self.started();
         self.workers_expected.store(workers, Ordering::Relaxed);
-        self.first_epoch.store(first_epoch, Ordering::Relaxed);
+        self.first_epoch.store(first_epoch.get(), Ordering::Relaxed);
     }
 
     /// The store answered the start-up check.
@@ -121,8 +123,8 @@ impl Health {
     }
 
     /// The cluster's frontier as this process sees it.
-    pub fn frontier(&self, f: u64) {
-        if f > self.first_epoch.load(Ordering::Relaxed) {
+    pub fn frontier(&self, f: Epoch) {
+        if f.get() > self.first_epoch.load(Ordering::Relaxed) {
             self.frontier_moved.store(true, Ordering::Relaxed);
         }
     }
@@ -170,14 +172,14 @@ mod tests {
     #[test]
     fn ready_once_the_store_answered_every_worker_holds_partitions_and_an_epoch_committed() {
         let h = Health::default();
-        h.expect(2, 10);
+        h.expect(2, Epoch(10));
         assert!(h.ready().unwrap_err().contains("store"));
         h.store_answered();
         assert!(h.ready().unwrap_err().contains("0 of 2 workers"));
         h.assigned();
         h.assigned();
         assert!(h.ready().unwrap_err().contains("committed"));
-        h.frontier(10);
+        h.frontier(Epoch(10));
         assert!(h.ready().is_err(), "the first epoch itself is not sealed yet");
         h.worker_idle(true);
         h.worker_idle(true);

@@ -253,15 +253,15 @@ impl Metrics {
 
     /// A source of this process sent rows up to epoch `e`.
     pub fn note_sent(&self, e: Epoch) {
-        self.max_sent.fetch_max(e as i64, Ordering::Relaxed);
+        self.max_sent.fetch_max(e.get() as i64, Ordering::Relaxed);
         self.update_open();
     }
 
     /// The cluster's frontier as this process's cutters see it; `leader`: the cutter of worker
     /// 0, which also notes when each epoch was sealed for [`Metrics::committed`].
     pub fn note_frontier(&self, f: Epoch, leader: bool) {
-        if self.frontier_epoch.get() < f as i64 {
-            self.frontier_epoch.set(f as i64);
+        if self.frontier_epoch.get() < f.get() as i64 {
+            self.frontier_epoch.set(f.get() as i64);
             self.update_open();
         }
         if leader {
@@ -274,7 +274,7 @@ impl Metrics {
 
     /// A source of this process sent rows at epoch `e` (the least of an activation).
     pub fn note_least_sent(&self, e: Epoch) {
-        self.least_sent.fetch_min(e as i64, Ordering::Relaxed);
+        self.least_sent.fetch_min(e.get() as i64, Ordering::Relaxed);
     }
 
     /// Epochs sealed from the least epoch this process sent rows at on (the empty epochs before
@@ -296,21 +296,21 @@ impl Metrics {
     /// every epoch since 1970: 29 million one-minute epochs, sealed by one frontier advance) —
     /// and the last committed epoch.
     pub fn committed(&self, lower: Epoch, upper: Epoch, least_object_epoch: Option<Epoch>) {
-        self.last_committed_epoch.set(upper as i64 - 1);
+        self.last_committed_epoch.set(upper.get() as i64 - 1);
         self.manifests_committed.inc();
         if let Some(e) = least_object_epoch
             && self.data_from.load(Ordering::Relaxed) < 0
         {
-            self.data_from.store(e as i64, Ordering::Relaxed);
+            self.data_from.store(e.get() as i64, Ordering::Relaxed);
         }
         let from = self.data_from.load(Ordering::Relaxed);
         if from < 0 {
             return;
         }
-        let lower = lower.max(from as Epoch);
+        let lower = lower.max(Epoch(from as u64));
         let now = Instant::now();
         let mut times = self.seal_times.lock().expect("not poisoned");
-        for e in lower..upper {
+        for e in (lower.get()..upper.get()).map(Epoch) {
             // The first advance whose frontier passed e.
             while times.len() > 1 && times.front().is_some_and(|(f, _)| *f <= e) {
                 times.pop_front();
@@ -360,22 +360,22 @@ mod tests {
             let line = text.lines().find(|l| l.starts_with("citystream_epoch_seal_seconds_count")).unwrap().to_owned();
             line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
         };
-        m.note_frontier(1, false);
+        m.note_frontier(Epoch(1), false);
         assert_eq!(m.epochs_sealed(), 0);
-        m.note_least_sent(3);
-        m.note_frontier(3, true);
-        m.note_frontier(7, true);
+        m.note_least_sent(Epoch(3));
+        m.note_frontier(Epoch(3), true);
+        m.note_frontier(Epoch(7), true);
         assert_eq!(m.epochs_sealed(), 4, "from the first data (3) to 7");
-        m.committed(0, 2, None);
+        m.committed(Epoch(0), Epoch(2), None);
         assert_eq!(count(&m), 0, "nothing before the first data");
-        m.committed(2, 5, Some(3));
+        m.committed(Epoch(2), Epoch(5), Some(Epoch(3)));
         assert_eq!(count(&m), 2, "epochs 3 and 4");
-        m.note_frontier(9, true);
-        m.committed(5, 9, None);
+        m.note_frontier(Epoch(9), true);
+        m.committed(Epoch(5), Epoch(9), None);
         assert_eq!(count(&m), 6, "every epoch after the first data, empty or not");
         assert_eq!(m.last_committed_epoch.get(), 8);
         assert_eq!(m.manifests_committed.get(), 3);
-        m.committed(9, 9, None);
+        m.committed(Epoch(9), Epoch(9), None);
         assert_eq!(count(&m), 6, "a claim commits no epoch");
     }
 
@@ -386,8 +386,8 @@ mod tests {
         m.records_of(Stream::Gps, Outcome::Late).inc_by(3);
         m.partition_lag.get_or_create(&m.partition_labels(Stream::Gps, 2)).set(5);
         m.add_lag(5);
-        m.note_sent(10);
-        m.note_frontier(8, false);
+        m.note_sent(Epoch(10));
+        m.note_frontier(Epoch(8), false);
         assert_eq!(m.open_epochs.get(), 3);
         let text = m.encode();
         for line in [

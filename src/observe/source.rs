@@ -9,6 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::metrics::{Metrics, Outcome};
 use crate::contract::{Micros, Stream};
+use crate::epoch::Epoch;
 use crate::ownership::PartitionId;
 
 /// How often a source publishes its partitions' gauges (lag, watermark, idle, stalled).
@@ -21,20 +22,20 @@ pub struct ReadCounts {
     pub records: [[u64; 3]; 5],
     /// Value bytes.
     pub bytes: u64,
-    /// The least epoch a row was sent at (`u64::MAX`: none).
-    pub least_epoch: u64,
+    /// The least epoch a row was sent at ([`Epoch::MAX`]: none).
+    pub least_epoch: Epoch,
 }
 
 impl Default for ReadCounts {
     fn default() -> Self {
-        ReadCounts { records: [[0; 3]; 5], bytes: 0, least_epoch: u64::MAX }
+        ReadCounts { records: [[0; 3]; 5], bytes: 0, least_epoch: Epoch::MAX }
     }
 }
 
 impl ReadCounts {
     /// One record of `stream` with `outcome` and `bytes` value bytes, sent at `epoch`.
     #[inline]
-    pub fn add(&mut self, stream: Stream, outcome: Outcome, bytes: usize, epoch: u64) {
+    pub fn add(&mut self, stream: Stream, outcome: Outcome, bytes: usize, epoch: Epoch) {
         self.least_epoch = self.least_epoch.min(epoch);
         let o = match outcome {
             Outcome::Ok => 0,
@@ -114,7 +115,7 @@ impl SourceMetrics {
         if counts.bytes > 0 {
             self.metrics.bytes_read.inc_by(counts.bytes);
         }
-        if counts.least_epoch != u64::MAX {
+        if counts.least_epoch != Epoch::MAX {
             self.metrics.note_least_sent(counts.least_epoch);
         }
     }

@@ -14,26 +14,26 @@ fn id() -> PartitionId {
 
 #[test]
 fn classifies_on_time_late_and_dead() {
-    let mut p = PartitionClock::resume(id(), clock(), None, 0, 0);
-    assert_eq!(p.observe(0, Some(10 * MIN)), Some(Class::OnTime(10)));
-    assert_eq!(p.epoch(), 8, "watermark is 2 minutes behind");
-    assert_eq!(p.observe(1, Some(9 * MIN)), Some(Class::OnTime(9)), "within lateness");
-    assert_eq!(p.observe(2, Some(7 * MIN)), Some(Class::Late(8)), "behind the watermark: sent at a(r)");
-    assert_eq!(p.observe(3, None), Some(Class::Dead(8)));
-    assert_eq!(p.observe(7, Some(20 * MIN)), Some(Class::OnTime(20)), "offset gaps are fine");
+    let mut p = PartitionClock::resume(id(), clock(), None, 0, Epoch(0));
+    assert_eq!(p.observe(0, Some(10 * MIN)), Some(Class::OnTime(Epoch(10))));
+    assert_eq!(p.epoch(), Epoch(8), "watermark is 2 minutes behind");
+    assert_eq!(p.observe(1, Some(9 * MIN)), Some(Class::OnTime(Epoch(9))), "within lateness");
+    assert_eq!(p.observe(2, Some(7 * MIN)), Some(Class::Late(Epoch(8))), "behind the watermark: sent at a(r)");
+    assert_eq!(p.observe(3, None), Some(Class::Dead(Epoch(8))));
+    assert_eq!(p.observe(7, Some(20 * MIN)), Some(Class::OnTime(Epoch(20))), "offset gaps are fine");
     assert_eq!(p.next_offset(), 8);
-    assert_eq!(p.epoch(), 18);
+    assert_eq!(p.epoch(), Epoch(18));
 }
 
 #[test]
 fn idle_advance_moves_the_epoch_and_is_recorded() {
-    let mut p = PartitionClock::resume(id(), clock(), None, 5, 0);
-    assert_eq!(p.epoch(), 0);
-    assert!(p.advance_idle(30));
-    assert!(!p.advance_idle(29));
-    assert_eq!(p.epoch(), 30);
-    assert_eq!(p.observe(5, Some(29 * MIN)), Some(Class::Late(30)));
-    let s = p.resume_state(29);
+    let mut p = PartitionClock::resume(id(), clock(), None, 5, Epoch(0));
+    assert_eq!(p.epoch(), Epoch(0));
+    assert!(p.advance_idle(Epoch(30)));
+    assert!(!p.advance_idle(Epoch(29)));
+    assert_eq!(p.epoch(), Epoch(30));
+    assert_eq!(p.observe(5, Some(29 * MIN)), Some(Class::Late(Epoch(30))));
+    let s = p.resume_state(Epoch(29));
     assert_eq!(s.position.offset, 5, "the crossing into epoch 30 happened at offset 5");
     assert_eq!(s.advances, vec![Advance { offset: 5, floor: 30 * MIN }]);
 }
@@ -41,28 +41,28 @@ fn idle_advance_moves_the_epoch_and_is_recorded() {
 #[test]
 fn new_data_after_a_final_commit_is_not_skipped() {
     // A partition whose watermark lags: its epoch is 8 while epoch 10 was committed.
-    let mut p = PartitionClock::resume(id(), clock(), None, 0, 0);
+    let mut p = PartitionClock::resume(id(), clock(), None, 0, Epoch(0));
     p.observe(0, Some(10 * MIN));
-    let s = p.resume_state(10);
+    let s = p.resume_state(Epoch(10));
     assert_eq!((s.position.offset, s.committed_until), (1, 1));
-    let mut q = PartitionClock::resume(id(), clock(), Some(&s), 0, 11);
-    assert_eq!(q.epoch(), 11, "lifted to the first uncommitted epoch");
-    assert_eq!(q.observe(1, Some(9 * MIN)), Some(Class::Late(11)));
-    assert_eq!(q.observe(2, Some(12 * MIN)), Some(Class::OnTime(12)));
-    assert_eq!(q.resume_state(11).position.floor, Some(11 * MIN), "the lift is part of later states");
+    let mut q = PartitionClock::resume(id(), clock(), Some(&s), 0, Epoch(11));
+    assert_eq!(q.epoch(), Epoch(11), "lifted to the first uncommitted epoch");
+    assert_eq!(q.observe(1, Some(9 * MIN)), Some(Class::Late(Epoch(11))));
+    assert_eq!(q.observe(2, Some(12 * MIN)), Some(Class::OnTime(Epoch(12))));
+    assert_eq!(q.resume_state(Epoch(11)).position.floor, Some(11 * MIN), "the lift is part of later states");
 }
 
 #[test]
 fn resume_state_holds_back_for_open_epochs() {
-    let mut p = PartitionClock::resume(id(), clock(), None, 0, 0);
+    let mut p = PartitionClock::resume(id(), clock(), None, 0, Epoch(0));
     p.observe(0, Some(10 * MIN)); // on time, epoch 10, a = 0 before
     p.observe(1, Some(13 * MIN)); // a = 8 before
     p.observe(2, Some(14 * MIN)); // a = 11 before → now 12
     // Committing through 11: epoch 13's record (offset 1) is still open, so resume at 1.
-    let s = p.resume_state(11);
+    let s = p.resume_state(Epoch(11));
     assert_eq!(s.position, Position { offset: 1, max_event_time: Some(10 * MIN), floor: None });
     // Committing through 14: everything read so far has an epoch ≤ 14; a is 12 ≤ 14: current position.
-    assert_eq!(p.resume_state(14).position.offset, 3);
+    assert_eq!(p.resume_state(Epoch(14)).position.offset, 3);
 }
 
 /// How a record's event time relates to the partition's clock `t` in a generated history.
@@ -115,7 +115,7 @@ fn script_of(steps: &[Step]) -> (Script, i64) {
     let mut offset = 0;
     for s in steps {
         if let Some(ahead) = s.idle {
-            script.push((offset, None, Some((t / MIN) as Epoch + ahead as Epoch)));
+            script.push((offset, None, Some(Epoch((t / MIN) as u64 + ahead as u64))));
         }
         t += s.dt_secs * 1_000_000;
         let et = match s.event_time {
@@ -147,7 +147,7 @@ proptest! {
         new_minutes in prop::collection::vec(-60..=600i64, 3 * NEW_AFTER_RESTART),
     ) {
         let (script, offset) = script_of(&steps);
-        let mut full = PartitionClock::resume(id(), clock(), None, 0, 0);
+        let mut full = PartitionClock::resume(id(), clock(), None, 0, Epoch(0));
         let mut classes: BTreeMap<i64, Class> = BTreeMap::new();
         let mut states: Vec<(Epoch, ResumeState, i64)> = Vec::new();
         let mut last_e = None;
@@ -164,11 +164,11 @@ proptest! {
             // A state for `e` is only handed out once no later record can get an epoch ≤ e.
             // Like the source, hand out one state valid for the whole range [lo, hi] that the
             // capability jumped over; check it for the lowest, a middle and the highest epoch.
-            let Some(hi) = full.epoch().checked_sub(1) else { continue };
+            let Some(hi) = full.epoch().prev() else { continue };
             if last_e.is_none_or(|l| hi > l) {
-                let lo = last_e.map_or(0, |l| l + 1);
+                let lo = last_e.map_or(Epoch::ZERO, Epoch::next);
                 let state = full.resume_state_range(lo, Some(hi));
-                for e in [lo, lo + (hi - lo) / 2, hi] {
+                for e in [lo, lo + hi.since(lo) / 2, hi] {
                     states.push((e, state.clone(), full.next_offset()));
                 }
                 full.prune(hi);
@@ -176,7 +176,7 @@ proptest! {
             }
         }
         let max_epoch = classes.values().map(|c| c.epoch()).max().unwrap();
-        let final_state = full.resume_state_range(last_e.map_or(0, |l| l + 1), None);
+        let final_state = full.resume_state_range(last_e.map_or(Epoch::ZERO, Epoch::next), None);
         for e in [max_epoch, max_epoch + 3] {
             states.push((e, final_state.clone(), full.next_offset()));
         }

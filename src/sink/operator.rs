@@ -262,13 +262,13 @@ impl SinkState {
             filling.close_past_hours(spec, e)?;
         }
         // A boundary whose epochs below are all sealed ends the commit.
-        let reached = |b: &Epoch| sealed(&(b - 1));
+        let reached = |b: &Epoch| sealed(&(*b - 1));
         if let Some(f) = &self.filling
             && (finished || self.cuts.range(f.first + 1..).next().is_some_and(reached))
         {
             self.close_commit(spec)?;
         }
-        while self.cuts.first().is_some_and(|b| *b == 0 || reached(b)) && self.filling.is_none() {
+        while self.cuts.first().is_some_and(|b| *b == Epoch::ZERO || reached(b)) && self.filling.is_none() {
             self.cuts.pop_first();
         }
         Ok(())

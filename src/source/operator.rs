@@ -188,7 +188,7 @@ fn build_source<'s>(scope: Scope<'s, Epoch>, spec: SourceSpec, announcements: St
                         let states = state.resume_states(final_from, None);
                         reports_out.activate().session(&rc.delayed(&final_from)).give(Report::Resume { from: final_from, to: None, states });
                     }
-                    tracing::debug!(worker = state.worker, epoch = cap, "all partitions finished");
+                    tracing::debug!(worker = state.worker, epoch = cap.get(), "all partitions finished");
                     state.publish(true);
                     data_cap = None;
                     report_cap = None;

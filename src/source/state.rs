@@ -33,7 +33,7 @@ use crate::reclock::{Class, PartitionClock, ResumeState};
 /// million records). A held partition is simply not read: librdkafka's prefetch queue for it
 /// fills and fetching pauses. The least active partition is never held, so reading always
 /// progresses; live streams, whose partitions advance together, never reach the bound.
-pub const READ_AHEAD_EPOCHS: Epoch = 8;
+pub const READ_AHEAD_EPOCHS: u64 = 8;
 
 /// A read-ahead hold lasting longer than this is logged at INFO, with its release.
 pub const HOLD_REPORTED_AFTER: Duration = Duration::from_secs(5);
@@ -290,7 +290,7 @@ impl SourceState {
             p.end = pr.end.or(p.end);
             if log_state {
                 let client = self.reader.describe(pr.id);
-                tracing::debug!(worker = self.worker, partition = %pr.id, position = pr.position, end = ?pr.end, fresh = pr.fresh, caught_up = p.caught_up, held = p.held, epoch = p.clock.epoch(), %client, "partition state");
+                tracing::debug!(worker = self.worker, partition = %pr.id, position = pr.position, end = ?pr.end, fresh = pr.fresh, caught_up = p.caught_up, held = p.held, epoch = p.clock.epoch().get(), %client, "partition state");
             }
             if p.finished {
                 continue;
@@ -359,13 +359,13 @@ impl SourceState {
             let id = p.clock.id();
             if held != p.held {
                 p.held = held;
-                tracing::debug!(worker = self.worker, partition = %id, held, epoch = p.clock.epoch(), least_active = ?view.global_active, "read-ahead bound");
+                tracing::debug!(worker = self.worker, partition = %id, held, epoch = p.clock.epoch().get(), least_active = ?view.global_active, "read-ahead bound");
                 self.reader.hold(id, held);
                 if held {
                     self.holds += 1;
                     p.held_since = Some((Instant::now(), false));
                 } else if let Some((since, true)) = p.held_since.take() {
-                    tracing::info!(worker = self.worker, partition = %id, after = ?since.elapsed(), epoch = p.clock.epoch(), least_active = ?view.global_active, "read-ahead hold released");
+                    tracing::info!(worker = self.worker, partition = %id, after = ?since.elapsed(), epoch = p.clock.epoch().get(), least_active = ?view.global_active, "read-ahead hold released");
                 }
             } else if let Some((since, reported @ false)) = p.held_since.as_mut()
                 && since.elapsed() >= HOLD_REPORTED_AFTER
@@ -374,7 +374,7 @@ impl SourceState {
                 tracing::info!(
                     worker = self.worker,
                     partition = %id,
-                    epoch = p.clock.epoch(),
+                    epoch = p.clock.epoch().get(),
                     least_active = ?view.global_active,
                     least_active_worker = ?view.least_active_worker,
                     bound = READ_AHEAD_EPOCHS,
@@ -410,7 +410,7 @@ impl SourceState {
                         starved = ?s.starved,
                         recoveries = s.recoveries,
                         held = false,
-                        epoch = ?epoch,
+                        epoch = epoch.map(Epoch::get),
                         least_active = ?view.global_active,
                         holding_back,
                         client = %self.reader.describe(id),

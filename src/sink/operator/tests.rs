@@ -16,7 +16,7 @@ use crate::sink::encode::EncodeOptions;
 
 /// 30-minute epochs: two per hour.
 const WINDOW: i64 = 1800 * MICROS_PER_SEC;
-const EPOCH: Epoch = 967_000; // 2025-03-02T04:00:00Z, the start of an hour
+const EPOCH: Epoch = Epoch(967_000); // 2025-03-02T04:00:00Z, the start of an hour
 
 /// A chunk of `rows` GPS rows of `epoch` (on time), from partition 0 at offsets `first..`.
 fn chunk(epoch: Epoch, first: i64, rows: i64) -> Chunk {

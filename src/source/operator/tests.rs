@@ -77,8 +77,11 @@ impl Reader for Uneven {
 fn test_spec(worker: usize, clock: EpochClock, parts: Vec<(PartitionId, i64)>, reader: Box<dyn Reader>) -> SourceSpec {
     SourceSpec {
         worker,
-        committed_below: 0,
-        partitions: parts.into_iter().map(|(id, stop)| OwnedPartition { clock: PartitionClock::resume(id, clock, None, 0, 0), stop: Some(stop) }).collect(),
+        committed_below: Epoch::ZERO,
+        partitions: parts
+            .into_iter()
+            .map(|(id, stop)| OwnedPartition { clock: PartitionClock::resume(id, clock, None, 0, Epoch::ZERO), stop: Some(stop) })
+            .collect(),
         reader,
         decode: DecodeOptions::default(),
         max_future: None,
