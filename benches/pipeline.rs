@@ -40,7 +40,7 @@ use arrow::record_batch::RecordBatch;
 use citystream::contract::schema::{BatchBuilder, Provenance, schema};
 use citystream::contract::{DecodeOptions, Record, Stream, decode, decode_borrowed};
 use citystream::epoch::{Epoch, EpochClock};
-use citystream::ownership::PartitionId;
+use citystream::ownership::{Offset, PartitionId};
 use citystream::reclock::PartitionClock;
 use citystream::simulate::{Fleet, FleetConfig};
 use citystream::sink::encode::writer_properties;
@@ -313,10 +313,10 @@ fn bench_all(c: &mut Criterion<ThreadCpu>, corpora: &[Corpus]) {
     g.throughput(Throughput::Bytes(bytes));
     g.bench_function(BenchmarkId::from_parameter("all"), |b| {
         b.iter(|| {
-            let mut pc = PartitionClock::resume(id, clock, None, 0, Epoch::ZERO);
+            let mut pc = PartitionClock::resume(id, clock, None, Offset::ZERO, Epoch::ZERO);
             let mut sealed = 0u64;
             for (off, &t) in times.iter().enumerate() {
-                let class = pc.observe(off as i64, Some(t));
+                let class = pc.observe(Offset(off as i64), Some(t));
                 black_box(class);
                 if off % 4096 == 4095 {
                     // What the source does as its capability moves on: hand out a state, prune.

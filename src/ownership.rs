@@ -1,4 +1,5 @@
-//! Which worker owns which (topic, partition).
+//! Kafka coordinates — a stream's partition ([`PartitionId`]) and a position in it
+//! ([`Offset`]) — and which worker owns which partition.
 //!
 //! All pairs are sorted and pair `i` goes to worker `i mod (processes × threads)`. The rule
 //! uses nothing but the list of partitions, so every worker computes the same answer without
@@ -19,6 +20,47 @@ pub struct PartitionId {
 impl std::fmt::Display for PartitionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.stream, self.partition)
+    }
+}
+
+/// A position in a Kafka partition: the offset of a record, or of the next one to read.
+///
+/// A newtype, not a bare `i64`, so that an offset cannot be mixed up with an epoch, a count or
+/// an event time. Written to manifests as a plain number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Offset(pub i64);
+
+impl Offset {
+    /// The first offset of a partition that was never truncated.
+    pub const ZERO: Offset = Offset(0);
+
+    /// The offset as a number (as Kafka clients and the `_offset` column take it).
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    /// The offset after this one.
+    pub fn next(self) -> Offset {
+        Offset(self.0 + 1)
+    }
+
+    /// Records from `earlier` up to (not including) `self`; negative if `earlier` is later.
+    pub fn since(self, earlier: Offset) -> i64 {
+        self.0 - earlier.0
+    }
+}
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::ops::Add<i64> for Offset {
+    type Output = Offset;
+    fn add(self, n: i64) -> Offset {
+        Offset(self.0 + n)
     }
 }
 

@@ -22,13 +22,13 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::contract::Micros;
 use crate::epoch::{Epoch, EpochClock};
-use crate::ownership::PartitionId;
+use crate::ownership::{Offset, PartitionId};
 
 /// Reading position and watermark inputs just before a given offset.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     /// The next offset to read.
-    pub offset: i64,
+    pub offset: Offset,
     /// Greatest event time of a valid record before `offset`.
     pub max_event_time: Option<Micros>,
     /// Watermark floor from idle advances before `offset`.
@@ -39,7 +39,7 @@ pub struct Position {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Advance {
     /// Applies before the record at this offset.
-    pub offset: i64,
+    pub offset: Offset,
     /// The new floor (floors combine by `max`, so re-applying one is harmless).
     pub floor: Micros,
 }
@@ -57,7 +57,7 @@ pub struct ResumeState {
     /// still `≤ e` (it was idle or finished), records from here on would be classified below
     /// the committed epochs; the watermark floor is lifted to the first uncommitted epoch at
     /// this offset, so that they are neither skipped nor sent behind the frontier.
-    pub committed_until: i64,
+    pub committed_until: Offset,
 }
 
 /// How a record was classified, with the epoch it is sent at.
@@ -97,13 +97,13 @@ pub struct PartitionClock {
     committed_below: Epoch,
     /// From the manifest: at this offset, lift the floor to `committed_below` (see
     /// [`ResumeState::committed_until`]); `None` once done.
-    lift_at: Option<i64>,
+    lift_at: Option<Offset>,
 }
 
 impl PartitionClock {
     /// Starts a partition from a manifest's state (or from `start_offset` if it has none);
     /// records with an epoch `< committed_below` are already committed and will be skipped.
-    pub fn resume(id: PartitionId, clock: EpochClock, state: Option<&ResumeState>, start_offset: i64, committed_below: Epoch) -> Self {
+    pub fn resume(id: PartitionId, clock: EpochClock, state: Option<&ResumeState>, start_offset: Offset, committed_below: Epoch) -> Self {
         let (pos, advances, lift_at) = match state {
             Some(s) => (s.position.clone(), s.advances.clone(), Some(s.committed_until)),
             None => (Position { offset: start_offset, max_event_time: None, floor: None }, Vec::new(), None),
@@ -131,7 +131,7 @@ impl PartitionClock {
     }
 
     /// The next offset to read.
-    pub fn next_offset(&self) -> i64 {
+    pub fn next_offset(&self) -> Offset {
         self.pos.offset
     }
 
@@ -145,7 +145,7 @@ impl PartitionClock {
         self.clock.epoch_of_watermark(self.watermark())
     }
 
-    fn apply_pending(&mut self, upto: i64) {
+    fn apply_pending(&mut self, upto: Offset) {
         while let Some(adv) = self.pending.front().copied() {
             if adv.offset > upto {
                 break;
@@ -156,7 +156,7 @@ impl PartitionClock {
     }
 
     /// Lifts the floor to the first uncommitted epoch once reading reaches `lift_at`.
-    fn lift(&mut self, upto: i64) {
+    fn lift(&mut self, upto: Offset) {
         let Some(at) = self.lift_at else { return };
         if at > upto {
             return;
@@ -178,7 +178,7 @@ impl PartitionClock {
 
     /// Reads the record at `offset` with its event time (`None`: it did not decode).
     /// Returns its class, or `None` when it is already committed and must be skipped.
-    pub fn observe(&mut self, offset: i64, event_time: Option<Micros>) -> Option<Class> {
+    pub fn observe(&mut self, offset: Offset, event_time: Option<Micros>) -> Option<Class> {
         debug_assert!(offset >= self.pos.offset, "offsets go forward");
         self.apply_pending(offset);
         let before_lift = self.epoch();
@@ -197,7 +197,7 @@ impl PartitionClock {
                 Class::OnTime(e)
             }
         };
-        self.pos.offset = offset + 1;
+        self.pos.offset = offset.next();
         self.note_crossing(a);
         (class.epoch() >= self.committed_below).then_some(class)
     }

@@ -253,7 +253,7 @@ pub fn summarise(output: &str, manifests: Vec<(u64, Result<Manifest, String>)>) 
                     .map(|s| PartitionStatus {
                         topic: format!("{prefix}{}", s.id.stream.name()),
                         partition: s.id.partition,
-                        committed_position: s.position.offset,
+                        committed_position: s.position.offset.get(),
                         group_offset: None,
                         end: None,
                         lag: None,

@@ -477,7 +477,7 @@ fn the_final_group_offset_commit_does_not_hold_up_the_exit_when_kafka_is_down() 
     use citystream::commit::offsets::{FINAL_COMMIT_WAIT, OffsetCommitter};
     use citystream::contract::Stream;
     use citystream::kafka::KafkaOptions;
-    use citystream::ownership::PartitionId;
+    use citystream::ownership::{Offset, PartitionId};
     // Nothing listens there: the broker is down for good.
     let opts = KafkaOptions {
         brokers: format!("127.0.0.1:{}", free_port()),
@@ -487,7 +487,7 @@ fn the_final_group_offset_commit_does_not_hold_up_the_exit_when_kafka_is_down() 
         client: Default::default(),
     };
     let mut committer = OffsetCommitter::new(&opts).unwrap();
-    committer.commit(&[(PartitionId { stream: Stream::Gps, partition: 0 }, 42)]);
+    committer.commit(&[(PartitionId { stream: Stream::Gps, partition: 0 }, Offset(42))]);
     let start = Instant::now();
     drop(committer);
     // librdkafka's synchronous commit and close would block ~45 s here.

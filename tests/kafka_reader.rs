@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use citystream::kafka::KafkaOptions;
-use citystream::ownership::PartitionId;
+use citystream::ownership::{Offset, PartitionId};
 use citystream::source::kafka::KafkaReader;
 use citystream::source::{Event, Reader};
 use common::*;
@@ -21,7 +21,7 @@ fn read_until(reader: &mut KafkaReader, seen: &mut BTreeMap<PartitionId, Vec<i64
         let n = reader
             .poll(200, &mut |e| {
                 if let Event::Record { id, offset, .. } = e {
-                    seen.entry(id).or_default().push(offset);
+                    seen.entry(id).or_default().push(offset.get());
                 }
             })
             .expect("reading from Kafka");
@@ -40,9 +40,9 @@ fn a_recreated_client_reads_on_from_the_next_offset_exactly_once_and_knows_when_
     let partitions = opts.discover().unwrap();
     assert_eq!(partitions.len(), 10);
     let marks = opts.watermarks(&partitions).unwrap();
-    let total: i64 = marks.values().map(|w| w.high - w.low).sum();
+    let total: i64 = marks.values().map(|w| w.high.since(w.low)).sum();
     assert_eq!(total, 4000);
-    let owned: Vec<(PartitionId, Option<i64>)> = partitions.iter().map(|p| (*p, Some(marks[p].low))).collect();
+    let owned: Vec<(PartitionId, Option<Offset>)> = partitions.iter().map(|p| (*p, Some(marks[p].low))).collect();
     let mut reader = KafkaReader::new(&opts, &owned, "reader-test").unwrap();
 
     // Part of the records, then a new client at the next offsets, then the rest.
@@ -53,7 +53,7 @@ fn a_recreated_client_reads_on_from_the_next_offset_exactly_once_and_knows_when_
     reader.recover().unwrap();
     read_until(&mut reader, &mut seen, |s| s.values().map(Vec::len).sum::<usize>() >= 4000);
     for (id, w) in &marks {
-        assert_eq!(seen.get(id).cloned().unwrap_or_default(), (w.low..w.high).collect::<Vec<_>>(), "{id}: every offset once, in order");
+        assert_eq!(seen.get(id).cloned().unwrap_or_default(), (w.low.get()..w.high.get()).collect::<Vec<_>>(), "{id}: every offset once, in order");
     }
 
     // The broker's end, asked after the last record, says every partition is caught up.

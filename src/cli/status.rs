@@ -94,8 +94,8 @@ fn group_lag(opts: &KafkaOptions, known: &[PartitionStatus]) -> anyhow::Result<V
                 _ => None,
             });
             let committed_position = known.iter().find(|k| k.topic == topic && k.partition == p.partition).map_or(-1, |k| k.committed_position);
-            let end = marks.get(p).map(|w| w.high);
-            let from = group_offset.or((committed_position >= 0).then_some(committed_position)).or(marks.get(p).map(|w| w.low));
+            let end = marks.get(p).map(|w| w.high.get());
+            let from = group_offset.or((committed_position >= 0).then_some(committed_position)).or(marks.get(p).map(|w| w.low.get()));
             let lag = end.zip(from).map(|(e, f)| (e - f).max(0));
             PartitionStatus { topic, partition: p.partition, committed_position, group_offset, end, lag }
         })

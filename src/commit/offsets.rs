@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::kafka::{ClientError, KafkaOptions, Quiet};
-use crate::ownership::PartitionId;
+use crate::ownership::{Offset, PartitionId};
 
 /// Commits consumer-group offsets for monitoring, after a manifest is durable. Failures are
 /// warnings: the manifest, not the group offset, is the truth. Commits are asynchronous; the last
@@ -32,11 +32,11 @@ impl OffsetCommitter {
     }
 
     /// Commits `offset` (the next to read) for each partition, asynchronously.
-    pub fn commit(&mut self, offsets: &[(PartitionId, i64)]) {
+    pub fn commit(&mut self, offsets: &[(PartitionId, Offset)]) {
         let Some(consumer) = self.consumer.as_ref() else { return };
         let mut tpl = TopicPartitionList::new();
         for (id, offset) in offsets {
-            if tpl.add_partition_offset(&self.opts.topic(id.stream), id.partition, Offset::Offset(*offset)).is_err() {
+            if tpl.add_partition_offset(&self.opts.topic(id.stream), id.partition, rdkafka::Offset::Offset(offset.get())).is_err() {
                 return;
             }
         }

@@ -31,7 +31,7 @@ use crate::dataflow::Report;
 use crate::epoch::{Epoch, EpochClock};
 use crate::error::{ErrorClass, Failure, PipelineError};
 use crate::lake::{FileKind, Lake};
-use crate::ownership::PartitionId;
+use crate::ownership::{Offset, PartitionId};
 use crate::reclock::ResumeState;
 
 /// Everything the committer needs.
@@ -188,7 +188,7 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                         lower = m.upper;
                         sequence = m.sequence;
                         if let Some(committer) = offsets.as_mut() {
-                            let offs: Vec<(PartitionId, i64)> = m.partitions.iter().map(|s| (s.id, s.position.offset)).collect();
+                            let offs: Vec<(PartitionId, Offset)> = m.partitions.iter().map(|s| (s.id, s.position.offset)).collect();
                             committer.commit(&offs);
                         }
                         if let Some(tables) = &publish {

@@ -28,7 +28,7 @@ use rdkafka::error::KafkaError;
 use self::probe::{ProbeContext, StartupProbe, serve};
 use self::settings::KafkaClientSettings;
 use crate::contract::Stream;
-use crate::ownership::PartitionId;
+use crate::ownership::{Offset, PartitionId};
 
 /// Errors of a Kafka client. Transient ones are retried by librdkafka itself (it reconnects and
 /// refetches); what surfaces here is definite.
@@ -159,7 +159,7 @@ impl KafkaOptions {
             let topic = self.topic(p.stream);
             let (low, high) =
                 probe.wait_for(&self.brokers, self.timeout, &self.client, |t| consumer.fetch_watermarks(&topic, p.partition, t), || serve(&consumer))?;
-            out.insert(*p, Watermarks { low, high });
+            out.insert(*p, Watermarks { low: Offset(low), high: Offset(high) });
         }
         Ok(out)
     }
@@ -169,9 +169,9 @@ impl KafkaOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Watermarks {
     /// The first offset the broker still holds (retention deletes below it).
-    pub low: i64,
+    pub low: Offset,
     /// The next offset to be written.
-    pub high: i64,
+    pub high: Offset,
 }
 
 /// Our client context: librdkafka's end-of-partition notices are expected (we ask for them to

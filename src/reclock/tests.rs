@@ -14,55 +14,55 @@ fn id() -> PartitionId {
 
 #[test]
 fn classifies_on_time_late_and_dead() {
-    let mut p = PartitionClock::resume(id(), clock(), None, 0, Epoch(0));
-    assert_eq!(p.observe(0, Some(10 * MIN)), Some(Class::OnTime(Epoch(10))));
+    let mut p = PartitionClock::resume(id(), clock(), None, Offset(0), Epoch(0));
+    assert_eq!(p.observe(Offset(0), Some(10 * MIN)), Some(Class::OnTime(Epoch(10))));
     assert_eq!(p.epoch(), Epoch(8), "watermark is 2 minutes behind");
-    assert_eq!(p.observe(1, Some(9 * MIN)), Some(Class::OnTime(Epoch(9))), "within lateness");
-    assert_eq!(p.observe(2, Some(7 * MIN)), Some(Class::Late(Epoch(8))), "behind the watermark: sent at a(r)");
-    assert_eq!(p.observe(3, None), Some(Class::Dead(Epoch(8))));
-    assert_eq!(p.observe(7, Some(20 * MIN)), Some(Class::OnTime(Epoch(20))), "offset gaps are fine");
-    assert_eq!(p.next_offset(), 8);
+    assert_eq!(p.observe(Offset(1), Some(9 * MIN)), Some(Class::OnTime(Epoch(9))), "within lateness");
+    assert_eq!(p.observe(Offset(2), Some(7 * MIN)), Some(Class::Late(Epoch(8))), "behind the watermark: sent at a(r)");
+    assert_eq!(p.observe(Offset(3), None), Some(Class::Dead(Epoch(8))));
+    assert_eq!(p.observe(Offset(7), Some(20 * MIN)), Some(Class::OnTime(Epoch(20))), "offset gaps are fine");
+    assert_eq!(p.next_offset(), Offset(8));
     assert_eq!(p.epoch(), Epoch(18));
 }
 
 #[test]
 fn idle_advance_moves_the_epoch_and_is_recorded() {
-    let mut p = PartitionClock::resume(id(), clock(), None, 5, Epoch(0));
+    let mut p = PartitionClock::resume(id(), clock(), None, Offset(5), Epoch(0));
     assert_eq!(p.epoch(), Epoch(0));
     assert!(p.advance_idle(Epoch(30)));
     assert!(!p.advance_idle(Epoch(29)));
     assert_eq!(p.epoch(), Epoch(30));
-    assert_eq!(p.observe(5, Some(29 * MIN)), Some(Class::Late(Epoch(30))));
+    assert_eq!(p.observe(Offset(5), Some(29 * MIN)), Some(Class::Late(Epoch(30))));
     let s = p.resume_state(Epoch(29));
-    assert_eq!(s.position.offset, 5, "the crossing into epoch 30 happened at offset 5");
-    assert_eq!(s.advances, vec![Advance { offset: 5, floor: 30 * MIN }]);
+    assert_eq!(s.position.offset, Offset(5), "the crossing into epoch 30 happened at offset 5");
+    assert_eq!(s.advances, vec![Advance { offset: Offset(5), floor: 30 * MIN }]);
 }
 
 #[test]
 fn new_data_after_a_final_commit_is_not_skipped() {
     // A partition whose watermark lags: its epoch is 8 while epoch 10 was committed.
-    let mut p = PartitionClock::resume(id(), clock(), None, 0, Epoch(0));
-    p.observe(0, Some(10 * MIN));
+    let mut p = PartitionClock::resume(id(), clock(), None, Offset(0), Epoch(0));
+    p.observe(Offset(0), Some(10 * MIN));
     let s = p.resume_state(Epoch(10));
-    assert_eq!((s.position.offset, s.committed_until), (1, 1));
-    let mut q = PartitionClock::resume(id(), clock(), Some(&s), 0, Epoch(11));
+    assert_eq!((s.position.offset, s.committed_until), (Offset(1), Offset(1)));
+    let mut q = PartitionClock::resume(id(), clock(), Some(&s), Offset(0), Epoch(11));
     assert_eq!(q.epoch(), Epoch(11), "lifted to the first uncommitted epoch");
-    assert_eq!(q.observe(1, Some(9 * MIN)), Some(Class::Late(Epoch(11))));
-    assert_eq!(q.observe(2, Some(12 * MIN)), Some(Class::OnTime(Epoch(12))));
+    assert_eq!(q.observe(Offset(1), Some(9 * MIN)), Some(Class::Late(Epoch(11))));
+    assert_eq!(q.observe(Offset(2), Some(12 * MIN)), Some(Class::OnTime(Epoch(12))));
     assert_eq!(q.resume_state(Epoch(11)).position.floor, Some(11 * MIN), "the lift is part of later states");
 }
 
 #[test]
 fn resume_state_holds_back_for_open_epochs() {
-    let mut p = PartitionClock::resume(id(), clock(), None, 0, Epoch(0));
-    p.observe(0, Some(10 * MIN)); // on time, epoch 10, a = 0 before
-    p.observe(1, Some(13 * MIN)); // a = 8 before
-    p.observe(2, Some(14 * MIN)); // a = 11 before → now 12
+    let mut p = PartitionClock::resume(id(), clock(), None, Offset(0), Epoch(0));
+    p.observe(Offset(0), Some(10 * MIN)); // on time, epoch 10, a = 0 before
+    p.observe(Offset(1), Some(13 * MIN)); // a = 8 before
+    p.observe(Offset(2), Some(14 * MIN)); // a = 11 before → now 12
     // Committing through 11: epoch 13's record (offset 1) is still open, so resume at 1.
     let s = p.resume_state(Epoch(11));
-    assert_eq!(s.position, Position { offset: 1, max_event_time: Some(10 * MIN), floor: None });
+    assert_eq!(s.position, Position { offset: Offset(1), max_event_time: Some(10 * MIN), floor: None });
     // Committing through 14: everything read so far has an epoch ≤ 14; a is 12 ≤ 14: current position.
-    assert_eq!(p.resume_state(Epoch(14)).position.offset, 3);
+    assert_eq!(p.resume_state(Epoch(14)).position.offset, Offset(3));
 }
 
 /// How a record's event time relates to the partition's clock `t` in a generated history.
@@ -147,7 +147,7 @@ proptest! {
         new_minutes in prop::collection::vec(-60..=600i64, 3 * NEW_AFTER_RESTART),
     ) {
         let (script, offset) = script_of(&steps);
-        let mut full = PartitionClock::resume(id(), clock(), None, 0, Epoch(0));
+        let mut full = PartitionClock::resume(id(), clock(), None, Offset(0), Epoch(0));
         let mut classes: BTreeMap<i64, Class> = BTreeMap::new();
         let mut states: Vec<(Epoch, ResumeState, i64)> = Vec::new();
         let mut last_e = None;
@@ -157,7 +157,7 @@ proptest! {
                     full.advance_idle(to);
                 }
                 None => {
-                    classes.insert(off, full.observe(off, et).unwrap());
+                    classes.insert(off, full.observe(Offset(off), et).unwrap());
                 }
             }
             // Emit a state whenever the partition's epoch passes a new one, as the source does.
@@ -169,7 +169,7 @@ proptest! {
                 let lo = last_e.map_or(Epoch::ZERO, Epoch::next);
                 let state = full.resume_state_range(lo, Some(hi));
                 for e in [lo, lo + hi.since(lo) / 2, hi] {
-                    states.push((e, state.clone(), full.next_offset()));
+                    states.push((e, state.clone(), full.next_offset().get()));
                 }
                 full.prune(hi);
                 last_e = Some(hi);
@@ -178,14 +178,14 @@ proptest! {
         let max_epoch = classes.values().map(|c| c.epoch()).max().unwrap();
         let final_state = full.resume_state_range(last_e.map_or(Epoch::ZERO, Epoch::next), None);
         for e in [max_epoch, max_epoch + 3] {
-            states.push((e, final_state.clone(), full.next_offset()));
+            states.push((e, final_state.clone(), full.next_offset().get()));
         }
         for (k, (e, state, emitted_at)) in states.into_iter().enumerate() {
-            let mut replay = PartitionClock::resume(id(), clock(), Some(&state), 0, e + 1);
+            let mut replay = PartitionClock::resume(id(), clock(), Some(&state), Offset(0), e + 1);
             let mut again: BTreeMap<i64, Class> = BTreeMap::new();
             for &(off, et, adv) in &script {
-                if adv.is_none() && off >= state.position.offset {
-                    if let Some(c) = replay.observe(off, et) {
+                if adv.is_none() && off >= state.position.offset.get() {
+                    if let Some(c) = replay.observe(Offset(off), et) {
                         again.insert(off, c);
                     }
                 }
@@ -197,7 +197,7 @@ proptest! {
             // are never taken for committed ones, and never fall behind the frontier.
             for (i, off) in (offset + 1..offset + 1 + NEW_AFTER_RESTART as i64).enumerate() {
                 let et = Some(100 * MIN + new_minutes[(k * 7 + i) % new_minutes.len()] * MIN);
-                let c = replay.observe(off, et);
+                let c = replay.observe(Offset(off), et);
                 prop_assert!(c.is_some(), "commit through {}: new record at {} skipped", e, off);
                 let c = c.unwrap();
                 prop_assert!(c.epoch() > e, "new record at epoch {} ≤ committed {}", c.epoch(), e);
@@ -211,7 +211,7 @@ proptest! {
                     prop_assert_eq!(*c, classes[o], "commit through {}, offset {}", e, o);
                 }
             }
-            prop_assert!(committed.iter().all(|o| *o < state.position.offset || classes[o].epoch() <= e));
+            prop_assert!(committed.iter().all(|o| *o < state.position.offset.get() || classes[o].epoch() <= e));
             prop_assert!(committed.iter().all(|o| !again.contains_key(o)), "no duplicates");
         }
     }

@@ -17,7 +17,7 @@ use crate::dataflow::Backpressure;
 use crate::epoch::Epoch;
 use crate::error::{ErrorClass, Failure, PipelineError};
 use crate::lake::Lake;
-use crate::ownership::{self, PartitionId};
+use crate::ownership::{self, Offset, PartitionId};
 use crate::reclock::{PartitionClock, ResumeState};
 use crate::sink::encode::EncodeOptions;
 use crate::sink::operator::SinkSpec;
@@ -32,9 +32,9 @@ pub(super) struct Partitions {
     /// Every partition of the five topics (or virtual partitions of the simulator).
     pub(super) all: Vec<PartitionId>,
     /// The first offset the broker still holds, per partition.
-    pub(super) lows: HashMap<PartitionId, i64>,
+    pub(super) lows: HashMap<PartitionId, Offset>,
     /// Where reading stops (`--until-caught-up`, the embedded journey); empty: it does not.
-    pub(super) stops: HashMap<PartitionId, i64>,
+    pub(super) stops: HashMap<PartitionId, Offset>,
 }
 
 /// What every worker of the process shares.
@@ -74,8 +74,8 @@ pub(super) fn run_worker(worker: &mut timely::worker::Worker, p: &Process) -> Co
     let partitions: Vec<OwnedPartition> = owned
         .iter()
         .map(|id| OwnedPartition {
-            clock: PartitionClock::resume(*id, cfg.clock, p.states.get(id), p.partitions.lows.get(id).copied().unwrap_or(0), p.first_epoch),
-            stop: cfg.until_caught_up.then(|| p.partitions.stops.get(id).copied().unwrap_or(0)),
+            clock: PartitionClock::resume(*id, cfg.clock, p.states.get(id), p.partitions.lows.get(id).copied().unwrap_or(Offset::ZERO), p.first_epoch),
+            stop: cfg.until_caught_up.then(|| p.partitions.stops.get(id).copied().unwrap_or(Offset::ZERO)),
         })
         .collect();
     let offsets = match (&cfg.source, index) {
@@ -134,7 +134,7 @@ pub(super) fn run_worker(worker: &mut timely::worker::Worker, p: &Process) -> Co
 fn reader(p: &Process, index: usize, owned: &[PartitionId]) -> Option<Box<dyn Reader>> {
     match &p.cfg.source {
         SourceConfig::Kafka(k) => {
-            let starts: Vec<(PartitionId, Option<i64>)> =
+            let starts: Vec<(PartitionId, Option<Offset>)> =
                 owned.iter().map(|id| (*id, p.states.get(id).map(|s| s.position.offset).or_else(|| p.partitions.lows.get(id).copied()))).collect();
             match KafkaReader::new(k, &starts, &format!("citystream-{}-w{index}", p.cfg.process)) {
                 Ok(r) => Some(Box::new(r)),
@@ -145,7 +145,7 @@ fn reader(p: &Process, index: usize, owned: &[PartitionId]) -> Option<Box<dyn Re
             }
         }
         SourceConfig::Embedded { fleet, partitions } => {
-            let starts: Vec<(PartitionId, i64)> = owned.iter().map(|id| (*id, p.states.get(id).map_or(0, |s| s.position.offset))).collect();
+            let starts: Vec<(PartitionId, Offset)> = owned.iter().map(|id| (*id, p.states.get(id).map_or(Offset::ZERO, |s| s.position.offset))).collect();
             Some(Box::new(EmbeddedReader::new(fleet.clone(), *partitions, &starts)))
         }
     }

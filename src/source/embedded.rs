@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{Event, Reader, SourceError};
 use crate::contract::Stream;
-use crate::ownership::PartitionId;
+use crate::ownership::{Offset, PartitionId};
 use crate::simulate::{Fleet, FleetConfig};
 
 /// FNV-1a: a stable hash of the key, for virtual partitioning.
@@ -41,21 +41,21 @@ pub struct EmbeddedReader {
 impl EmbeddedReader {
     /// A reader of `owned` partitions (out of `partitions` per stream), each starting at the
     /// given offset, over one journey of the fleet.
-    pub fn new(cfg: FleetConfig, partitions: i32, owned: &[(PartitionId, i64)]) -> Self {
+    pub fn new(cfg: FleetConfig, partitions: i32, owned: &[(PartitionId, Offset)]) -> Self {
         let fleet = Fleet::new(cfg);
         let steps_left = fleet.journey_records() / 5;
-        let start: HashMap<PartitionId, i64> = owned.iter().copied().collect();
+        let start: HashMap<PartitionId, i64> = owned.iter().map(|(id, o)| (*id, o.get())).collect();
         let next = owned.iter().map(|(id, _)| (*id, 0)).collect();
         EmbeddedReader { fleet, partitions, steps_left, next, start, paused: HashSet::new(), done: false }
     }
 
     /// Offsets per partition of a whole journey: what `--until-caught-up` stops at.
-    pub fn journey_ends(cfg: &FleetConfig, partitions: i32) -> HashMap<PartitionId, i64> {
+    pub fn journey_ends(cfg: &FleetConfig, partitions: i32) -> HashMap<PartitionId, Offset> {
         let mut fleet = Fleet::new(cfg.clone());
-        let mut ends: HashMap<PartitionId, i64> = all_partitions(partitions).into_iter().map(|p| (p, 0)).collect();
+        let mut ends: HashMap<PartitionId, Offset> = all_partitions(partitions).into_iter().map(|p| (p, Offset::ZERO)).collect();
         for _ in 0..fleet.journey_records() / 5 {
             for rec in fleet.step() {
-                *ends.entry(PartitionId { stream: rec.stream, partition: partition_of(&rec.key, partitions) }).or_default() += 1;
+                ends.entry(PartitionId { stream: rec.stream, partition: partition_of(&rec.key, partitions) }).or_default().0 += 1;
             }
         }
         ends
@@ -73,7 +73,7 @@ impl Reader for EmbeddedReader {
                 let offset = *next;
                 *next += 1;
                 if offset >= self.start[&id] && !self.paused.contains(&id) {
-                    f(Event::Record { id, offset, payload: &rec.value });
+                    f(Event::Record { id, offset: Offset(offset), payload: &rec.value });
                     delivered += 1;
                 }
             }
@@ -101,14 +101,14 @@ mod tests {
     fn offsets_are_dense_and_resumable() {
         let cfg = FleetConfig { vehicles: 7, ..FleetConfig::default() };
         let ends = EmbeddedReader::journey_ends(&cfg, 3);
-        assert_eq!(ends.values().sum::<i64>(), 7 * 100 * 5);
-        let owned: Vec<(PartitionId, i64)> = all_partitions(3).into_iter().map(|p| (p, 0)).collect();
+        assert_eq!(ends.values().map(|o| o.get()).sum::<i64>(), 7 * 100 * 5);
+        let owned: Vec<(PartitionId, Offset)> = all_partitions(3).into_iter().map(|p| (p, Offset::ZERO)).collect();
         let mut r = EmbeddedReader::new(cfg.clone(), 3, &owned);
         let mut seen: HashMap<PartitionId, Vec<i64>> = HashMap::new();
         let mut caught = 0;
         while r
             .poll(100, &mut |e| match e {
-                Event::Record { id, offset, .. } => seen.entry(id).or_default().push(offset),
+                Event::Record { id, offset, .. } => seen.entry(id).or_default().push(offset.get()),
                 Event::Caught { id } => {
                     assert!(ends.contains_key(&id));
                     caught += 1;
@@ -119,21 +119,21 @@ mod tests {
         {}
         assert_eq!(caught, 15);
         for (id, offs) in &seen {
-            assert_eq!(*offs, (0..ends[id]).collect::<Vec<_>>());
+            assert_eq!(*offs, (0..ends[id].get()).collect::<Vec<_>>());
         }
         // Resume one partition from the middle: the same records from there on.
         let id = PartitionId { stream: Stream::Weather, partition: 1 };
-        let mut r = EmbeddedReader::new(cfg, 3, &[(id, 50)]);
+        let mut r = EmbeddedReader::new(cfg, 3, &[(id, Offset(50))]);
         let mut offs = Vec::new();
         while r
             .poll(100, &mut |e| {
                 if let Event::Record { offset, .. } = e {
-                    offs.push(offset)
+                    offs.push(offset.get())
                 }
             })
             .unwrap()
             > 0
         {}
-        assert_eq!(offs, (50..ends[&id]).collect::<Vec<_>>());
+        assert_eq!(offs, (50..ends[&id].get()).collect::<Vec<_>>());
     }
 }

@@ -16,12 +16,12 @@ use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 
 use super::watch::{ClientStates, EndWatcher};
 use super::{Event, Progress, Reader, SourceError};
 use crate::kafka::{KafkaOptions, log_client_error, throttle};
-use crate::ownership::PartitionId;
+use crate::ownership::{Offset, PartitionId};
 
 /// The reading client's context: [`crate::kafka::Quiet`], and it keeps librdkafka's statistics of the
 /// partitions (their fetch state, queue, offsets) for the stall guard's log lines.
@@ -80,11 +80,12 @@ impl KafkaReader {
     /// Assigns `owned` partitions at their start offsets (`None`: the beginning). An offset that
     /// retention has deleted in the meantime restarts at the earliest one still held
     /// (`auto.offset.reset=earliest`).
-    pub fn new(opts: &KafkaOptions, owned: &[(PartitionId, Option<i64>)], client_id: &str) -> Result<Self, SourceError> {
+    pub fn new(opts: &KafkaOptions, owned: &[(PartitionId, Option<Offset>)], client_id: &str) -> Result<Self, SourceError> {
         let ids: Vec<PartitionId> = owned.iter().map(|(id, _)| *id).collect();
         let ends = EndWatcher::start(opts, &ids, client_id)?;
         let states = Arc::new(ClientStates::default());
-        let starts: Vec<(PartitionId, Offset)> = owned.iter().map(|(id, start)| (*id, start.map_or(Offset::Beginning, Offset::Offset))).collect();
+        let starts: Vec<(PartitionId, KafkaOffset)> =
+            owned.iter().map(|(id, start)| (*id, start.map_or(KafkaOffset::Beginning, |o| KafkaOffset::Offset(o.get())))).collect();
         let (consumer, queues) = Self::connect(opts, client_id, &states, &starts)?;
         let now = Instant::now();
         let parts = owned
@@ -96,7 +97,7 @@ impl KafkaReader {
                 queue: Some(queue),
                 held: false,
                 paused: false,
-                next: start.unwrap_or(0),
+                next: start.map_or(0, Offset::get),
                 delivered_at: now,
             })
             .collect();
@@ -119,7 +120,7 @@ impl KafkaReader {
         opts: &KafkaOptions,
         client_id: &str,
         states: &Arc<ClientStates>,
-        starts: &[(PartitionId, Offset)],
+        starts: &[(PartitionId, KafkaOffset)],
     ) -> Result<(Arc<BaseConsumer<ReaderContext>>, Vec<PartitionQueue<ReaderContext>>), SourceError> {
         let consumer: Arc<BaseConsumer<ReaderContext>> = Arc::new(
             opts.client_config()
@@ -191,7 +192,7 @@ impl Reader for KafkaReader {
                 match queue.poll(Duration::ZERO) {
                     None => break,
                     Some(Ok(m)) => {
-                        f(Event::Record { id: part.id, offset: m.offset(), payload: m.payload().unwrap_or_default() });
+                        f(Event::Record { id: part.id, offset: Offset(m.offset()), payload: m.payload().unwrap_or_default() });
                         last = Some(m.offset());
                         taken += 1;
                     }
@@ -253,7 +254,7 @@ impl Reader for KafkaReader {
                 .elements()
                 .iter()
                 .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+                    KafkaOffset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
                     _ => None,
                 })
                 .collect(),
@@ -265,14 +266,14 @@ impl Reader for KafkaReader {
             .map(|p| {
                 let position = positions.get(&(p.topic.clone(), p.id.partition)).map_or(p.next, |&o| o.max(p.next));
                 let end = self.ends.end(p.id);
-                Progress { id: p.id, position, end: end.map(|e| e.offset), fresh: end.is_some_and(|e| e.asked_at > p.delivered_at) }
+                Progress { id: p.id, position: Offset(position), end: end.map(|e| e.offset), fresh: end.is_some_and(|e| e.asked_at > p.delivered_at) }
             })
             .collect()
     }
 
     fn recover(&mut self) -> Result<(), SourceError> {
         self.recreated += 1;
-        let starts: Vec<(PartitionId, Offset)> = self.parts.iter().filter(|p| !p.paused).map(|p| (p.id, Offset::Offset(p.next))).collect();
+        let starts: Vec<(PartitionId, KafkaOffset)> = self.parts.iter().filter(|p| !p.paused).map(|p| (p.id, KafkaOffset::Offset(p.next))).collect();
         tracing::warn!(client = %self.client_id, recreated = self.recreated, partitions = starts.len(), "kafka: re-creating the reading client at the next offset of every partition");
         let client_id = format!("{}-r{}", self.client_id, self.recreated);
         let (consumer, queues) = Self::connect(&self.opts, &client_id, &self.states, &starts)?;

@@ -12,7 +12,7 @@ pub mod stall;
 mod state;
 pub mod watch;
 
-use crate::ownership::PartitionId;
+use crate::ownership::{Offset, PartitionId};
 
 /// Something a reader saw.
 #[derive(Debug)]
@@ -22,7 +22,7 @@ pub enum Event<'a> {
         /// The partition.
         id: PartitionId,
         /// Its offset.
-        offset: i64,
+        offset: Offset,
         /// The value (empty for a null value).
         payload: &'a [u8],
     },
@@ -74,10 +74,10 @@ pub struct Progress {
     pub id: PartitionId,
     /// The next offset the reader will deliver: one past the last record it delivered, or past
     /// the transaction markers after it.
-    pub position: i64,
+    pub position: Offset,
     /// The end of the partition on the broker (the last stable offset when only committed data is
     /// read) when last asked; `None` if the broker has not answered yet.
-    pub end: Option<i64>,
+    pub end: Option<Offset>,
     /// The end was asked after the last record was delivered, so `end <= position` means the
     /// partition is caught up, as an [`Event::Caught`] would say.
     pub fresh: bool,
@@ -86,7 +86,7 @@ pub struct Progress {
 impl Progress {
     /// Records on the broker beyond the reader's position (0 if unknown).
     pub fn lag(&self) -> i64 {
-        self.end.map_or(0, |e| (e - self.position).max(0))
+        self.end.map_or(0, |e| e.since(self.position).max(0))
     }
 
     /// Caught up by the broker's word: its end, asked after the last delivery, is reached.

@@ -33,6 +33,7 @@ use crate::contract::DecodeOptions;
 use crate::dataflow::{Announce, Backpressure, Chunk, Report};
 use crate::epoch::Epoch;
 use crate::error::Failure;
+use crate::ownership::Offset;
 use crate::reclock::PartitionClock;
 
 pub use super::state::{HOLD_REPORTED_AFTER, READ_AHEAD_EPOCHS};
@@ -42,7 +43,7 @@ pub struct OwnedPartition {
     /// Reclocking state.
     pub clock: PartitionClock,
     /// Stop before this offset (`--until-caught-up`: the high watermark at start).
-    pub stop: Option<i64>,
+    pub stop: Option<Offset>,
 }
 
 /// Everything the source operator needs.

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::Progress;
-use crate::ownership::PartitionId;
+use crate::ownership::{Offset, PartitionId};
 
 /// The longest gap between two checks that counts in full towards starvation.
 pub const MAX_STEP: Duration = Duration::from_secs(1);
@@ -60,7 +60,7 @@ pub enum Verdict {
 
 #[derive(Debug)]
 struct Watch {
-    position: i64,
+    position: Offset,
     starved: Duration,
     /// Starvation at the last recovery asked for (zero: none yet).
     recovered_at: Duration,
@@ -91,7 +91,7 @@ impl StallGuard {
             let w = self.watches.entry(p.id).or_insert(Watch { position: p.position, starved: Duration::ZERO, recovered_at: Duration::ZERO, recoveries: 0 });
             if p.position != w.position || !asked(p.id) || p.lag() == 0 {
                 if w.recoveries > 0 && p.position != w.position {
-                    tracing::info!(partition = %p.id, position = p.position, after = ?w.starved, "stalled partition is read again");
+                    tracing::info!(partition = %p.id, position = p.position.get(), after = ?w.starved, "stalled partition is read again");
                 }
                 *w = Watch { position: p.position, starved: Duration::ZERO, recovered_at: Duration::ZERO, recoveries: 0 };
                 continue;
@@ -125,7 +125,7 @@ mod tests {
     const ID: PartitionId = PartitionId { stream: Stream::Vehicle, partition: 0 };
 
     fn at(position: i64, end: i64) -> [Progress; 1] {
-        [Progress { id: ID, position, end: Some(end), fresh: true }]
+        [Progress { id: ID, position: Offset(position), end: Some(Offset(end)), fresh: true }]
     }
 
     fn guard() -> (StallGuard, Instant) {
@@ -172,7 +172,7 @@ mod tests {
             assert_eq!(g.check(t0 + secs(s), &at(150, 150), |_| true), Verdict::Fine);
         }
         // End unknown (the broker did not answer): nothing counts.
-        let unknown = [Progress { id: ID, position: 150, end: None, fresh: false }];
+        let unknown = [Progress { id: ID, position: Offset(150), end: None, fresh: false }];
         for s in 41..=60 {
             assert_eq!(g.check(t0 + secs(s), &unknown, |_| true), Verdict::Fine);
         }

@@ -23,7 +23,7 @@ use crate::dataflow::{Announce, Backpressure, Chunk};
 use crate::epoch::Epoch;
 use crate::error::{ErrorClass, PipelineError};
 use crate::observe::Outcome;
-use crate::ownership::PartitionId;
+use crate::ownership::{Offset, PartitionId};
 use crate::reclock::{Class, PartitionClock, ResumeState};
 
 /// How many epochs a partition may read ahead of the least epoch of the active partitions,
@@ -44,7 +44,7 @@ const STATE_LOG_EVERY: Duration = Duration::from_secs(15);
 /// One owned partition as the source sees it.
 pub(super) struct Part {
     pub(super) clock: PartitionClock,
-    stop: Option<i64>,
+    stop: Option<Offset>,
     /// Nothing to read right now (end of partition, by librdkafka's event or the broker's end).
     caught_up: bool,
     /// Its stop offset is reached: nothing more is read from it in this run.
@@ -54,7 +54,7 @@ pub(super) struct Part {
     /// Since when it is held, and whether that was reported (after [`HOLD_REPORTED_AFTER`]).
     held_since: Option<(Instant, bool)>,
     /// The broker's end of the partition when last asked (for the lag metric).
-    end: Option<i64>,
+    end: Option<Offset>,
 }
 
 impl Part {
@@ -233,11 +233,11 @@ impl SourceState {
                         Ok(record) => {
                             let late = matches!(class, Class::Late(_));
                             counts.add(id.stream, if late { Outcome::Late } else { Outcome::Ok }, payload.len(), epoch);
-                            batches.record(epoch, &record, Provenance { partition: id.partition, offset, late });
+                            batches.record(epoch, &record, Provenance { partition: id.partition, offset: offset.get(), late });
                         }
                         Err(e) => {
                             counts.add(id.stream, Outcome::DeadLetter, payload.len(), epoch);
-                            batches.dead(epoch, id.stream, id.partition, offset, &e, payload)
+                            batches.dead(epoch, id.stream, id.partition, offset.get(), &e, payload)
                         }
                     }
                     *max_sent = (*max_sent).max(epoch);
@@ -290,7 +290,7 @@ impl SourceState {
             p.end = pr.end.or(p.end);
             if log_state {
                 let client = self.reader.describe(pr.id);
-                tracing::debug!(worker = self.worker, partition = %pr.id, position = pr.position, end = ?pr.end, fresh = pr.fresh, caught_up = p.caught_up, held = p.held, epoch = p.clock.epoch().get(), %client, "partition state");
+                tracing::debug!(worker = self.worker, partition = %pr.id, position = pr.position.get(), end = ?pr.end.map(Offset::get), fresh = pr.fresh, caught_up = p.caught_up, held = p.held, epoch = p.clock.epoch().get(), %client, "partition state");
             }
             if p.finished {
                 continue;
@@ -301,7 +301,7 @@ impl SourceState {
                     p.finished = true;
                 }
             } else if p.caught_up && pr.lag() > 0 {
-                tracing::debug!(worker = self.worker, partition = %pr.id, position = pr.position, end = ?pr.end, "caught up, but the broker holds more: not idle");
+                tracing::debug!(worker = self.worker, partition = %pr.id, position = pr.position.get(), end = ?pr.end.map(Offset::get), "caught up, but the broker holds more: not idle");
                 p.caught_up = false;
             }
         }
@@ -404,8 +404,8 @@ impl SourceState {
                     tracing::warn!(
                         worker = self.worker,
                         partition = %id,
-                        position = s.progress.position,
-                        end = ?s.progress.end,
+                        position = s.progress.position.get(),
+                        end = ?s.progress.end.map(Offset::get),
                         lag = s.progress.lag(),
                         starved = ?s.starved,
                         recoveries = s.recoveries,

@@ -17,7 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::SourceError;
 use crate::kafka::{KafkaOptions, Quiet};
-use crate::ownership::PartitionId;
+use crate::ownership::{Offset, PartitionId};
 
 /// How often the end offsets are asked for.
 pub const WATCH_EVERY: Duration = Duration::from_secs(1);
@@ -35,7 +35,7 @@ const RECONNECT_AFTER_ROUNDS: u32 = 5;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct End {
     /// The next offset to be written (the last stable offset under read_committed).
-    pub offset: i64,
+    pub offset: Offset,
     /// When the request was sent: the answer reflects the broker at or after this instant.
     pub asked_at: Instant,
 }
@@ -75,7 +75,7 @@ impl EndWatcher {
                         // stall guard counts nothing while the end is not newer than a delivery.
                         match client.fetch_watermarks(topic, id.partition, ASK_TIMEOUT) {
                             Ok((_, high)) => {
-                                shared.lock().unwrap_or_else(|p| p.into_inner()).insert(*id, End { offset: high, asked_at });
+                                shared.lock().unwrap_or_else(|p| p.into_inner()).insert(*id, End { offset: Offset(high), asked_at });
                             }
                             Err(e) => error = Some((*id, e)),
                         }

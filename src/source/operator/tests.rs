@@ -13,6 +13,7 @@ use crate::contract::timestamp::{MICROS_PER_SEC, format_naive};
 use crate::contract::{Micros, Stream as DataStream};
 use crate::epoch::EpochClock;
 use crate::error::{ErrorClass, PipelineError};
+use crate::ownership::Offset;
 use crate::ownership::PartitionId;
 use crate::source::{Event, Progress};
 
@@ -52,7 +53,7 @@ impl Reader for Uneven {
             let mut taken = 0;
             while !self.held[i] && taken < 64 && self.next[i] < self.records {
                 let offset = self.next[i];
-                f(Event::Record { id: Self::id(i), offset, payload: Self::value(i, offset).as_bytes() });
+                f(Event::Record { id: Self::id(i), offset: Offset(offset), payload: Self::value(i, offset).as_bytes() });
                 self.next[i] += 1;
                 taken += 1;
             }
@@ -80,7 +81,7 @@ fn test_spec(worker: usize, clock: EpochClock, parts: Vec<(PartitionId, i64)>, r
         committed_below: Epoch::ZERO,
         partitions: parts
             .into_iter()
-            .map(|(id, stop)| OwnedPartition { clock: PartitionClock::resume(id, clock, None, 0, Epoch::ZERO), stop: Some(stop) })
+            .map(|(id, stop)| OwnedPartition { clock: PartitionClock::resume(id, clock, None, Offset::ZERO, Epoch::ZERO), stop: Some(Offset(stop)) })
             .collect(),
         reader,
         decode: DecodeOptions::default(),
@@ -181,7 +182,7 @@ impl Reader for One {
         let mut taken = 0;
         while !self.held && taken < 64 && self.next < self.records {
             let (i, offset) = (self.i, self.next);
-            f(Event::Record { id: Uneven::id(i), offset, payload: Uneven::value(i, offset).as_bytes() });
+            f(Event::Record { id: Uneven::id(i), offset: Offset(offset), payload: Uneven::value(i, offset).as_bytes() });
             self.next += 1;
             taken += 1;
         }
@@ -271,7 +272,7 @@ impl Reader for Stalling {
         let id = gps_id(self.partition);
         let mut n = 0;
         while n < 64 && self.next < self.records {
-            f(Event::Record { id, offset: self.next, payload: gps(self.partition, self.next, (self.time)(self.next)).as_bytes() });
+            f(Event::Record { id, offset: Offset(self.next), payload: gps(self.partition, self.next, (self.time)(self.next)).as_bytes() });
             self.next += 1;
             n += 1;
             if self.next == self.silent_at {
@@ -292,7 +293,7 @@ impl Reader for Stalling {
 
     fn progress(&mut self) -> Vec<Progress> {
         let end = if self.silent_since.is_some() { self.records } else { self.silent_at };
-        vec![Progress { id: gps_id(self.partition), position: self.next, end: Some(end), fresh: true }]
+        vec![Progress { id: gps_id(self.partition), position: Offset(self.next), end: Some(Offset(end)), fresh: true }]
     }
 
     fn recover(&mut self) -> Result<(), crate::source::SourceError> {
@@ -323,7 +324,7 @@ impl Reader for Paced {
         let id = gps_id(self.partition);
         let mut n = 0;
         while n < 8 && self.next < self.records {
-            f(Event::Record { id, offset: self.next, payload: gps(self.partition, self.next, (self.time)(self.next)).as_bytes() });
+            f(Event::Record { id, offset: Offset(self.next), payload: gps(self.partition, self.next, (self.time)(self.next)).as_bytes() });
             self.next += 1;
             n += 1;
         }
@@ -350,7 +351,7 @@ fn run_two(stop_at: usize, reader: impl Fn(usize) -> (Option<i64>, Box<dyn Reade
         let w = worker.index();
         let (stop, reader) = reader(w);
         let mut spec = test_spec(w, EpochClock::new(WINDOW, 2 * WINDOW), vec![(gps_id(w as i32), 0)], reader);
-        spec.partitions[0].stop = stop;
+        spec.partitions[0].stop = stop.map(Offset);
         spec.stall = FAST_STALLS;
         spec.shutdown = t.shutdown.clone();
         if let Some(e) = run_source_for(worker, spec, t.clone(), Duration::from_secs(30)) {

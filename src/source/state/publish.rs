@@ -17,7 +17,7 @@ impl SourceState {
             let id = p.clock.id();
             let end = p.end.or(p.stop);
             let state = PartitionState {
-                lag: end.map_or(0, |e| (e - p.clock.next_offset()).max(0)),
+                lag: end.map_or(0, |e| e.since(p.clock.next_offset()).max(0)),
                 watermark: p.clock.watermark(),
                 idle: p.caught_up || p.finished,
                 stalled: self.guard.is_stalled(id),
