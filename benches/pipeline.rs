@@ -301,7 +301,7 @@ fn bench_all(c: &mut Criterion<ThreadCpu>, corpora: &[Corpus]) {
     g.finish();
 
     // One partition carrying every stream's event times, interleaved as the fleet emits them.
-    let mut times: Vec<i64> = Vec::new();
+    let mut times: Vec<citystream::contract::EventTime> = Vec::new();
     let n = corpora.iter().map(|k| k.records.len()).min().unwrap_or(0);
     for i in 0..n {
         times.extend(corpora.iter().map(|k| k.records[i].timestamp()));

@@ -33,7 +33,7 @@ use crate::commit::cut::{CutCommits, CutRequest, CutSpec};
 use crate::commit::manifest::FileEntry;
 use crate::commit::operator::{Commit, CommitSpec};
 use crate::contract::timestamp::HOUR;
-use crate::contract::{Micros, Stream};
+use crate::contract::{EventTime, Stream};
 use crate::epoch::Epoch;
 use crate::error::Failure;
 use crate::lake::FileKind;
@@ -50,7 +50,7 @@ pub struct FileKey {
     pub kind: FileKind,
     /// Start of the hour that names the object: the epoch's hour, or for late rows their
     /// event time's hour.
-    pub hour: Micros,
+    pub hour: EventTime,
 }
 
 /// Rows on their way to the lake: an Arrow batch of one object of one epoch.
@@ -100,7 +100,7 @@ pub fn note_partition(partitions: &mut Vec<i32>, partition: i32) {
 pub fn writer_of(worker: usize, workers_per_process: usize, key: FileKey) -> usize {
     let w = workers_per_process.max(1) as u64;
     let first = worker - worker % w as usize;
-    let hour = key.hour.div_euclid(HOUR) as u64;
+    let hour = key.hour.micros().div_euclid(HOUR) as u64;
     first + ((key.stream.index() as u64).wrapping_add(hour) % w) as usize
 }
 
@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn each_object_has_one_writer_per_process_and_the_writers_take_turns() {
-        let key = |stream, kind, h: i64| FileKey { stream, kind, hour: 1_740_823_200_000_000 + h * HOUR };
+        let key = |stream, kind, h: i64| FileKey { stream, kind, hour: EventTime(1_740_823_200_000_000 + h * HOUR) };
         for processes in 1..=3 {
             for w in 1..=4 {
                 for worker in 0..processes * w {
@@ -256,7 +256,7 @@ mod tests {
             b.append(&rec, Some(Provenance { partition: 3, offset: 1000 + i, late: i % 7 == 0 }));
         }
         let chunk = Chunk {
-            key: FileKey { stream: Stream::Emergency, kind: FileKind::Late, hour: 1_740_823_200_000_000 },
+            key: FileKey { stream: Stream::Emergency, kind: FileKind::Late, hour: EventTime(1_740_823_200_000_000) },
             epoch: Epoch(29_013_720),
             batch: b.finish().unwrap(),
             partitions: vec![3, 5],

@@ -4,7 +4,7 @@
 //! (microseconds) "is in" epoch `epoch_of_watermark(wm)`; an epoch is sealed once the cluster
 //! frontier — the least epoch any worker may still produce — is past it.
 
-use crate::contract::Micros;
+use crate::contract::EventTime;
 
 /// A timely time: the index of an event-time window (see [`EpochClock`]).
 ///
@@ -129,22 +129,22 @@ impl EpochClock {
     }
 
     /// The epoch of an event time. Times before 1970 belong to epoch 0 (the decoder refuses them).
-    pub fn epoch_of(&self, t: Micros) -> Epoch {
-        if t <= 0 { Epoch::ZERO } else { Epoch((t / self.window_us) as u64) }
+    pub fn epoch_of(&self, t: EventTime) -> Epoch {
+        if t <= EventTime::UNIX_EPOCH { Epoch::ZERO } else { Epoch((t.micros() / self.window_us) as u64) }
     }
 
     /// The epoch a watermark lies in; no watermark yet means epoch 0.
-    pub fn epoch_of_watermark(&self, wm: Option<Micros>) -> Epoch {
+    pub fn epoch_of_watermark(&self, wm: Option<EventTime>) -> Epoch {
         wm.map_or(Epoch::ZERO, |w| self.epoch_of(w))
     }
 
     /// First event time of an epoch.
-    pub fn start_of(&self, e: Epoch) -> Micros {
-        (e.0 as i64).saturating_mul(self.window_us)
+    pub fn start_of(&self, e: Epoch) -> EventTime {
+        EventTime((e.0 as i64).saturating_mul(self.window_us))
     }
 
     /// The watermark implied by the greatest event time seen and a floor from idle advances.
-    pub fn watermark(&self, max_event_time: Option<Micros>, floor: Option<Micros>) -> Option<Micros> {
+    pub fn watermark(&self, max_event_time: Option<EventTime>, floor: Option<EventTime>) -> Option<EventTime> {
         let from_data = max_event_time.map(|t| t.saturating_sub(self.lateness_us));
         match (from_data, floor) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -160,17 +160,17 @@ mod tests {
     #[test]
     fn epochs_and_watermarks() {
         let c = EpochClock::new(60_000_000, 120_000_000);
-        assert_eq!(c.epoch_of(0), Epoch(0));
-        assert_eq!(c.epoch_of(59_999_999), Epoch(0));
-        assert_eq!(c.epoch_of(60_000_000), Epoch(1));
-        assert_eq!(c.epoch_of(-5), Epoch(0));
-        assert_eq!(c.start_of(Epoch(3)), 180_000_000);
+        assert_eq!(c.epoch_of(EventTime(0)), Epoch(0));
+        assert_eq!(c.epoch_of(EventTime(59_999_999)), Epoch(0));
+        assert_eq!(c.epoch_of(EventTime(60_000_000)), Epoch(1));
+        assert_eq!(c.epoch_of(EventTime(-5)), Epoch(0));
+        assert_eq!(c.start_of(Epoch(3)), EventTime(180_000_000));
         assert_eq!(c.epoch_of(c.start_of(Epoch(12_345))), Epoch(12_345));
         assert_eq!(c.watermark(None, None), None);
-        assert_eq!(c.watermark(Some(300_000_000), None), Some(180_000_000));
-        assert_eq!(c.watermark(Some(300_000_000), Some(200_000_000)), Some(200_000_000));
-        assert_eq!(c.watermark(None, Some(7)), Some(7));
+        assert_eq!(c.watermark(Some(EventTime(300_000_000)), None), Some(EventTime(180_000_000)));
+        assert_eq!(c.watermark(Some(EventTime(300_000_000)), Some(EventTime(200_000_000))), Some(EventTime(200_000_000)));
+        assert_eq!(c.watermark(None, Some(EventTime(7))), Some(EventTime(7)));
         assert_eq!(c.epoch_of_watermark(None), Epoch::ZERO);
-        assert_eq!(c.epoch_of_watermark(Some(180_000_000)), Epoch(3));
+        assert_eq!(c.epoch_of_watermark(Some(EventTime(180_000_000))), Epoch(3));
     }
 }

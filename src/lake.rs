@@ -23,7 +23,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 use url::Url;
 
 use crate::contract::timestamp::date_hour;
-use crate::contract::{Micros, Stream};
+use crate::contract::{EventTime, Stream};
 use crate::delta::DeltaRoot;
 use crate::epoch::Epoch;
 
@@ -276,7 +276,7 @@ impl Lake {
 /// letters, the late records' own event-time hour for late objects — and, when one commit
 /// needed more than one object for the same (stream, kind, hour) because the first reached its
 /// target size, the object's number `n` in that commit (omitted for the first).
-pub fn file_path(stream: Stream, kind: FileKind, epoch: Epoch, run: &str, hour_of: Micros, n: u32) -> Path {
+pub fn file_path(stream: Stream, kind: FileKind, epoch: Epoch, run: &str, hour_of: EventTime, n: u32) -> Path {
     let (date, hour) = date_hour(hour_of);
     let name = stream.name();
     let part = if n == 0 { String::new() } else { format!("-{n}") };
@@ -394,7 +394,7 @@ mod tests {
 
     #[test]
     fn layout_is_hive_style_and_parsable() {
-        let t = 1_740_824_142_123_456; // 2025-03-01T10:15:42
+        let t = EventTime(1_740_824_142_123_456); // 2025-03-01T10:15:42
         let p = file_path(Stream::Weather, FileKind::Data, Epoch(29_013_735), "ab12cd34", t, 0);
         assert_eq!(p.as_ref(), "weather_data/date=2025-03-01/hour=10/weather_data-e0029013735-ab12cd34.parquet");
         assert_eq!(epoch_of_file(&p), Some(Epoch(29_013_735)));
@@ -420,9 +420,9 @@ mod tests {
         let lake = Lake::open("memory://").unwrap();
         rt.block_on(async {
             for e in [5, 9, 10, 11] {
-                lake.store.put(&file_path(Stream::Gps, FileKind::Data, Epoch(e), "r", 0, 0), vec![1].into()).await.unwrap();
+                lake.store.put(&file_path(Stream::Gps, FileKind::Data, Epoch(e), "r", EventTime::UNIX_EPOCH, 0), vec![1].into()).await.unwrap();
             }
-            lake.store.put(&file_path(Stream::Gps, FileKind::DeadLetter, Epoch(12), "r", 0, 1), vec![1].into()).await.unwrap();
+            lake.store.put(&file_path(Stream::Gps, FileKind::DeadLetter, Epoch(12), "r", EventTime::UNIX_EPOCH, 1), vec![1].into()).await.unwrap();
             lake.store.put(&Path::from("_manifests/00000000000000000001.json"), vec![1].into()).await.unwrap();
             assert_eq!(collect_garbage(&lake, Epoch(10)).await.unwrap(), 3);
             let left: Vec<_> = lake.store.list(None).try_collect().await.unwrap();

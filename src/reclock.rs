@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::contract::Micros;
+use crate::contract::EventTime;
 use crate::epoch::{Epoch, EpochClock};
 use crate::ownership::{Offset, PartitionId};
 
@@ -30,9 +30,9 @@ pub struct Position {
     /// The next offset to read.
     pub offset: Offset,
     /// Greatest event time of a valid record before `offset`.
-    pub max_event_time: Option<Micros>,
+    pub max_event_time: Option<EventTime>,
     /// Watermark floor from idle advances before `offset`.
-    pub floor: Option<Micros>,
+    pub floor: Option<EventTime>,
 }
 
 /// An idle advance: before reading `offset`, the watermark floor rose to `floor`.
@@ -41,7 +41,7 @@ pub struct Advance {
     /// Applies before the record at this offset.
     pub offset: Offset,
     /// The new floor (floors combine by `max`, so re-applying one is harmless).
-    pub floor: Micros,
+    pub floor: EventTime,
 }
 
 /// What a manifest keeps of a partition: enough to resume it exactly.
@@ -136,7 +136,7 @@ impl PartitionClock {
     }
 
     /// The current watermark.
-    pub fn watermark(&self) -> Option<Micros> {
+    pub fn watermark(&self) -> Option<EventTime> {
         self.clock.watermark(self.pos.max_event_time, self.pos.floor)
     }
 
@@ -178,7 +178,7 @@ impl PartitionClock {
 
     /// Reads the record at `offset` with its event time (`None`: it did not decode).
     /// Returns its class, or `None` when it is already committed and must be skipped.
-    pub fn observe(&mut self, offset: Offset, event_time: Option<Micros>) -> Option<Class> {
+    pub fn observe(&mut self, offset: Offset, event_time: Option<EventTime>) -> Option<Class> {
         debug_assert!(offset >= self.pos.offset, "offsets go forward");
         self.apply_pending(offset);
         let before_lift = self.epoch();

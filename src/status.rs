@@ -238,8 +238,8 @@ pub fn summarise(output: &str, manifests: Vec<(u64, Result<Manifest, String>)>) 
         last_commit: last_commit.map(|m| LastCommit {
             sequence: m.sequence,
             epoch: m.upper.saturating_sub(1),
-            event_time_from: rfc3339(m.clock.start_of(first_lower.unwrap_or(m.lower))),
-            event_time_to: rfc3339(m.clock.start_of(m.upper)),
+            event_time_from: rfc3339(m.clock.start_of(first_lower.unwrap_or(m.lower)).micros()),
+            event_time_to: rfc3339(m.clock.start_of(m.upper).micros()),
             written_at: m.written_at.clone(),
             run: m.run.clone(),
             cluster: m.cluster,

@@ -7,7 +7,7 @@ use clap::{ArgAction, Args};
 
 use super::kafka::KafkaConnectionArgs;
 use super::{ConfigError, check_fraction, parse_bytes, parse_duration};
-use crate::contract::Micros;
+use crate::contract::EventTime;
 use crate::contract::timestamp::parse_timestamp;
 use crate::epoch::EpochClock;
 use crate::kafka::KafkaOptions;
@@ -70,7 +70,7 @@ pub struct RunArgs {
     pub max_future: Duration,
     /// Event times before this instant go to the dead-letter output (ISO-8601; no zone = UTC).
     #[arg(long, env = "CITYSTREAM_NOT_BEFORE", value_parser = parse_instant, default_value = "2000-01-01T00:00:00Z")]
-    pub not_before: Micros,
+    pub not_before: EventTime,
     /// Parquet compression of the columns where it pays (ids, timestamps, offsets, text; columns of
     /// few values and float measurements are stored uncompressed): zstd, zstd:<level 1-22>, snappy or none.
     #[arg(long, env = "CITYSTREAM_COMPRESSION", value_parser = Codec::parse, default_value = "zstd:1")]
@@ -121,7 +121,7 @@ pub struct RunArgs {
 }
 
 /// Parses an ISO-8601 instant for a flag (a timestamp without a zone is UTC).
-fn parse_instant(s: &str) -> Result<Micros, String> {
+fn parse_instant(s: &str) -> Result<EventTime, String> {
     parse_timestamp(s.trim(), 0).map_err(|e| e.to_string())
 }
 
@@ -161,7 +161,7 @@ pub struct RunConfig {
     /// Decoder limits.
     pub max_value_bytes: usize,
     /// Event times before this are implausible.
-    pub not_before: Micros,
+    pub not_before: EventTime,
     /// Event times further than this ahead of the wall clock are implausible.
     pub max_future: Duration,
     /// Parquet page compression.

@@ -174,7 +174,7 @@ table! {
     VehicleColumns for [S: AsRef<str>] VehicleRecord<S> {
         id: Str, Unique, |r| r.id.as_ref();
         deviceId: Str, Text, |r| r.device_id.as_ref();
-        timestamp: Ts, Unique, |r| r.timestamp;
+        timestamp: Ts, Unique, |r| r.timestamp.micros();
         latitude: F64, Measure, |r| r.location.latitude;
         longitude: F64, Measure, |r| r.location.longitude;
         speed: F64, Measure, |r| r.speed;
@@ -191,7 +191,7 @@ table! {
     GpsColumns for [S: AsRef<str>] GpsRecord<S> {
         id: Str, Unique, |r| r.id.as_ref();
         deviceId: Str, Text, |r| r.device_id.as_ref();
-        timestamp: Ts, Unique, |r| r.timestamp;
+        timestamp: Ts, Unique, |r| r.timestamp.micros();
         speed: F64, Measure, |r| r.speed;
         direction: Str, Few, |r| r.direction.as_ref();
         vehicleType: Str, Few, |r| r.vehicle_type.as_ref();
@@ -206,7 +206,7 @@ table! {
         cameraId: Str, Text, |r| r.camera_id.as_ref();
         latitude: F64, Measure, |r| r.location.latitude;
         longitude: F64, Measure, |r| r.location.longitude;
-        timestamp: Ts, Unique, |r| r.timestamp;
+        timestamp: Ts, Unique, |r| r.timestamp.micros();
         snapshot: Str, Text, |r| r.snapshot.as_ref();
     }
 }
@@ -218,7 +218,7 @@ table! {
         deviceId: Str, Text, |r| r.device_id.as_ref();
         latitude: F64, Measure, |r| r.location.latitude;
         longitude: F64, Measure, |r| r.location.longitude;
-        timestamp: Ts, Unique, |r| r.timestamp;
+        timestamp: Ts, Unique, |r| r.timestamp.micros();
         temperature: F64, Measure, |r| r.temperature;
         weatherCondition: Str, Few, |r| r.weather_condition.as_ref();
         precipitation: F64, Measure, |r| r.precipitation;
@@ -235,7 +235,7 @@ table! {
         deviceId: Str, Text, |r| r.device_id.as_ref();
         incidentId: Str, Unique, |r| r.incident_id.as_ref();
         incident: Str, Few, |r| r.incident.as_ref();
-        timestamp: Ts, Unique, |r| r.timestamp;
+        timestamp: Ts, Unique, |r| r.timestamp.micros();
         latitude: F64, Measure, |r| r.location.latitude;
         longitude: F64, Measure, |r| r.location.longitude;
         status: Str, Few, |r| r.status.as_ref();

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::records::{Location, RawTimestamp, wire};
-use super::timestamp::{Micros, format_naive, parse_timestamp};
+use super::timestamp::{EventTime, format_naive, parse_timestamp};
 use super::{BorrowedRecord, EmergencyRecord, GpsRecord, Record, Stream, TrafficRecord, VehicleRecord, WeatherRecord};
 
 /// Values of `incident` the producer sends.
@@ -23,19 +23,19 @@ pub struct DecodeOptions {
     /// Values larger than this are refused unread (the producer's are ~300 bytes).
     pub max_value_bytes: usize,
     /// Event times before this are implausible and refused (default [`NOT_BEFORE_DEFAULT`]).
-    pub not_before: Micros,
+    pub not_before: EventTime,
     /// Event times after this are implausible and refused. A record stamped far in the future
     /// would drag its partition's watermark forward and make everything after it late, so the
     /// source sets this to the wall clock plus `--max-future` as it reads (default: no bound).
-    pub not_after: Micros,
+    pub not_after: EventTime,
 }
 
 /// 2000-01-01T00:00:00Z: no telemetry of this system predates it.
-pub const NOT_BEFORE_DEFAULT: Micros = 946_684_800_000_000;
+pub const NOT_BEFORE_DEFAULT: EventTime = EventTime(946_684_800_000_000);
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        DecodeOptions { naive_offset_secs: 0, max_value_bytes: 1 << 20, not_before: NOT_BEFORE_DEFAULT, not_after: Micros::MAX }
+        DecodeOptions { naive_offset_secs: 0, max_value_bytes: 1 << 20, not_before: NOT_BEFORE_DEFAULT, not_after: EventTime::MAX }
     }
 }
 
@@ -264,7 +264,7 @@ impl Validator<'_> {
         DecodeError { stream: self.stream, class, field: Some(field.to_owned()), detail }
     }
 
-    fn timestamp(&self, raw: &RawTimestamp<'_>) -> Result<Micros, DecodeError> {
+    fn timestamp(&self, raw: &RawTimestamp<'_>) -> Result<EventTime, DecodeError> {
         let t = parse_timestamp(&raw.0, self.opts.naive_offset_secs).map_err(|e| self.bad(ErrorClass::BadTimestamp, "timestamp", e.to_string()))?;
         if t < self.opts.not_before {
             let detail = format!("{:?} is before {}Z, the earliest plausible event time", truncate(&raw.0), format_naive(self.opts.not_before));

@@ -15,7 +15,7 @@ pub mod timestamp;
 
 pub use decode::{DecodeError, DecodeOptions, ErrorClass, NOT_BEFORE_DEFAULT, decode, decode_borrowed};
 pub use records::{EmergencyRecord, GpsRecord, Location, TrafficRecord, VehicleRecord, WeatherRecord};
-pub use timestamp::Micros;
+pub use timestamp::EventTime;
 
 use std::fmt;
 use std::str::FromStr;
@@ -110,7 +110,7 @@ impl<S> Record<S> {
     }
 
     /// Event time, microseconds since the epoch (UTC).
-    pub fn timestamp(&self) -> Micros {
+    pub fn timestamp(&self) -> EventTime {
         match self {
             Record::Vehicle(r) => r.timestamp,
             Record::Gps(r) => r.timestamp,

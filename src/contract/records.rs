@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::timestamp::{Micros, format_naive};
+use super::timestamp::{EventTime, format_naive};
 
 /// A position as the producer sends it: a JSON array `[latitude, longitude]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,7 +60,7 @@ impl<'de> Deserialize<'de> for Location {
 pub struct RawTimestamp<'a>(#[serde(borrow)] pub Cow<'a, str>);
 
 /// Serialises event time the way Python's `datetime.isoformat()` does.
-pub fn serialize_naive<S: Serializer>(t: &Micros, s: S) -> Result<S::Ok, S::Error> {
+pub fn serialize_naive<S: Serializer>(t: &EventTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&format_naive(*t))
 }
 
@@ -86,7 +86,7 @@ record!(
         "deviceId" device_id: S,
         /// Event time.
         #[serde(serialize_with = "serialize_naive")]
-        "timestamp" timestamp: Micros,
+        "timestamp" timestamp: EventTime,
         /// Where the vehicle is.
         "location" location: Location,
         /// km/h.
@@ -113,7 +113,7 @@ record!(
         "deviceId" device_id: S,
         /// Event time.
         #[serde(serialize_with = "serialize_naive")]
-        "timestamp" timestamp: Micros,
+        "timestamp" timestamp: EventTime,
         /// km/h.
         "speed" speed: f64,
         /// Heading.
@@ -136,7 +136,7 @@ record!(
         "location" location: Location,
         /// Event time.
         #[serde(serialize_with = "serialize_naive")]
-        "timestamp" timestamp: Micros,
+        "timestamp" timestamp: EventTime,
         /// Base64 image (a placeholder string in the simulation).
         "snapshot" snapshot: S,
     }
@@ -153,7 +153,7 @@ record!(
         "location" location: Location,
         /// Event time.
         #[serde(serialize_with = "serialize_naive")]
-        "timestamp" timestamp: Micros,
+        "timestamp" timestamp: EventTime,
         /// °C, a float (the original Spark schema said integer and produced nulls).
         "temperature" temperature: f64,
         /// One of `sunny`, `rainy`, `cloudy`, `snowy`.
@@ -182,7 +182,7 @@ record!(
         "incident" incident: S,
         /// Event time.
         #[serde(serialize_with = "serialize_naive")]
-        "timestamp" timestamp: Micros,
+        "timestamp" timestamp: EventTime,
         /// Where.
         "location" location: Location,
         /// `Active` or `Resolved`.

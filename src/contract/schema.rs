@@ -258,7 +258,7 @@ mod tests {
         // with the JSON field of its name. Values of one kind differ within a record, so an
         // accessor reading a neighbour's field shows.
         use crate::contract::decode_borrowed;
-        use crate::contract::timestamp::format_naive;
+        use crate::contract::timestamp::{EventTime, format_naive};
         use serde_json::Value;
         let mut fleet = crate::simulate::Fleet::new(crate::simulate::FleetConfig::default());
         for msg in fleet.step() {
@@ -279,7 +279,7 @@ mod tests {
                     Kind::Str => (Value::from(array.as_string::<i32>().value(0)), field(col.name)),
                     Kind::F64 => (Value::from(array.as_primitive::<Float64Type>().value(0)), Value::from(field(col.name).as_f64().unwrap())),
                     Kind::I32 => (Value::from(array.as_primitive::<Int32Type>().value(0)), field(col.name)),
-                    Kind::Ts => (Value::from(format_naive(array.as_primitive::<TimestampMicrosecondType>().value(0)).to_string()), field(col.name)),
+                    Kind::Ts => (Value::from(format_naive(EventTime(array.as_primitive::<TimestampMicrosecondType>().value(0))).to_string()), field(col.name)),
                     other => panic!("{}: no contract column is {other:?}", col.name),
                 };
                 assert_eq!(got, want, "{}.{}", msg.stream, col.name);

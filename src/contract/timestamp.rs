@@ -7,19 +7,78 @@
 //! panic whatever the bytes, and it must reject impossible dates (February 30th) rather than
 //! normalise them.
 //!
-//! Times are carried as microseconds since the Unix epoch in UTC (`i64`), which is exactly
-//! Arrow's `Timestamp(Microsecond, "UTC")`.
+//! Times are carried as [`EventTime`]: microseconds since the Unix epoch in UTC, which is
+//! exactly Arrow's `Timestamp(Microsecond, "UTC")`.
 
 use std::fmt;
 
-/// Microseconds since 1970-01-01T00:00:00Z.
-pub type Micros = i64;
+/// An instant of event time: microseconds since 1970-01-01T00:00:00Z.
+///
+/// A newtype, not a bare `i64`, so that an instant cannot be mixed up with a duration, an
+/// epoch or an offset: durations stay plain microseconds (`i64`, named `…_us`, or
+/// [`MICROS_PER_SEC`] and [`HOUR`]); an instant plus a duration is an instant, and two instants
+/// differ by a duration. Written to manifests as a plain number, and to Parquet as Arrow's
+/// `Timestamp(Microsecond, "UTC")`, which is the same number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct EventTime(pub i64);
+
+impl EventTime {
+    /// 1970-01-01T00:00:00Z.
+    pub const UNIX_EPOCH: EventTime = EventTime(0);
+    /// The latest instant.
+    pub const MAX: EventTime = EventTime(i64::MAX);
+
+    /// Microseconds since the Unix epoch (Arrow's value of the instant).
+    pub fn micros(self) -> i64 {
+        self.0
+    }
+
+    /// The start of the `unit`-long interval (in microseconds, > 0) that holds this instant,
+    /// counting from the Unix epoch: the hour of an instant is `t.floor(HOUR)`.
+    pub fn floor(self, unit: i64) -> EventTime {
+        EventTime(self.0.div_euclid(unit) * unit)
+    }
+
+    /// `us` microseconds earlier, saturating at the earliest instant.
+    pub fn saturating_sub(self, us: i64) -> EventTime {
+        EventTime(self.0.saturating_sub(us))
+    }
+}
+
+impl std::ops::Add<i64> for EventTime {
+    type Output = EventTime;
+    fn add(self, us: i64) -> EventTime {
+        EventTime(self.0 + us)
+    }
+}
+
+impl std::ops::AddAssign<i64> for EventTime {
+    fn add_assign(&mut self, us: i64) {
+        self.0 += us;
+    }
+}
+
+impl std::ops::Sub<i64> for EventTime {
+    type Output = EventTime;
+    fn sub(self, us: i64) -> EventTime {
+        EventTime(self.0 - us)
+    }
+}
+
+/// Two instants differ by a duration in microseconds.
+impl std::ops::Sub<EventTime> for EventTime {
+    type Output = i64;
+    fn sub(self, earlier: EventTime) -> i64 {
+        self.0 - earlier.0
+    }
+}
 
 /// Microseconds in one second.
 pub const MICROS_PER_SEC: i64 = 1_000_000;
 
 /// Microseconds per hour.
-pub const HOUR: Micros = 3600 * MICROS_PER_SEC;
+pub const HOUR: i64 = 3600 * MICROS_PER_SEC;
 
 /// Why a timestamp string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,7 +139,7 @@ fn digits(b: &[u8]) -> Option<u32> {
 
 /// Parses an ISO-8601 timestamp. A timestamp without a zone is taken to be at
 /// `naive_offset_secs` east of UTC (0 = UTC, the default of the original pipeline).
-pub fn parse_timestamp(text: &str, naive_offset_secs: i32) -> Result<Micros, TimestampError> {
+pub fn parse_timestamp(text: &str, naive_offset_secs: i32) -> Result<EventTime, TimestampError> {
     let shape = || TimestampError::Shape(text.to_owned());
     let impossible = || TimestampError::Impossible(text.to_owned());
     let b = text.as_bytes();
@@ -132,23 +191,23 @@ pub fn parse_timestamp(text: &str, naive_offset_secs: i32) -> Result<Micros, Tim
     }
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset_secs;
-    Ok(secs * MICROS_PER_SEC + micros)
+    Ok(EventTime(secs * MICROS_PER_SEC + micros))
 }
 
 /// Formats micros as the original producer would: naive ISO-8601, microseconds, and no
 /// fraction when the microsecond is zero (Python's `datetime.isoformat()`).
-pub fn format_naive(micros: Micros) -> NaiveIso {
+pub fn format_naive(micros: EventTime) -> NaiveIso {
     NaiveIso(micros)
 }
 
 /// Display adapter returned by [`format_naive`].
 #[derive(Debug, Clone, Copy)]
-pub struct NaiveIso(pub Micros);
+pub struct NaiveIso(pub EventTime);
 
 impl fmt::Display for NaiveIso {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.0.div_euclid(MICROS_PER_SEC);
-        let sub = self.0.rem_euclid(MICROS_PER_SEC);
+        let secs = self.0.0.div_euclid(MICROS_PER_SEC);
+        let sub = self.0.0.rem_euclid(MICROS_PER_SEC);
         let days = secs.div_euclid(86_400);
         let sod = secs.rem_euclid(86_400);
         let (y, m, d) = civil_from_days(days);
@@ -161,8 +220,8 @@ impl fmt::Display for NaiveIso {
 }
 
 /// `(YYYY-MM-DD, HH)` of an instant in UTC: the Hive partition of the output layout.
-pub fn date_hour(micros: Micros) -> (String, u32) {
-    let secs = micros.div_euclid(MICROS_PER_SEC);
+pub fn date_hour(t: EventTime) -> (String, u32) {
+    let secs = t.0.div_euclid(MICROS_PER_SEC);
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     (format!("{y:04}-{m:02}-{d:02}"), (secs.rem_euclid(86_400) / 3600) as u32)
 }
@@ -174,14 +233,14 @@ mod tests {
     #[test]
     fn parses_the_original_shape() {
         let t = parse_timestamp("2025-03-01T10:15:42.123456", 0).unwrap();
-        assert_eq!(t, 1_740_824_142_123_456);
+        assert_eq!(t, EventTime(1_740_824_142_123_456));
         assert_eq!(format_naive(t).to_string(), "2025-03-01T10:15:42.123456");
     }
 
     #[test]
     fn accepts_no_fraction_zones_and_space() {
         let base = parse_timestamp("2025-03-01T10:15:42", 0).unwrap();
-        assert_eq!(base, 1_740_824_142_000_000);
+        assert_eq!(base, EventTime(1_740_824_142_000_000));
         assert_eq!(parse_timestamp("2025-03-01T10:15:42Z", 0).unwrap(), base);
         assert_eq!(parse_timestamp("2025-03-01 10:15:42", 0).unwrap(), base);
         assert_eq!(parse_timestamp("2025-03-01T11:15:42+01:00", 0).unwrap(), base);
@@ -231,7 +290,7 @@ mod tests {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);
         }
-        assert_eq!(date_hour(1_740_824_142_123_456), ("2025-03-01".to_owned(), 10));
-        assert_eq!(format_naive(-1).to_string(), "1969-12-31T23:59:59.999999");
+        assert_eq!(date_hour(EventTime(1_740_824_142_123_456)), ("2025-03-01".to_owned(), 10));
+        assert_eq!(format_naive(EventTime(-1)).to_string(), "1969-12-31T23:59:59.999999");
     }
 }

@@ -103,12 +103,12 @@ pub async fn compact_lake(lake: &Lake, opts: &CompactOptions) -> Result<Vec<Comp
     Ok(reports)
 }
 
-/// The end of the hour a partition holds, µs since the epoch, from its `date` and `hour`.
-fn partition_end_us(values: &std::collections::HashMap<String, Option<String>>) -> Option<i64> {
+/// The end of the hour a partition holds, from its `date` and `hour`.
+fn partition_end(values: &std::collections::HashMap<String, Option<String>>) -> Option<crate::contract::EventTime> {
     let date = values.get("date")?.as_deref()?;
     let hour: i64 = values.get("hour")?.as_deref()?.parse().ok()?;
     let start = crate::contract::timestamp::parse_timestamp(&format!("{date}T00:00:00Z"), 0).ok()?;
-    Some(start + (hour + 1) * 3_600_000_000)
+    Some(start + (hour + 1) * crate::contract::timestamp::HOUR)
 }
 
 /// Compacts one table: per sealed partition, its files under half the target size, packed
@@ -124,7 +124,7 @@ pub async fn compact_table(lake: &Lake, table: Table, mut t: DeltaTable, opts: &
     for f in snapshot.log_data().iter() {
         files_before += 1;
         let values = f.partition_values_map();
-        let sealed = partition_end_us(&values).is_some_and(|end| end + opts.older_than.as_micros() as i64 <= now);
+        let sealed = partition_end(&values).is_some_and(|end| end + opts.older_than.as_micros() as i64 <= crate::contract::EventTime(now));
         if !sealed || f.size() as u64 >= opts.target_size / 2 {
             continue;
         }

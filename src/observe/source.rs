@@ -8,7 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::metrics::{Metrics, Outcome};
-use crate::contract::{Micros, Stream};
+use crate::contract::{EventTime, Stream};
 use crate::epoch::Epoch;
 use crate::ownership::PartitionId;
 
@@ -63,7 +63,7 @@ pub struct PartitionState {
     /// Records on the broker beyond the position.
     pub lag: i64,
     /// The partition's watermark, if it has seen data.
-    pub watermark: Option<Micros>,
+    pub watermark: Option<EventTime>,
     /// Caught up (or finished).
     pub idle: bool,
     /// Starved by the stall guard's account.
@@ -137,7 +137,7 @@ impl SourceMetrics {
         g.last_lag = lag;
         g.lag.set(lag);
         if let Some(wm) = s.watermark {
-            g.watermark.set(wm as f64 / 1e6);
+            g.watermark.set(wm.micros() as f64 / 1e6);
         }
         g.idle.set(i64::from(s.idle));
         g.stalled.set(i64::from(s.stalled));

@@ -4,6 +4,11 @@ use proptest::prelude::*;
 
 const MIN: i64 = 60_000_000;
 
+/// The instant `n` minutes after the Unix epoch.
+fn mins(n: i64) -> crate::contract::EventTime {
+    crate::contract::EventTime(n * MIN)
+}
+
 fn clock() -> EpochClock {
     EpochClock::new(MIN, 2 * MIN)
 }
@@ -15,12 +20,12 @@ fn id() -> PartitionId {
 #[test]
 fn classifies_on_time_late_and_dead() {
     let mut p = PartitionClock::resume(id(), clock(), None, Offset(0), Epoch(0));
-    assert_eq!(p.observe(Offset(0), Some(10 * MIN)), Some(Class::OnTime(Epoch(10))));
+    assert_eq!(p.observe(Offset(0), Some(mins(10))), Some(Class::OnTime(Epoch(10))));
     assert_eq!(p.epoch(), Epoch(8), "watermark is 2 minutes behind");
-    assert_eq!(p.observe(Offset(1), Some(9 * MIN)), Some(Class::OnTime(Epoch(9))), "within lateness");
-    assert_eq!(p.observe(Offset(2), Some(7 * MIN)), Some(Class::Late(Epoch(8))), "behind the watermark: sent at a(r)");
+    assert_eq!(p.observe(Offset(1), Some(mins(9))), Some(Class::OnTime(Epoch(9))), "within lateness");
+    assert_eq!(p.observe(Offset(2), Some(mins(7))), Some(Class::Late(Epoch(8))), "behind the watermark: sent at a(r)");
     assert_eq!(p.observe(Offset(3), None), Some(Class::Dead(Epoch(8))));
-    assert_eq!(p.observe(Offset(7), Some(20 * MIN)), Some(Class::OnTime(Epoch(20))), "offset gaps are fine");
+    assert_eq!(p.observe(Offset(7), Some(mins(20))), Some(Class::OnTime(Epoch(20))), "offset gaps are fine");
     assert_eq!(p.next_offset(), Offset(8));
     assert_eq!(p.epoch(), Epoch(18));
 }
@@ -32,42 +37,42 @@ fn idle_advance_moves_the_epoch_and_is_recorded() {
     assert!(p.advance_idle(Epoch(30)));
     assert!(!p.advance_idle(Epoch(29)));
     assert_eq!(p.epoch(), Epoch(30));
-    assert_eq!(p.observe(Offset(5), Some(29 * MIN)), Some(Class::Late(Epoch(30))));
+    assert_eq!(p.observe(Offset(5), Some(mins(29))), Some(Class::Late(Epoch(30))));
     let s = p.resume_state(Epoch(29));
     assert_eq!(s.position.offset, Offset(5), "the crossing into epoch 30 happened at offset 5");
-    assert_eq!(s.advances, vec![Advance { offset: Offset(5), floor: 30 * MIN }]);
+    assert_eq!(s.advances, vec![Advance { offset: Offset(5), floor: mins(30) }]);
 }
 
 #[test]
 fn new_data_after_a_final_commit_is_not_skipped() {
     // A partition whose watermark lags: its epoch is 8 while epoch 10 was committed.
     let mut p = PartitionClock::resume(id(), clock(), None, Offset(0), Epoch(0));
-    p.observe(Offset(0), Some(10 * MIN));
+    p.observe(Offset(0), Some(mins(10)));
     let s = p.resume_state(Epoch(10));
     assert_eq!((s.position.offset, s.committed_until), (Offset(1), Offset(1)));
     let mut q = PartitionClock::resume(id(), clock(), Some(&s), Offset(0), Epoch(11));
     assert_eq!(q.epoch(), Epoch(11), "lifted to the first uncommitted epoch");
-    assert_eq!(q.observe(Offset(1), Some(9 * MIN)), Some(Class::Late(Epoch(11))));
-    assert_eq!(q.observe(Offset(2), Some(12 * MIN)), Some(Class::OnTime(Epoch(12))));
-    assert_eq!(q.resume_state(Epoch(11)).position.floor, Some(11 * MIN), "the lift is part of later states");
+    assert_eq!(q.observe(Offset(1), Some(mins(9))), Some(Class::Late(Epoch(11))));
+    assert_eq!(q.observe(Offset(2), Some(mins(12))), Some(Class::OnTime(Epoch(12))));
+    assert_eq!(q.resume_state(Epoch(11)).position.floor, Some(mins(11)), "the lift is part of later states");
 }
 
 #[test]
 fn resume_state_holds_back_for_open_epochs() {
     let mut p = PartitionClock::resume(id(), clock(), None, Offset(0), Epoch(0));
-    p.observe(Offset(0), Some(10 * MIN)); // on time, epoch 10, a = 0 before
-    p.observe(Offset(1), Some(13 * MIN)); // a = 8 before
-    p.observe(Offset(2), Some(14 * MIN)); // a = 11 before → now 12
+    p.observe(Offset(0), Some(mins(10))); // on time, epoch 10, a = 0 before
+    p.observe(Offset(1), Some(mins(13))); // a = 8 before
+    p.observe(Offset(2), Some(mins(14))); // a = 11 before → now 12
     // Committing through 11: epoch 13's record (offset 1) is still open, so resume at 1.
     let s = p.resume_state(Epoch(11));
-    assert_eq!(s.position, Position { offset: Offset(1), max_event_time: Some(10 * MIN), floor: None });
+    assert_eq!(s.position, Position { offset: Offset(1), max_event_time: Some(mins(10)), floor: None });
     // Committing through 14: everything read so far has an epoch ≤ 14; a is 12 ≤ 14: current position.
     assert_eq!(p.resume_state(Epoch(14)).position.offset, Offset(3));
 }
 
 /// How a record's event time relates to the partition's clock `t` in a generated history.
 #[derive(Debug, Clone, Copy)]
-enum EventTime {
+enum When {
     /// No event time (the record is dead).
     Missing,
     /// This many minutes (3–30) before `t`: usually behind the watermark, so late.
@@ -84,16 +89,16 @@ struct Step {
     /// Seconds (0–50) the clock `t` moves before the record.
     dt_secs: i64,
     /// The record's event time.
-    event_time: EventTime,
+    event_time: When,
     /// Whether the next offset is skipped (an offset gap, 10 % of steps).
     gap: bool,
 }
 
 fn step() -> impl Strategy<Value = Step> {
     let event_time = prop_oneof![
-        1 => Just(EventTime::Missing),
-        1 => (3..=30i64).prop_map(EventTime::MinutesBehind),
-        8 => (0..=100i64).prop_map(EventTime::SecondsBehind),
+        1 => Just(When::Missing),
+        1 => (3..=30i64).prop_map(When::MinutesBehind),
+        8 => (0..=100i64).prop_map(When::SecondsBehind),
     ];
     (prop::option::weighted(0.08, 0..=3i64), 0..=50i64, event_time, prop::bool::weighted(0.1)).prop_map(|(idle, dt_secs, event_time, gap)| Step {
         idle,
@@ -105,7 +110,7 @@ fn step() -> impl Strategy<Value = Step> {
 
 /// A script entry: (offset, event time or `None`, `None`) for a record, (offset, `None`,
 /// `Some(epoch)`) for an idle advance to `epoch` made when the next offset is `offset`.
-type Script = Vec<(i64, Option<Micros>, Option<Epoch>)>;
+type Script = Vec<(i64, Option<crate::contract::EventTime>, Option<Epoch>)>;
 
 /// Lays `steps` out as a script starting at 100 minutes and offset 0; returns the script and
 /// the offset after its last record.
@@ -119,9 +124,9 @@ fn script_of(steps: &[Step]) -> (Script, i64) {
         }
         t += s.dt_secs * 1_000_000;
         let et = match s.event_time {
-            EventTime::Missing => None,
-            EventTime::MinutesBehind(m) => Some(t - m * MIN),
-            EventTime::SecondsBehind(secs) => Some(t - secs * 1_000_000),
+            When::Missing => None,
+            When::MinutesBehind(m) => Some(mins(0) + (t - m * MIN)),
+            When::SecondsBehind(secs) => Some(mins(0) + (t - secs * 1_000_000)),
         };
         script.push((offset, et, None));
         offset += 1 + i64::from(s.gap);
@@ -196,7 +201,7 @@ proptest! {
             // Records that arrive after everything above was read (new data after a restart)
             // are never taken for committed ones, and never fall behind the frontier.
             for (i, off) in (offset + 1..offset + 1 + NEW_AFTER_RESTART as i64).enumerate() {
-                let et = Some(100 * MIN + new_minutes[(k * 7 + i) % new_minutes.len()] * MIN);
+                let et = Some(mins(100 + new_minutes[(k * 7 + i) % new_minutes.len()]));
                 let c = replay.observe(Offset(off), et);
                 prop_assert!(c.is_some(), "commit through {}: new record at {} skipped", e, off);
                 let c = c.unwrap();

@@ -18,7 +18,7 @@
 //! For tests, a fraction of records can be made late (stamped 10–60 minutes in the past) or
 //! malformed (one of several corruption classes, each with the decode error it must cause).
 
-use crate::contract::timestamp::{MICROS_PER_SEC, Micros};
+use crate::contract::timestamp::{EventTime, MICROS_PER_SEC};
 use crate::contract::{EmergencyRecord, ErrorClass, GpsRecord, Location, Record, Stream, TrafficRecord, VehicleRecord, WeatherRecord};
 
 use super::rng::Rng;
@@ -96,7 +96,7 @@ pub struct FleetConfig {
     /// Seed of every random choice.
     pub seed: u64,
     /// Where every vehicle's clock starts; its first step is stamped 30–60 s later.
-    pub start: Micros,
+    pub start: EventTime,
     /// Where vehicles set off.
     pub from: Location,
     /// Where they go.
@@ -119,7 +119,7 @@ impl Default for FleetConfig {
             vehicles: 1,
             seed: 42,
             // 2025-03-01T08:00:00.123456, naive, as the producer would stamp it.
-            start: 1_740_816_000_123_456,
+            start: EventTime(1_740_816_000_123_456),
             from: CITIES[0].location,
             to: CITIES[1].location,
             steps_per_journey: 100,
@@ -163,7 +163,7 @@ pub struct SimRecord {
     /// Kafka value: the producer's JSON (or a corruption of it).
     pub value: Vec<u8>,
     /// Its event time.
-    pub event_time: Micros,
+    pub event_time: EventTime,
     /// Whether and how it was tampered with.
     pub injected: Option<Injected>,
 }
@@ -173,7 +173,7 @@ struct Vehicle {
     device_id: String,
     position: Location,
     /// The timestamp of its last step (before the first: `start`).
-    clock: Micros,
+    clock: EventTime,
     step: u32,
     outbound: bool,
 }
@@ -187,7 +187,7 @@ pub struct Fleet {
     turn: usize,
     /// The fleet's clock ([`TimeModel::Fleet`] only): advances 30–60 s each time every vehicle
     /// has made a step.
-    clock: Micros,
+    clock: EventTime,
 }
 
 const DIRECTIONS: &[&str] = &["North-East"];
@@ -320,7 +320,7 @@ impl Fleet {
     }
 }
 
-fn set_timestamp(record: &mut Record, t: Micros) {
+fn set_timestamp(record: &mut Record, t: EventTime) {
     match record {
         Record::Vehicle(r) => r.timestamp = t,
         Record::Gps(r) => r.timestamp = t,

@@ -383,7 +383,7 @@ impl Filling {
     /// stay open until the commit ends).
     fn close_past_hours(&mut self, spec: &SinkSpec, e: Epoch) -> Result<(), PipelineError> {
         let start = spec.clock.start_of(e);
-        let hour = start - start.rem_euclid(HOUR);
+        let hour = start.floor(HOUR);
         let mut past: Vec<FileKey> = self.open.keys().filter(|k| k.kind != FileKind::Late && k.hour < hour).copied().collect();
         past.sort();
         for key in past {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use crate::contract::schema::{BatchBuilder, DeadLetterBuilder, DeadLetterRow, Provenance};
 use crate::contract::timestamp::HOUR;
-use crate::contract::{BorrowedRecord, DecodeError, Micros, Stream};
+use crate::contract::{BorrowedRecord, DecodeError, EventTime, Stream};
 use crate::dataflow::{Chunk, FileKey, note_partition};
 use crate::epoch::{Epoch, EpochClock};
 use crate::lake::FileKind;
@@ -81,9 +81,8 @@ impl EpochBatches {
     }
 
     /// The hour that names the objects of epoch `epoch` (data and dead letters).
-    fn epoch_hour(&self, epoch: Epoch) -> Micros {
-        let start = self.clock.start_of(epoch);
-        start - start.rem_euclid(HOUR)
+    fn epoch_hour(&self, epoch: Epoch) -> EventTime {
+        self.clock.start_of(epoch).floor(HOUR)
     }
 
     /// Appends one row with `append` to the builder of `key` at `epoch`, and hands the builder's
@@ -113,7 +112,7 @@ impl EpochBatches {
         let stream = record.stream();
         let key = if provenance.late {
             let ts = record.timestamp();
-            FileKey { stream, kind: FileKind::Late, hour: ts - ts.rem_euclid(HOUR) }
+            FileKey { stream, kind: FileKind::Late, hour: ts.floor(HOUR) }
         } else {
             FileKey { stream, kind: FileKind::Data, hour: self.epoch_hour(epoch) }
         };
@@ -174,10 +173,10 @@ mod tests {
     use crate::contract::timestamp::{MICROS_PER_SEC, format_naive};
     use crate::contract::{DecodeOptions, ErrorClass, decode_borrowed};
 
-    const WINDOW: Micros = 60 * MICROS_PER_SEC;
-    const START: Micros = 1_740_823_200 * MICROS_PER_SEC; // 2025-03-01T10:00:00Z
+    const WINDOW: i64 = 60 * MICROS_PER_SEC;
+    const START: EventTime = EventTime(1_740_823_200 * MICROS_PER_SEC); // 2025-03-01T10:00:00Z
 
-    fn gps(n: i64, t: Micros) -> String {
+    fn gps(n: i64, t: EventTime) -> String {
         format!(
             r#"{{"id": "00000000-0000-4000-8000-{n:012x}", "deviceId": "Vehicle-\u00e9-{n}", "timestamp": "{}", "speed": 50.5, "direction": "North", "vehicleType": "private"}}"#,
             format_naive(t)

@@ -204,7 +204,7 @@ impl SourceState {
     /// appended to the batch of its object. Returns how many events were read.
     pub(super) fn read(&mut self, cap: Epoch) -> Result<usize, PipelineError> {
         if let Some(ahead) = self.max_future {
-            self.decode.not_after = crate::clock::now_micros().saturating_add(i64::try_from(ahead.as_micros()).unwrap_or(i64::MAX));
+            self.decode.not_after = crate::contract::EventTime(crate::clock::now_micros().saturating_add(i64::try_from(ahead.as_micros()).unwrap_or(i64::MAX)));
         }
         let SourceState { reader, parts, index, batches, decode, max_sent, budget, worker, .. } = self;
         let find = |id: &PartitionId| index.binary_search_by(|(p, _)| p.cmp(id)).ok().map(|k| index[k].1);

@@ -22,14 +22,14 @@ fn class_of(stream: Stream, s: &str) -> (ErrorClass, Option<String>) {
 fn decodes_every_stream_in_the_original_shape() {
     let Record::Vehicle(v) = dec(Stream::Vehicle, &vehicle()).unwrap() else { panic!() };
     assert_eq!(v.device_id, "Vehicle-CodeWithYu-123");
-    assert_eq!(v.timestamp, 1_740_824_142_123_456);
+    assert_eq!(v.timestamp, EventTime(1_740_824_142_123_456));
     assert_eq!(v.location, Location { latitude: 51.5074, longitude: -0.1278 });
     assert_eq!((v.speed, v.year, v.maker.as_str(), v.fueltype.as_str()), (27.3, 2024, "BMW", "Hybrid"));
 
     let gps =
         format!(r#"{{"id": "{UUID}", "deviceId": "d", "timestamp": "2025-03-01T10:15:42", "speed": 12, "direction": "North-East", "vehicleType": "private"}}"#);
     let Record::Gps(g) = dec(Stream::Gps, &gps).unwrap() else { panic!() };
-    assert_eq!((g.speed, g.timestamp % 1_000_000), (12.0, 0), "an int where a float is expected");
+    assert_eq!((g.speed, g.timestamp.micros() % 1_000_000), (12.0, 0), "an int where a float is expected");
 
     let traffic = format!(
         r#"{{"id": "{UUID}", "deviceId": "d", "cameraId": "Nikon-Cam123", "location": [52, -1.5], "timestamp": "2025-03-01T10:15:42Z", "snapshot": "Base64EncodedString"}}"#
@@ -42,7 +42,7 @@ fn decodes_every_stream_in_the_original_shape() {
     );
     let Record::Weather(w) = dec(Stream::Weather, &weather).unwrap() else { panic!() };
     assert_eq!((w.temperature, w.humidity, w.precipitation), (-3.25, 81, 4.0), "temperature is a float");
-    assert_eq!(w.timestamp, 1_740_820_542_500_000);
+    assert_eq!(w.timestamp, EventTime(1_740_820_542_500_000));
 
     let emergency = format!(
         r#"{{"id": "{UUID}", "deviceId": "d", "incidentId": "{}", "incident": "None", "timestamp": "2025-03-01T10:15:42.000001", "location": [52.1, -1.2], "status": "Resolved", "description": "Description of the incident"}}"#,
@@ -149,7 +149,7 @@ fn refuses_invalid_utf8() {
 fn refuses_implausible_event_times_naming_the_bound() {
     let v = vehicle();
     let now = 1_795_000_000_000_000; // 2026-11-18
-    let opts = DecodeOptions { not_after: now + 86_400_000_000, ..DecodeOptions::default() };
+    let opts = DecodeOptions { not_after: EventTime(now + 86_400_000_000), ..DecodeOptions::default() };
     let at = |ts: &str| decode(Stream::Vehicle, v.replace("2025-03-01T10:15:42.123456", ts).as_bytes(), &opts);
     assert!(at("2026-11-18T00:00:00").is_ok(), "within a day ahead is fine");
     for far in ["2099-01-01T00:00:00", "9999-12-31T23:59:59.999999", "2026-11-21T00:00:00Z"] {
@@ -201,7 +201,7 @@ pub(crate) fn corpus() -> Vec<CorpusCase> {
 #[test]
 fn corpus_cases_are_refused_with_their_reason() {
     let cases = corpus();
-    let opts = DecodeOptions { max_value_bytes: CORPUS_MAX_VALUE_BYTES, not_after: 1_795_000_000_000_000, ..DecodeOptions::default() };
+    let opts = DecodeOptions { max_value_bytes: CORPUS_MAX_VALUE_BYTES, not_after: EventTime(1_795_000_000_000_000), ..DecodeOptions::default() };
     let mut classes = std::collections::BTreeSet::new();
     for c in &cases {
         let e = decode(c.stream, &c.value, &opts).expect_err(&c.file);
@@ -260,7 +260,7 @@ fn borrowed_decoding_agrees_with_owned_decoding_and_borrows_plain_strings() {
         assert_eq!(owned, borrowed, "{stream}: {}", String::from_utf8_lossy(bytes));
         owned.is_ok()
     };
-    let corpus_opts = DecodeOptions { max_value_bytes: CORPUS_MAX_VALUE_BYTES, not_after: 1_795_000_000_000_000, ..opts };
+    let corpus_opts = DecodeOptions { max_value_bytes: CORPUS_MAX_VALUE_BYTES, not_after: EventTime(1_795_000_000_000_000), ..opts };
     for c in corpus() {
         assert!(!same(c.stream, &c.value, &corpus_opts), "{}", c.file);
     }

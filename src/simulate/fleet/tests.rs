@@ -6,11 +6,11 @@ use crate::contract::{DecodeOptions, decode};
 #[test]
 fn steps_follow_the_original_semantics() {
     let mut fleet = Fleet::new(FleetConfig { vehicles: 3, ..FleetConfig::default() });
-    let mut last = [0i64; 3];
+    let mut last = [EventTime::UNIX_EPOCH; 3];
     for i in 0..300 {
         let step = fleet.step();
         let t = step[0].event_time;
-        let advance = t - if last[i % 3] == 0 { fleet.config().start } else { last[i % 3] };
+        let advance = t - if last[i % 3] == EventTime::UNIX_EPOCH { fleet.config().start } else { last[i % 3] };
         assert!((29 * MICROS_PER_SEC..=61 * MICROS_PER_SEC).contains(&advance), "event time advances 30–60 s a step");
         last[i % 3] = t;
         for (rec, stream) in step.iter().zip(Stream::ALL) {
@@ -80,7 +80,7 @@ fn original_model_has_one_clock_per_device() {
     // the next device's clock is behind the previous one's.
     let differing = (0..100).filter(|&k| advances[0][k] != advances[1][k] || advances[1][k] != advances[2][k]).count();
     assert!(differing > 90, "{differing} of 100 rounds");
-    let spread = clocks.iter().max().unwrap() - clocks.iter().min().unwrap();
+    let spread = *clocks.iter().max().unwrap() - *clocks.iter().min().unwrap();
     assert_eq!(spread, PINNED_ORIGINAL_SPREAD_S * MICROS_PER_SEC);
     assert!(backwards > 50, "{backwards} of 300 steps went back in event time");
     // ~45 s per step of a device, so with 3 devices a one-minute epoch holds ~1–2 steps per device.
@@ -91,8 +91,8 @@ fn original_model_has_one_clock_per_device() {
     // The fleet model, for contrast: all vehicles of a round stamp within one second.
     let mut fleet = Fleet::new(FleetConfig { vehicles: 3, ..FleetConfig::default() });
     for _ in 0..100 {
-        let round: Vec<Micros> = (0..3).map(|_| fleet.step()[0].event_time).collect();
-        assert!(round.iter().max().unwrap() - round.iter().min().unwrap() < MICROS_PER_SEC, "{round:?}");
+        let round: Vec<EventTime> = (0..3).map(|_| fleet.step()[0].event_time).collect();
+        assert!(*round.iter().max().unwrap() - *round.iter().min().unwrap() < MICROS_PER_SEC, "{round:?}");
     }
 }
 
@@ -110,7 +110,7 @@ fn same_seed_same_records() {
 }
 
 // Pinned outputs; see the tests that use them.
-const PINNED_FIRST_EVENT_TIME: Micros = 1_740_816_055_824_591; // 2025-03-01T08:00:55.824591
+const PINNED_FIRST_EVENT_TIME: EventTime = EventTime(1_740_816_055_824_591); // 2025-03-01T08:00:55.824591
 const PINNED_DIGEST: u64 = 0x7b24_2f00_4d4b_e31b;
 const PINNED_DEFAULT_DIGEST: u64 = 0xf27f_c1ce_0f4b_7b43;
 // Devices 0, 1, 2, then 0 again: +60 s, +59 s, +44 s, then device 0 +39 s on its own clock.
@@ -133,7 +133,7 @@ fn digest(fleet: &mut Fleet, steps: usize) -> u64 {
             eat(rec.stream.name().as_bytes());
             eat(rec.key.as_bytes());
             eat(&rec.value);
-            eat(&rec.event_time.to_le_bytes());
+            eat(&rec.event_time.micros().to_le_bytes());
             eat(rec.injected.map(Injected::header_value).unwrap_or_default().as_bytes());
         }
     }

@@ -31,7 +31,7 @@ fn chunk(epoch: Epoch, first: i64, rows: i64) -> Chunk {
         let record = decode(DataStream::Gps, value.as_bytes(), &DecodeOptions::default()).unwrap();
         b.append(&record, Some(Provenance { partition: 0, offset, late: false }));
     }
-    let hour = start - start.rem_euclid(HOUR);
+    let hour = start.floor(HOUR);
     Chunk { key: FileKey { stream: DataStream::Gps, kind: FileKind::Data, hour }, epoch, batch: b.finish().unwrap(), partitions: vec![0] }
 }
 

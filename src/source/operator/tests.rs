@@ -10,15 +10,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
 use crate::contract::timestamp::{MICROS_PER_SEC, format_naive};
-use crate::contract::{Micros, Stream as DataStream};
+use crate::contract::{EventTime, Stream as DataStream};
 use crate::epoch::EpochClock;
 use crate::error::{ErrorClass, PipelineError};
 use crate::ownership::Offset;
 use crate::ownership::PartitionId;
 use crate::source::{Event, Progress};
 
-const WINDOW: Micros = 60 * MICROS_PER_SEC;
-const START: Micros = 1_740_823_200 * MICROS_PER_SEC; // 2025-03-01T10:00:00Z
+const WINDOW: i64 = 60 * MICROS_PER_SEC;
+const START: EventTime = EventTime(1_740_823_200 * MICROS_PER_SEC); // 2025-03-01T10:00:00Z
 
 /// Two partitions read at the same pace in records: `sparse` advances one epoch per record,
 /// `dense` one epoch per 20 records. Holds back what the source asks to, and records the
@@ -34,7 +34,7 @@ impl Uneven {
     fn id(i: usize) -> PartitionId {
         PartitionId { stream: DataStream::Gps, partition: i as i32 }
     }
-    fn time(i: usize, offset: i64) -> Micros {
+    fn time(i: usize, offset: i64) -> EventTime {
         START + offset * if i == 0 { WINDOW } else { WINDOW / 20 }
     }
     /// The GPS record at `offset` of partition `i`.
@@ -220,7 +220,7 @@ fn a_worker_that_finishes_early_does_not_hold_back_the_others() {
 }
 
 /// A GPS record of partition `partition` at `offset`, at event time `time`.
-fn gps(partition: i32, offset: i64, time: Micros) -> String {
+fn gps(partition: i32, offset: i64, time: EventTime) -> String {
     format!(
         r#"{{"id": "{partition:08x}-0000-4000-8000-{offset:012x}", "deviceId": "v-{partition}", "timestamp": "{}", "speed": 50.0, "direction": "North", "vehicleType": "private"}}"#,
         format_naive(time)
@@ -232,12 +232,12 @@ fn gps_id(partition: i32) -> PartitionId {
 }
 
 /// Twenty records an epoch.
-fn dense(offset: i64) -> Micros {
+fn dense(offset: i64) -> EventTime {
     START + offset * (WINDOW / 20)
 }
 
 /// One epoch a record.
-fn sparse(offset: i64) -> Micros {
+fn sparse(offset: i64) -> EventTime {
     START + offset * WINDOW
 }
 
@@ -248,7 +248,7 @@ fn sparse(offset: i64) -> Micros {
 /// after `heals_after` of silence. Reports its progress as the Kafka reader does.
 struct Stalling {
     partition: i32,
-    time: fn(i64) -> Micros,
+    time: fn(i64) -> EventTime,
     next: i64,
     records: i64,
     silent_at: i64,
@@ -309,7 +309,7 @@ impl Reader for Stalling {
 /// One partition read at a steady pace: up to 8 records every 5 ms, then its end.
 struct Paced {
     partition: i32,
-    time: fn(i64) -> Micros,
+    time: fn(i64) -> EventTime,
     next: i64,
     records: i64,
     last: Instant,
@@ -366,7 +366,7 @@ fn run_two(stop_at: usize, reader: impl Fn(usize) -> (Option<i64>, Box<dyn Reade
 }
 
 /// Twenty records an epoch, and a jump of five epochs at offset 100.
-fn dense_then_jump(offset: i64) -> Micros {
+fn dense_then_jump(offset: i64) -> EventTime {
     dense(offset) + if offset >= 100 { 5 * WINDOW } else { 0 }
 }
 
