@@ -113,7 +113,7 @@ fn partition_end(values: &std::collections::HashMap<String, Option<String>>) -> 
 
 /// Compacts one table: per sealed partition, its files under half the target size, packed
 /// into groups of at most the target size, each group one new file; the groups' Remove + Add
-/// actions are committed together, many partitions per commit (see [`Pending`]).
+/// actions are committed together, many partitions per commit (see `Pending`).
 pub async fn compact_table(lake: &Lake, table: Table, mut t: DeltaTable, opts: &CompactOptions) -> Result<CompactReport, CompactError> {
     let name = table.name();
     let delta = |source| CompactError::Delta { table: name, source };

@@ -2,10 +2,10 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`metrics`] | every exported metric, registered once per process, and the events that update them |
+//! | [`metrics`](mod@metrics) | every exported metric, registered once per process, and the events that update them |
 //! | [`source`] | a source's own metric handles (per worker, no lookup per record) |
 //! | [`process`] | the process collector (`process_cpu_seconds_total`, `process_resident_memory_bytes`, …) |
-//! | [`health`] | worker heartbeats and readiness, for `/healthz` and `/readyz` |
+//! | [`health`](mod@health) | worker heartbeats and readiness, for `/healthz` and `/readyz` |
 //! | [`http`] | the `--metrics-addr` endpoint, on a thread of its own |
 //! | [`logs`] | `--log-format text|json`, colour only on a terminal, the store-retry counter |
 //! | [`progress`] | progress bars on a terminal, periodic lines elsewhere |
