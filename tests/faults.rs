@@ -375,7 +375,7 @@ fn committed_rows_in(output: &str) -> Option<u64> {
 
 #[test]
 fn a_live_cluster_reads_every_partition_through_kafka_and_s3_outages() {
-    // The scenario of issue 18: a live 2-process cluster (no --until-caught-up) writing to S3;
+    // A live 2-process cluster (no --until-caught-up) writing to S3;
     // Kafka restarted while its partitions are caught up; a batch a day later; S3 stopped while
     // a batch a day earlier arrives. Every partition must be read to its end by the running
     // cluster — a client that stops fetching is found by the stall guard and re-created — and

@@ -359,13 +359,13 @@ impl SourceState {
             let id = p.clock.id();
             if held != p.held {
                 p.held = held;
-                tracing::debug!(worker = self.worker, partition = %id, held, epoch = p.clock.epoch().get(), least_active = ?view.global_active, "read-ahead bound");
+                tracing::debug!(worker = self.worker, partition = %id, held, epoch = p.clock.epoch().get(), least_active = view.global_active.map(Epoch::get), "read-ahead bound");
                 self.reader.hold(id, held);
                 if held {
                     self.holds += 1;
                     p.held_since = Some((Instant::now(), false));
                 } else if let Some((since, true)) = p.held_since.take() {
-                    tracing::info!(worker = self.worker, partition = %id, after = ?since.elapsed(), epoch = p.clock.epoch().get(), least_active = ?view.global_active, "read-ahead hold released");
+                    tracing::info!(worker = self.worker, partition = %id, after = ?since.elapsed(), epoch = p.clock.epoch().get(), least_active = view.global_active.map(Epoch::get), "read-ahead hold released");
                 }
             } else if let Some((since, reported @ false)) = p.held_since.as_mut()
                 && since.elapsed() >= HOLD_REPORTED_AFTER
@@ -375,7 +375,7 @@ impl SourceState {
                     worker = self.worker,
                     partition = %id,
                     epoch = p.clock.epoch().get(),
-                    least_active = ?view.global_active,
+                    least_active = view.global_active.map(Epoch::get),
                     least_active_worker = ?view.least_active_worker,
                     bound = READ_AHEAD_EPOCHS,
                     holds_so_far = self.holds,
@@ -411,7 +411,7 @@ impl SourceState {
                         recoveries = s.recoveries,
                         held = false,
                         epoch = epoch.map(Epoch::get),
-                        least_active = ?view.global_active,
+                        least_active = view.global_active.map(Epoch::get),
                         holding_back,
                         client = %self.reader.describe(id),
                         "partition stalled: the broker holds records beyond its position, none arrived; re-creating the Kafka client at its next offset"
