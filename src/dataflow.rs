@@ -44,7 +44,7 @@ use crate::source::operator::{Reclock, SourceSpec};
 /// Which object of an epoch rows belong to: one per (stream, kind, hour) per process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct FileKey {
-    /// The stream.
+    /// The stream whose rows the object holds.
     pub stream: Stream,
     /// On-time data, late data or dead letters.
     pub kind: FileKind,
@@ -56,7 +56,7 @@ pub struct FileKey {
 /// Rows on their way to the lake: an Arrow batch of one object of one epoch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
-    /// The object.
+    /// The object the rows go into.
     pub key: FileKey,
     /// The epoch that commits the rows (also the chunk's timely time).
     pub epoch: Epoch,
@@ -115,7 +115,7 @@ pub enum Report {
     },
     /// The objects of one commit, durable, at the first epoch they hold.
     Files {
-        /// The objects.
+        /// Every object of the commit this sink wrote, each durable.
         files: Vec<FileEntry>,
         /// Wall clock (µs since the Unix epoch) when the sink saw the frontier pass the first
         /// epoch.
@@ -128,7 +128,7 @@ pub enum Report {
         from: Epoch,
         /// Last epoch they are valid for.
         to: Option<Epoch>,
-        /// The states.
+        /// One state per partition of the worker.
         states: Vec<ResumeState>,
     },
 }
@@ -136,7 +136,7 @@ pub enum Report {
 /// A worker's view of its partitions, for idle partitions elsewhere to follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Announce {
-    /// The worker.
+    /// The announcing worker's index.
     pub worker: usize,
     /// Increases with every announcement of that worker.
     pub seq: u64,

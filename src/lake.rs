@@ -41,7 +41,7 @@ pub enum LakeError {
     /// The store refused access.
     #[error("cannot use --output {url}: {reason}")]
     Access {
-        /// The output.
+        /// The `--output` URL that was refused.
         url: String,
         /// What went wrong and what to check.
         reason: String,

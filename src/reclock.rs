@@ -47,7 +47,7 @@ pub struct Advance {
 /// What a manifest keeps of a partition: enough to resume it exactly.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResumeState {
-    /// The partition.
+    /// The partition the state belongs to.
     pub id: PartitionId,
     /// Where to resume.
     pub position: Position,
@@ -125,7 +125,7 @@ impl PartitionClock {
         pc
     }
 
-    /// The partition.
+    /// The partition this clock reclocks.
     pub fn id(&self) -> PartitionId {
         self.id
     }

@@ -37,7 +37,7 @@ pub struct RunReport {
     pub garbage_collected: usize,
     /// Wall time, seconds.
     pub seconds: f64,
-    /// The output.
+    /// The `--output` URL written to.
     pub output: String,
     /// First epoch of this run.
     pub first_epoch: Epoch,

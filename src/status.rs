@@ -57,7 +57,7 @@ pub struct LastCommit {
 /// Totals of one stream over every commit.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct StreamTotals {
-    /// The stream.
+    /// The stream's topic name without prefix (`vehicle_data`, …).
     pub stream: String,
     /// On-time rows.
     pub rows: u64,
@@ -74,9 +74,9 @@ pub struct StreamTotals {
 /// A partition's position in the latest manifest and, with `--brokers`, the group's lag.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PartitionStatus {
-    /// The topic.
+    /// The topic, with prefix.
     pub topic: String,
-    /// The partition.
+    /// The Kafka partition number.
     pub partition: i32,
     /// Where a restart resumes (the latest manifest's resume position).
     pub committed_position: i64,
@@ -91,7 +91,7 @@ pub struct PartitionStatus {
 /// What `citystream status` reports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LakeStatus {
-    /// The output.
+    /// The `--output` URL examined.
     pub output: String,
     /// Healthy, empty or broken, with the reason.
     pub health: Health,

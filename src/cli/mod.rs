@@ -31,7 +31,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The subcommands.
+/// The subcommands: `simulate`, `run`, `ddl`, `compact`, `vacuum` and `status`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Simulate the fleet: produce the five telemetry streams into Kafka.

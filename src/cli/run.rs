@@ -132,7 +132,7 @@ pub enum SourceConfig {
     Kafka(KafkaOptions),
     /// The in-process simulator.
     Embedded {
-        /// The fleet.
+        /// The simulated fleet whose records the embedded source generates.
         fleet: FleetConfig,
         /// Virtual partitions per stream.
         partitions: i32,
@@ -150,9 +150,9 @@ pub struct RunConfig {
     pub process: usize,
     /// host:port of every process (empty for one process).
     pub addresses: Vec<String>,
-    /// The source.
+    /// Where records come from: Kafka or the embedded simulator.
     pub source: SourceConfig,
-    /// The output.
+    /// The `--output` URL (local directory, `s3://` or `memory://`).
     pub output: String,
     /// Window and lateness.
     pub clock: EpochClock,

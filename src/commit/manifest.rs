@@ -115,7 +115,7 @@ pub enum ManifestError {
     Conflict {
         /// The contested sequence number.
         sequence: u64,
-        /// The output.
+        /// The `--output` URL both clusters write to.
         url: String,
     },
     /// The manifest is unreadable.

@@ -82,7 +82,7 @@ record!(
     VehicleRecord {
         /// Record UUID.
         "id" id: S,
-        /// The vehicle.
+        /// The vehicle's id (`deviceId`; the Kafka key in the fleet model).
         "deviceId" device_id: S,
         /// Event time.
         #[serde(serialize_with = "serialize_naive")]
@@ -109,7 +109,7 @@ record!(
     GpsRecord {
         /// Record UUID.
         "id" id: S,
-        /// The vehicle.
+        /// The vehicle's id (`deviceId`).
         "deviceId" device_id: S,
         /// Event time.
         #[serde(serialize_with = "serialize_naive")]
@@ -130,7 +130,7 @@ record!(
         "id" id: S,
         /// The vehicle that passed.
         "deviceId" device_id: S,
-        /// The camera.
+        /// The camera's id.
         "cameraId" camera_id: S,
         /// Where the camera is.
         "location" location: Location,

@@ -47,7 +47,7 @@ pub struct CompactOptions {
 /// What compaction did to one table.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CompactReport {
-    /// The table.
+    /// The table's path under the output (`<stream>` or `_dead_letter/<stream>`).
     pub table: String,
     /// Active files before.
     pub files_before: usize,
@@ -67,16 +67,16 @@ pub enum CompactError {
     /// A Delta operation failed.
     #[error("compacting {table}: {source}")]
     Delta {
-        /// The table.
+        /// The table's path under the output.
         table: &'static str,
-        /// The cause.
+        /// The Delta error.
         #[source]
         source: DeltaTableError,
     },
     /// Reading or writing a file failed.
     #[error("compacting {table}: {message}")]
     File {
-        /// The table.
+        /// The table's path under the output.
         table: &'static str,
         /// What failed.
         message: String,

@@ -43,9 +43,9 @@ pub enum PublishError {
     /// A Delta operation failed for longer than the lake's retry budget.
     #[error("publishing manifest {sequence} to the Delta table {table}: {source}")]
     Delta {
-        /// The table.
+        /// The table's path under the output.
         table: &'static str,
-        /// The manifest.
+        /// Sequence number of the manifest being published.
         sequence: u64,
         /// What failed last.
         #[source]
@@ -54,7 +54,7 @@ pub enum PublishError {
     /// A manifest the table lacks could not be read from the chain.
     #[error("reading manifest {sequence} to republish it: {source}")]
     Manifest {
-        /// The manifest.
+        /// Sequence number of the manifest that could not be read.
         sequence: u64,
         /// Why.
         #[source]

@@ -35,7 +35,7 @@ pub const MIN_SAFE_RETENTION: Duration = Duration::from_secs(3600);
 /// What vacuum did to one table.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct VacuumReport {
-    /// The table.
+    /// The table's path under the output (`<stream>` or `_dead_letter/<stream>`).
     pub table: String,
     /// Files deleted (or, with `--dry-run`, that would be).
     pub deleted: Vec<String>,
@@ -49,18 +49,18 @@ pub enum VacuumError {
     /// A Delta operation failed.
     #[error("vacuuming {table}: {source}")]
     Delta {
-        /// The table.
+        /// The table's path under the output.
         table: &'static str,
-        /// The cause.
+        /// The Delta error.
         #[source]
         source: DeltaTableError,
     },
     /// The store failed.
     #[error("vacuuming {table}: {source}")]
     Store {
-        /// The table.
+        /// The table's path under the output.
         table: &'static str,
-        /// The cause.
+        /// The store error.
         #[source]
         source: object_store::Error,
     },

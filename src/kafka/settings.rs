@@ -140,9 +140,9 @@ pub fn parse_kafka_option(s: &str) -> Result<KafkaOption, String> {
 /// SASL settings of a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaslSettings {
-    /// The mechanism.
+    /// How the client authenticates (SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN).
     pub mechanism: SaslMechanism,
-    /// The user.
+    /// The SASL user name.
     pub username: String,
     /// The password (from the environment only).
     pub password: Secret,

@@ -204,7 +204,8 @@ impl Fleet {
         Fleet { rng: Rng::new(cfg.seed), clock: cfg.start, cfg, vehicles, turn: 0 }
     }
 
-    /// The configuration.
+    /// The fleet's configuration: vehicles, seed, start, route, time model, key mode and the
+    /// fractions of late and malformed records.
     pub fn config(&self) -> &FleetConfig {
         &self.cfg
     }

@@ -32,7 +32,7 @@ pub enum SimulateError {
     /// A topic could not be created.
     #[error("cannot create topic {topic}: {reason}")]
     CreateTopic {
-        /// The topic.
+        /// The topic (with prefix) that the broker refused to create.
         topic: String,
         /// Why.
         reason: String,

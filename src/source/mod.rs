@@ -19,7 +19,7 @@ use crate::ownership::{Offset, PartitionId};
 pub enum Event<'a> {
     /// A record at `offset` of partition `id`.
     Record {
-        /// The partition.
+        /// The partition the record was read from.
         id: PartitionId,
         /// Its offset.
         offset: Offset,
@@ -28,7 +28,7 @@ pub enum Event<'a> {
     },
     /// Partition `id` is caught up: it has no record after the last one delivered.
     Caught {
-        /// The partition.
+        /// The partition that reached its end.
         id: PartitionId,
     },
 }
@@ -70,7 +70,7 @@ pub trait Reader {
 /// One partition's reading position against the end of the partition on the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    /// The partition.
+    /// The partition measured.
     pub id: PartitionId,
     /// The next offset the reader will deliver: one past the last record it delivered, or past
     /// the transaction markers after it.
