@@ -74,36 +74,6 @@ fn run_logged(dir: &Path, name: &str, cmd: &mut Command, limit: Duration) -> (Ex
     (status, std::fs::read_to_string(&out).unwrap_or_default(), std::fs::read_to_string(&err).unwrap_or_default())
 }
 
-/// Records in the five topics of `prefix` (fresh topics: the sum of their end offsets).
-fn kafka_records(prefix: &str) -> u64 {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let client: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
-    let metadata = client.fetch_metadata(None, Duration::from_secs(30)).unwrap();
-    let mut total = 0;
-    let mut partitions = 0;
-    for t in metadata.topics().iter().filter(|t| t.name().starts_with(prefix)) {
-        for p in t.partitions() {
-            let (low, high) = client.fetch_watermarks(t.name(), p.id(), Duration::from_secs(30)).unwrap();
-            total += (high - low) as u64;
-            partitions += 1;
-        }
-    }
-    assert_eq!(partitions, 10, "five topics of two partitions");
-    total
-}
-
-/// Rows per table (top folder: a stream or `_dead_letter`) of every object the manifests commit.
-fn manifest_rows(lake: &Path) -> std::collections::BTreeMap<String, u64> {
-    let mut rows = std::collections::BTreeMap::new();
-    for m in manifests(lake) {
-        for f in m["files"].as_array().cloned().unwrap_or_default() {
-            let top = f["path"].as_str().unwrap().split('/').next().unwrap().to_string();
-            *rows.entry(top).or_insert(0) += f["rows"].as_u64().unwrap();
-        }
-    }
-    rows
-}
-
 #[test]
 fn spark_with_delta_spark_reads_every_table_of_a_finished_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -134,10 +104,10 @@ fn spark_with_delta_spark_reads_every_table_of_a_finished_run() {
     producer.kill9();
     // A produce request the broker received before the kill may still be appended: count until
     // two reads a second apart agree.
-    let mut total = kafka_records(&prefix);
+    let mut total = kafka_records(&prefix, 10);
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        let again = kafka_records(&prefix);
+        let again = kafka_records(&prefix, 10);
         if again == total {
             break;
         }
@@ -150,7 +120,7 @@ fn spark_with_delta_spark_reads_every_table_of_a_finished_run() {
     let check = lake_check(&output, &prefix, total);
     eprintln!("lake check: {check:?}");
     assert!(check.late_rows > 0 && check.dead_letters > 0, "the run must hold late rows and dead letters: {check:?}");
-    let committed = manifest_rows(&lake);
+    let committed = committed_rows_by_table(&lake);
     assert_eq!(committed.values().sum::<u64>(), check.kafka_records, "{committed:?}");
 
     // A compaction, as an operator runs it hourly: Spark then also reads `remove` actions and

@@ -214,14 +214,41 @@ pub fn log_count(p: &Proc, needle: &str) -> usize {
     p.output().matches(needle).count()
 }
 
+/// Records held by the `partitions` partitions of the topics named `prefix…` (the sum of each
+/// partition's high − low watermark); asserts that there are exactly that many partitions.
+pub fn kafka_records(prefix: &str, partitions: usize) -> u64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let metadata = client.fetch_metadata(None, Duration::from_secs(30)).unwrap();
+    let mut total = 0;
+    let mut seen = 0;
+    for t in metadata.topics().iter().filter(|t| t.name().starts_with(prefix)) {
+        for p in t.partitions() {
+            let (low, high) = client.fetch_watermarks(t.name(), p.id(), Duration::from_secs(30)).unwrap();
+            total += (high - low) as u64;
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, partitions, "partitions of the topics {prefix}*");
+    total
+}
+
 /// Rows committed so far in a local output (every commit manifest's files).
 pub fn committed_rows(dir: &Path) -> u64 {
-    manifests(dir)
-        .iter()
-        .filter(|m| m["kind"] == "commit")
-        .flat_map(|m| m["files"].as_array().cloned().unwrap_or_default())
-        .map(|f| f["rows"].as_u64().unwrap())
-        .sum()
+    committed_rows_by_table(dir).values().sum()
+}
+
+/// Rows committed so far in a local output, per table (the object path's top folder: a stream,
+/// or `_dead_letter`).
+pub fn committed_rows_by_table(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    let mut rows = std::collections::BTreeMap::new();
+    for m in manifests(dir).iter().filter(|m| m["kind"] == "commit") {
+        for f in m["files"].as_array().cloned().unwrap_or_default() {
+            let table = f["path"].as_str().unwrap().split('/').next().unwrap().to_owned();
+            *rows.entry(table).or_insert(0) += f["rows"].as_u64().unwrap();
+        }
+    }
+    rows
 }
 
 /// scripts/services.sh of this repository. It acts on the services `scripts/with-services.sh`
