@@ -18,6 +18,10 @@
 //!   embedded Arrow schema), with the uniform settings citystream used before (a dictionary
 //!   and zstd for every column; with snappy; uncompressed), and as one file per stream: what
 //!   each setting costs per record and in output bytes, for tuning `sink::encode`.
+//! - `timestamp/<parser>`: the event time of every record of the five corpora, as the producer
+//!   formats it, parsed by citystream's hand-written parser (`contract::timestamp::parse_timestamp`)
+//!   and by chrono's (`NaiveDateTime::parse_from_str`, `%Y-%m-%dT%H:%M:%S%.f`): whether the
+//!   hand-written one earns its keep.
 //! - `route/all`: reclocking, `PartitionClock::observe` per record (event time → epoch,
 //!   on time or late), over one partition holding all five streams' event times.
 //!
@@ -38,6 +42,7 @@ use std::time::Duration;
 use arrow::datatypes::{Field, Schema};
 use arrow::record_batch::RecordBatch;
 use citystream::contract::schema::{BatchBuilder, Provenance, schema};
+use citystream::contract::timestamp::{format_naive, parse_timestamp};
 use citystream::contract::{DecodeOptions, Record, Stream, decode, decode_borrowed};
 use citystream::epoch::{Epoch, EpochClock};
 use citystream::ownership::{Offset, PartitionId};
@@ -330,6 +335,25 @@ fn bench_all(c: &mut Criterion<ThreadCpu>, corpora: &[Corpus]) {
         })
     });
     g.finish();
+
+    let stamps: Vec<String> = corpora.iter().flat_map(|k| k.records.iter().map(|r| format_naive(r.timestamp()).to_string())).collect();
+    let mut g = c.benchmark_group("timestamp");
+    g.throughput(Throughput::Elements(stamps.len() as u64));
+    g.bench_function(BenchmarkId::from_parameter("citystream"), |b| {
+        b.iter(|| {
+            for s in &stamps {
+                black_box(parse_timestamp(black_box(s), 0).is_ok());
+            }
+        })
+    });
+    g.bench_function(BenchmarkId::from_parameter("chrono"), |b| {
+        b.iter(|| {
+            for s in &stamps {
+                black_box(chrono::NaiveDateTime::parse_from_str(black_box(s), "%Y-%m-%dT%H:%M:%S%.f").is_ok());
+            }
+        })
+    });
+    g.finish();
 }
 
 fn target_dir() -> PathBuf {
@@ -364,6 +388,9 @@ fn summary(corpora: &[Corpus], per_stream: usize) {
         row("parquet_variants", name, all_records, all_bytes);
     }
     row("route", "all", n, all_bytes);
+    for parser in ["citystream", "chrono"] {
+        row("timestamp", parser, all_records, 0);
+    }
     let variant_bytes: std::collections::BTreeMap<&str, usize> = OUTPUT_BYTES.with(|o| o.borrow().iter().copied().collect());
     println!("\nparquet_variants output bytes: {variant_bytes:?}");
     let report = serde_json::json!({

@@ -284,6 +284,48 @@ mod tests {
         assert!(parse_timestamp("éééééééééééééééééééé", 0).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+
+        /// chrono's parser is the reference. On the producer's shape with any date and time (valid
+        /// or not: month 0–13, day 0–32, hour 0–24, minute 0–60), a fraction of 0–9 digits and no
+        /// zone, `Z` or any `±hh:mm` (hh 0–24, mm 0–60), both accept or both refuse, and agree on
+        /// the instant (a naive time taken at `naive_offset` east of UTC).
+        #[test]
+        fn agrees_with_chrono(
+            y in 1i64..=9999, mo in 0u32..=13, d in 0u32..=32, h in 0u32..=24, mi in 0u32..=60, s in 0u32..=59,
+            frac in proptest::option::of(proptest::collection::vec(0u8..=9, 1..=9)),
+            zone in proptest::option::of((proptest::bool::ANY, proptest::bool::ANY, 0u32..=24, 0u32..=60)),
+            naive_offset in -43_200i32..=50_400,
+        ) {
+            let frac = frac.map_or(String::new(), |f| format!(".{}", f.iter().map(|d| char::from(b'0' + d)).collect::<String>()));
+            let zone_text = match zone {
+                None => String::new(),
+                Some((true, ..)) => "Z".to_owned(),
+                Some((false, minus, zh, zm)) => format!("{}{zh:02}:{zm:02}", if minus { '-' } else { '+' }),
+            };
+            let text = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{zone_text}");
+            let reference = match zone {
+                None => chrono::NaiveDateTime::parse_from_str(&text, "%Y-%m-%dT%H:%M:%S%.f")
+                    .ok()
+                    .map(|t| t.and_utc().timestamp_micros() - i64::from(naive_offset) * MICROS_PER_SEC),
+                Some(_) => chrono::DateTime::parse_from_rfc3339(&text).ok().map(|t| t.timestamp_micros()),
+            };
+            let ours = parse_timestamp(&text, naive_offset).ok().map(EventTime::micros);
+            proptest::prop_assert_eq!(ours, reference, "{}", text);
+        }
+
+        /// Whatever the bytes, the parser returns (never panics), and what it accepts it prints
+        /// back, as the producer would, to the same instant.
+        #[test]
+        fn never_panics_and_round_trips(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..48)) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(t) = parse_timestamp(&text, 0) {
+                proptest::prop_assert_eq!(parse_timestamp(&format_naive(t).to_string(), 0), Ok(t));
+            }
+        }
+    }
+
     #[test]
     fn civil_round_trip() {
         for days in [-719_162, -1, 0, 1, 10_957, 20_000, 2_932_896] {
