@@ -20,12 +20,13 @@ import argparse
 import datetime as dt
 import json
 import os
+import time
 
 import deltalake
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 import lakeio
 
@@ -41,6 +42,24 @@ INT_FIELDS = {"year", "humidity"}
 STR_FIELDS = {"id", "deviceId", "direction", "maker", "model", "fueltype", "vehicleType", "cameraId", "snapshot", "weatherCondition", "incidentId", "incident", "status", "description"}
 
 
+# What a broker answers while it is starting or taking back the leadership of its partitions
+# (the fault suite restarts it just before checking): worth asking again.
+TRANSIENT = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
+             KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN}
+
+
+def watermarks(c, tp, timeout_s=120):
+    """The partition's (low, high) offsets, asking again while the broker's answer is transient."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        try:
+            return c.get_watermark_offsets(tp, timeout=30)
+        except KafkaException as e:
+            if e.args[0].code() not in TRANSIENT or time.monotonic() > give_up:
+                raise
+            time.sleep(0.5)
+
+
 def read_kafka(brokers, prefix, timeout_s=120):
     """Every record of the five topics, keyed by (topic, partition, offset); all partitions at once."""
     c = Consumer({"bootstrap.servers": brokers, "group.id": "lake-check", "enable.auto.commit": False, "enable.partition.eof": False,
@@ -53,7 +72,7 @@ def read_kafka(brokers, prefix, timeout_s=120):
             topic = prefix + s
             md = c.list_topics(topic, timeout=30)
             for p in md.topics[topic].partitions:
-                low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+                low, high = watermarks(c, TopicPartition(topic, p))
                 if high > low:
                     ends[(topic, p)] = high
                     assign.append(TopicPartition(topic, p, low))
@@ -67,6 +86,8 @@ def read_kafka(brokers, prefix, timeout_s=120):
                 raise SystemExit(f"timeout reading {sorted(ends)[:5]} ...")
             for m in batch:
                 if m.error():
+                    if m.error().code() in TRANSIENT:
+                        continue  # the client retries by itself; the deadline above bounds it
                     raise SystemExit(f"kafka error on {m.topic()}/{m.partition()}: {m.error()}")
                 records[(m.topic(), m.partition(), m.offset())] = m.value() or b""
                 key = (m.topic(), m.partition())
