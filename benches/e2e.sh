@@ -31,6 +31,7 @@
 #        hostfile), each into a fresh local directory; and -w 2 with the fetch back-off lifted
 #        (information for tuning src/, not counted as a configuration);
 #      - citystream run -w 2 --until-caught-up over the original model's topics;
+#      - for both models, -w 2 again with --aggregates none: what the aggregate tables cost;
 #      - with --baseline-bin: the baseline binary's -w 2 over each model's topics, right after
 #        the current binary's run over the same topics;
 #      - spark: benches/spark/city_job.py (pyspark from PyPI, the spark-sql-kafka-0-10 jars
@@ -225,9 +226,11 @@ measure_run() { # NAME BINARY PREFIX RUN-FLAGS...: `BINARY run RUN-FLAGS…` ove
     mapfile -t args <<<"$(citystream_args "$WORK/out/$name" "e2e-$RUN_ID-$name" "$prefix")"
     measure "$name" "$bin" run "$@" "${args[@]}"
 }
-# Per time model: the current binary's -w 2, then the baseline's over the same topics.
+# Per time model: the current binary's -w 2 (aggregate tables on, the default), the same with
+# --aggregates none (their cost, in the same run), then the baseline's over the same topics.
 per_model() { # NAME-SUFFIX PREFIX
     measure_run "citystream-w2$1" "$BIN" "$2" -w 2
+    measure_run "citystream-w2-noagg$1" "$BIN" "$2" -w 2 --aggregates none
     if [[ -n $BASELINE_BIN ]]; then measure_run "baseline-w2$1" "$BASELINE_BIN" "$2" -w 2; fi
 }
 if ((MODELS_ONLY == 0)); then measure_run citystream-w1 "$BIN" "$PREFIX" -w 1; fi
@@ -285,17 +288,21 @@ def tree_bytes(d):
 def lake_objects(d):
     """Objects (data, late and dead-letter Parquet files) and their bytes, from the manifests."""
     objects = object_bytes = manifests = 0
+    aggregate_files = 0
     for path in glob.glob(os.path.join(d, "_manifests", "*.json")):
         with open(path) as f:
             m = json.load(f)
         manifests += 1
         for entry in m.get("files", []):
+            if entry["kind"] == "aggregate":
+                aggregate_files += 1
+                continue
             objects += 1
             object_bytes += entry["bytes"]
-    parquet = sum(1 for root, _, files in os.walk(d) if "_delta_log" not in root for f in files if f.endswith(".parquet"))
+    parquet = sum(1 for root, _, files in os.walk(d) if "_delta_log" not in root and "/agg/" not in root + "/" for f in files if f.endswith(".parquet"))
     if parquet != objects:
         print(f"warning: {d} holds {parquet} Parquet files but its manifests name {objects}", file=sys.stderr)
-    return {"manifests": manifests, "objects": objects, "object_bytes": object_bytes, "parquet_files": parquet}
+    return {"manifests": manifests, "objects": objects, "object_bytes": object_bytes, "parquet_files": parquet, "aggregate_files_written": aggregate_files}
 
 raw = load("raw-consume.result.json") if not models_only else None
 value_bytes = raw["value_bytes"] if raw else None  # of the fleet model's topics
@@ -327,8 +334,10 @@ CITYSTREAM = [
     ("citystream-w2", "citystream -w 2", "fleet", "current"),
     ("citystream-n2w1", "citystream -n 2 × -w 1", "fleet", "current"),
     ("citystream-w2-tuned", "citystream -w 2, fetch back-off lifted", "fleet", "current"),
+    ("citystream-w2-noagg", "citystream -w 2, --aggregates none", "fleet", "current"),
     ("baseline-w2-original", "baseline -w 2, original model", "original", "baseline"),
     ("citystream-w2-original", "citystream -w 2, original model", "original", "current"),
+    ("citystream-w2-noagg-original", "citystream -w 2, original model, --aggregates none", "original", "current"),
 ]
 for name, label, model, binary in CITYSTREAM:
     if not os.path.exists(os.path.join(work, f"{name}.measure.json")):
@@ -359,6 +368,13 @@ by = {r["name"]: r for r in rows}
 ceiling = max((by["raw-consume"], by["raw-consume-tuned"]), key=lambda r: r["records_per_s"]) if raw else None
 ratio_raw = best["records_per_s"] / ceiling["records_per_s"] if ceiling else None
 ratio_spark = best["records_per_s"] / by["spark"]["records_per_s"] if spark else None
+# What the aggregate tables cost: the same -w 2 run with them (the default) over without.
+aggregates_cost = {model: {"records_per_s_ratio_on_over_off": by[on]["records_per_s"] / by[off]["records_per_s"],
+                           "cpu_s_on": by[on]["cpu_s"], "cpu_s_off": by[off]["cpu_s"],
+                           "peak_rss_mib_on": by[on]["peak_rss_process_mib"], "peak_rss_mib_off": by[off]["peak_rss_process_mib"]}
+                   for model, on, off in (("fleet", "citystream-w2", "citystream-w2-noagg"),
+                                          ("original", "citystream-w2-original", "citystream-w2-noagg-original"))
+                   if on in by and off in by}
 
 # The objects table: every citystream run, per model, baseline (before) then current (after).
 PER_MODEL_KEYS = ["objects", "objects_per_1k_records", "mean_object_bytes", "object_bytes", "disk_bytes", "output_bytes",
@@ -378,6 +394,7 @@ report = {
     "commit": commit, "best_citystream": best["name"], "raw_ceiling": ceiling["name"] if ceiling else None, "results": rows,
     "per_model": per_model,
     "ratio_citystream_over_spark": ratio_spark, "ratio_citystream_over_raw_consume": ratio_raw,
+    "aggregates_cost": aggregates_cost,
     "work_dir": work,
 }
 with open(out_path, "w") as f:
@@ -398,6 +415,9 @@ print(f"|{'-' * 10}|{'-' * 10}|{'-' * 24}|{'-' * 10}:|{'-' * 19}:|{'-' * 14}:|{'
 for r in per_model:
     print(f"| {r['model']:<8} | {r['binary']:<8} | {r['name']:<22} | {r['objects']:>9,} | {r['objects_per_1k_records']:>18,.1f} "
           f"| {r['mean_object_bytes']:>13,.0f} | {r['disk_bytes'] / 1e6:>10.1f} | {r['records_per_s']:>10,.0f} | {r['peak_rss_process_mib']:>12.0f} |")
+for model, c in aggregates_cost.items():
+    print(f"aggregate tables, {model} model: records/s on/off = {c['records_per_s_ratio_on_over_off']:.2f}, "
+          f"CPU s {c['cpu_s_on']:.1f} on / {c['cpu_s_off']:.1f} off, peak RSS {c['peak_rss_mib_on']:.0f} / {c['peak_rss_mib_off']:.0f} MiB")
 print(f"\nbest citystream: {best['label']}; raw-consume ceiling: {ceiling['label'] if ceiling else 'n/a (--models-only)'}")
 print(f"wrote {out_path}")
 fmt = lambda x: f"{x:.2f}" if x is not None else "n/a"

@@ -29,6 +29,7 @@ use timely::dataflow::operators::{Concat, ConnectLoop, Exchange, Feedback};
 
 use arrow::record_batch::RecordBatch;
 
+use crate::aggregate::AggSpec;
 use crate::commit::cut::{CutCommits, CutRequest, CutSpec};
 use crate::commit::manifest::FileEntry;
 use crate::commit::operator::{Commit, CommitSpec};
@@ -117,6 +118,9 @@ pub enum Report {
     Files {
         /// Every object of the commit this sink wrote, each durable.
         files: Vec<FileEntry>,
+        /// Aggregate files that `files` replace (paths under the output root); empty from the
+        /// Parquet sink.
+        removed: Vec<String>,
         /// Wall clock (µs since the Unix epoch) when the sink saw the frontier pass the first
         /// epoch.
         sealed_at_us: i64,
@@ -158,17 +162,30 @@ const REQUEST_DELAY: u64 = 1 << 40;
 /// Builds the whole pipeline in `scope`, for a cluster of processes with `workers_per_process`
 /// workers each: Kafka partitions are reclocked into epochs, written as Parquet objects by a
 /// worker of the same process, and committed by worker 0.
-pub fn build<'s>(scope: Scope<'s, Epoch>, workers_per_process: usize, source: SourceSpec, cut: CutSpec, sink: SinkSpec, committer: CommitSpec) {
+pub fn build<'s>(
+    scope: Scope<'s, Epoch>,
+    workers_per_process: usize,
+    source: SourceSpec,
+    cut: CutSpec,
+    sink: SinkSpec,
+    committer: CommitSpec,
+    aggregates: Option<AggSpec>,
+) {
     let (loop_handle, announcements) = scope.feedback::<Vec<Announce>>(1);
     let (requests_handle, requests) = scope.feedback::<Vec<CutRequest>>(REQUEST_DELAY);
     let read = scope.reclock(source, announcements);
     read.announcements.clone().broadcast().connect_loop(loop_handle);
     let cuts = read.announcements.cut_commits(cut, requests);
     let me = scope.index();
+    let summaries = aggregates.map(|spec| crate::aggregate::build(read.chunks.clone(), cuts.clone().broadcast(), spec));
     let written = read.chunks.exchange(move |c: &Chunk| writer_of(me, workers_per_process, c.key) as u64).write_parquet(cuts.clone().broadcast(), sink);
     written.requests.exchange(|_| 0).connect_loop(requests_handle);
     let boundaries = cuts.map(|upper| Report::Cut { upper });
-    read.resume.concat(written.reports).concat(boundaries).exchange(|_| 0).commit(committer);
+    let mut reports = read.resume.concat(written.reports).concat(boundaries);
+    if let Some(summaries) = summaries {
+        reports = reports.concat(summaries);
+    }
+    reports.exchange(|_| 0).commit(committer);
 }
 
 /// Steps `worker` until its dataflows complete or `failure` is set, beating `heartbeat` after

@@ -39,7 +39,9 @@ fn table<'a>(database: &str, name: &str, location: &str, cols: impl IntoIterator
 }
 
 /// The Delta statements for a lake at `output` (an `s3://bucket/prefix` URL) in `database`:
-/// one table per stream and one for the dead letters, read through their Delta logs.
+/// one table per stream, one for the dead letters and one per aggregate table (`agg/<name>/`), read
+/// through their Delta logs. The aggregate tables exist only as Delta tables: their partitions are
+/// rewritten, so a reader that lists folders would see a replaced file beside its replacement.
 pub fn statements(output: &str, database: &str) -> String {
     let root = output.trim_end_matches('/');
     let mut out = format!(
@@ -77,8 +79,10 @@ mod tests {
     #[test]
     fn every_table_is_a_delta_table() {
         let ddl = statements("s3://lake/city/", "smartcity");
-        assert_eq!(ddl.matches("CREATE EXTERNAL TABLE").count(), 6);
-        assert_eq!(ddl.matches("TBLPROPERTIES ('table_type'='DELTA');").count(), 6);
+        assert_eq!(ddl.matches("CREATE EXTERNAL TABLE").count(), 10);
+        assert_eq!(ddl.matches("TBLPROPERTIES ('table_type'='DELTA');").count(), 10);
+        assert!(ddl.contains("`smartcity`.`vehicle_speed_minute`\nLOCATION 's3://lake/city/agg/vehicle_speed_minute/'"));
+        assert!(ddl.contains("`smartcity`.`vehicle_latest`\nLOCATION 's3://lake/city/agg/vehicle_latest/'"));
         assert!(ddl.contains("`smartcity`.`weather_data`\nLOCATION 's3://lake/city/weather_data/'"));
         assert!(ddl.contains("`smartcity`.`dead_letter`\nLOCATION 's3://lake/city/_dead_letter/'"));
     }

@@ -104,6 +104,17 @@ impl timely::progress::timestamp::PathSummary<Epoch> for u64 {
     }
 }
 
+/// Epochs are totally ordered, so differential dataflow's lattice is the order: the join of two
+/// epochs is the later one, the meet the earlier one.
+impl differential_dataflow::lattice::Lattice for Epoch {
+    fn join(&self, other: &Self) -> Self {
+        (*self).max(*other)
+    }
+    fn meet(&self, other: &Self) -> Self {
+        (*self).min(*other)
+    }
+}
+
 impl timely::progress::timestamp::Refines<()> for Epoch {
     fn to_inner(_: ()) -> Epoch {
         Epoch::ZERO

@@ -62,11 +62,13 @@ pub enum FileKind {
     Late,
     /// Records that did not decode.
     DeadLetter,
+    /// Rows of an aggregate table (`agg/<table>/`), one file per partition and commit.
+    Aggregate,
 }
 
 impl FileKind {
     /// Every kind, in declaration order (which is also serde's variant index).
-    pub const ALL: [FileKind; 3] = [FileKind::Data, FileKind::Late, FileKind::DeadLetter];
+    pub const ALL: [FileKind; 4] = [FileKind::Data, FileKind::Late, FileKind::DeadLetter, FileKind::Aggregate];
 
     /// The kind's name wherever it is persisted: in manifests (`kind`) and in the Parquet
     /// footer (`citystream.kind`), so that the two always agree.
@@ -75,6 +77,7 @@ impl FileKind {
             FileKind::Data => "data",
             FileKind::Late => "late",
             FileKind::DeadLetter => "dead_letter",
+            FileKind::Aggregate => "aggregate",
         }
     }
 }
@@ -284,6 +287,7 @@ pub fn file_path(stream: Stream, kind: FileKind, epoch: Epoch, run: &str, hour_o
         FileKind::Data => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-{run}{part}.parquet")),
         FileKind::Late => Path::from(format!("{name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-late-{run}{part}.parquet")),
         FileKind::DeadLetter => Path::from(format!("_dead_letter/stream={name}/date={date}/hour={hour:02}/{name}-e{epoch:010}-{run}{part}.parquet")),
+        FileKind::Aggregate => unreachable!("aggregate files are named by crate::aggregate::table::file_path"),
     }
 }
 
@@ -292,9 +296,10 @@ pub fn file_path(stream: Stream, kind: FileKind, epoch: Epoch, run: &str, hour_o
 /// collection never touches it.
 pub fn epoch_of_file(path: &Path) -> Option<Epoch> {
     let name = path.filename()?;
-    let stream = Stream::ALL.into_iter().find(|s| name.starts_with(s.name()))?;
-    let digits = name[stream.name().len()..].strip_prefix("-e")?.get(..10)?;
-    let rest = &name[stream.name().len() + 2 + 10..];
+    let names = Stream::ALL.into_iter().map(Stream::name).chain(crate::aggregate::AggTable::ALL.into_iter().map(crate::aggregate::AggTable::name));
+    let prefix = names.filter(|n| name.starts_with(n) && name[n.len()..].starts_with("-e")).max_by_key(|n| n.len())?;
+    let digits = name[prefix.len()..].strip_prefix("-e")?.get(..10)?;
+    let rest = name.get(prefix.len() + 2 + 10..)?;
     (digits.bytes().all(|b| b.is_ascii_digit()) && rest.starts_with('-')).then(|| digits.parse().ok()).flatten()
 }
 
@@ -305,6 +310,7 @@ pub async fn collect_garbage(lake: &Lake, committed_below: Epoch) -> Result<usiz
     let mut deleted = 0;
     let mut prefixes: Vec<Path> = Stream::ALL.iter().map(|s| Path::from(s.name())).collect();
     prefixes.push(Path::from("_dead_letter"));
+    prefixes.push(Path::from("agg"));
     for prefix in prefixes {
         let objects: Vec<_> = lake.store.list(Some(&prefix)).try_collect().await?;
         for meta in objects {

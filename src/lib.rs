@@ -28,6 +28,7 @@
 //! | [`run`] | one process of the cluster, from configuration to report or error |
 #![warn(missing_docs)]
 
+pub mod aggregate;
 pub mod cli;
 pub mod clock;
 pub mod commit;

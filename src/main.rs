@@ -157,6 +157,9 @@ fn print_run_report(r: &citystream::run::RunReport, embedded: bool) {
     let per_thousand = if total > 0 { c.objects as f64 * 1000.0 / total as f64 } else { 0.0 };
     let mean = if c.objects > 0 { c.bytes as f64 / c.objects as f64 / 1e3 } else { 0.0 };
     println!("  objects written:  {:>10} ({:.1} MB; mean {mean:.1} kB, {per_thousand:.2} per 1,000 records; all processes)", c.objects, c.bytes as f64 / 1e6);
+    if c.aggregate_files > 0 || c.aggregate_removed > 0 {
+        println!("  aggregate tables: {:>10} files written ({} rows), {} replaced or removed", c.aggregate_files, c.aggregate_rows, c.aggregate_removed);
+    }
     println!("  manifests:        {:>10}", c.manifests);
     let mut lat = c.seal_latencies.clone();
     lat.sort_by(f64::total_cmp);

@@ -177,8 +177,9 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         Some(claim) if cfg.process == 0 => {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let (lake, run, head, failure) = (lake.clone(), run.clone(), claim.sequence, failure.clone());
+            let tables = crate::delta::Table::maintained(&cfg.aggregates);
             let task = rt.spawn(async move {
-                let result = publish::serve(lake.clone(), run, head, rx).await;
+                let result = publish::serve(lake.clone(), run, tables, head, rx).await;
                 if let Err(e) = &result {
                     let message = format!("{e}; the manifests are durable and the next start publishes them ({})", lake.gave_up());
                     failure.set(PipelineError::new(ErrorClass::Transient, message));
@@ -200,6 +201,7 @@ pub fn run(cfg: RunConfig) -> anyhow::Result<RunReport> {
         states: previous.as_ref().map(|m| m.partitions.iter().map(|s| (s.id, s.clone())).collect()).unwrap_or_default(),
         partitions,
         claim,
+        previous: previous.clone(),
         shutdown,
         failure: failure.clone(),
         backpressure: Backpressure::default(),
@@ -321,6 +323,10 @@ fn claim_output(
         files: Vec::new(),
         partitions: previous.map(|m| m.partitions.clone()).unwrap_or_default(),
         cluster: Some(manifest::ClusterShape { processes: cfg.processes, threads: cfg.threads }),
+        removed: Vec::new(),
+        // A claim commits nothing: the aggregates current before it are current after it (on a
+        // new lake, every table this run maintains is).
+        aggregates: previous.map_or_else(|| cfg.aggregates.tables().to_vec(), |m| m.aggregates.clone()),
     };
     rt.block_on(manifest::write(lake, &m))?;
     let garbage = rt.block_on(lake::collect_garbage(lake, first_epoch))?;

@@ -206,11 +206,14 @@ pub fn summarise(output: &str, manifests: Vec<(u64, Result<Manifest, String>)>) 
             continue;
         }
         commits += 1;
-        if let Some(least) = m.files.iter().map(|f| f.epoch).min() {
+        // The aggregate tables' files summarise rows counted here already: they are listed with
+        // the Delta tables, not in the streams' totals.
+        let raw = || m.files.iter().filter(|f| f.kind != FileKind::Aggregate);
+        if let Some(least) = raw().map(|f| f.epoch).min() {
             first_lower = Some(first_lower.map_or(least, |e: Epoch| e.min(least)));
         }
         last_commit = Some(m);
-        for f in &m.files {
+        for f in raw() {
             let t = &mut streams[f.stream.index()];
             t.objects += 1;
             t.bytes += f.bytes;
@@ -218,6 +221,7 @@ pub fn summarise(output: &str, manifests: Vec<(u64, Result<Manifest, String>)>) 
                 FileKind::Data => t.rows += f.rows,
                 FileKind::Late => t.late_rows += f.rows,
                 FileKind::DeadLetter => t.dead_letters += f.rows,
+                FileKind::Aggregate => {}
             }
         }
     }
@@ -283,6 +287,7 @@ mod tests {
             rows,
             bytes: 100,
             stats: None,
+            aggregate: None,
         };
         Manifest {
             format: FORMAT,
@@ -301,6 +306,8 @@ mod tests {
             },
             partitions: vec![],
             cluster: Some(ClusterShape { processes: 2, threads: 2 }),
+            removed: vec![],
+            aggregates: vec![],
         }
     }
 

@@ -94,6 +94,7 @@ fn manifest_with(sequence: u64, files: usize) -> Manifest {
             rows: 10,
             bytes: 1000,
             stats: Some(json!({"numRecords": 10}).to_string()),
+            aggregate: None,
         })
         .collect();
     Manifest {
@@ -109,6 +110,8 @@ fn manifest_with(sequence: u64, files: usize) -> Manifest {
         files,
         partitions: vec![],
         cluster: None,
+        removed: vec![],
+        aggregates: vec![],
     }
 }
 
@@ -133,7 +136,7 @@ fn an_ambiguous_delta_commit_and_a_second_publisher_publish_once() {
         for m in &chain {
             manifest::write(&plain, m).await.unwrap();
         }
-        let mut publisher = Publisher::open(&lake, "test").await.unwrap();
+        let mut publisher = Publisher::open(&lake, "test", Table::all()).await.unwrap();
         // Every table's first publication loses its answer: the log entry is there, the
         // publisher is told it failed, retries, and must find its manifests already in.
         lossy.lose.store(Table::all().len(), Ordering::SeqCst);
@@ -148,7 +151,7 @@ fn an_ambiguous_delta_commit_and_a_second_publisher_publish_once() {
 
         // A second publisher of the same chain (a restarted cluster next to a zombie) and the
         // first one publish manifest 3 at the same time: one commit per table, no double add.
-        let mut second = Publisher::open(&plain, "second").await.unwrap();
+        let mut second = Publisher::open(&plain, "second", Table::all()).await.unwrap();
         let (a, b) = tokio::join!(publisher.publish(&chain[2..], 3), second.catch_up(3));
         a.unwrap();
         b.unwrap();
@@ -161,7 +164,7 @@ fn an_ambiguous_delta_commit_and_a_second_publisher_publish_once() {
         assert_eq!(unique_files.len(), files.len(), "no object added twice");
 
         // Catching up again changes nothing.
-        let mut third = Publisher::open(&plain, "third").await.unwrap();
+        let mut third = Publisher::open(&plain, "third", Table::all()).await.unwrap();
         third.catch_up(3).await.unwrap();
         assert_eq!(third.summary().commits, 0);
         let (_, version, _) = adds_and_version(&plain, Table::DeadLetter).await;

@@ -7,6 +7,7 @@ use clap::{ArgAction, Args};
 
 use super::kafka::KafkaConnectionArgs;
 use super::{ConfigError, check_fraction, parse_bytes, parse_duration};
+use crate::aggregate::Selection;
 use crate::contract::EventTime;
 use crate::contract::timestamp::parse_timestamp;
 use crate::epoch::EpochClock;
@@ -95,6 +96,14 @@ pub struct RunArgs {
     /// error (exit code 3), so that its supervisor restarts the cluster from the last manifest.
     #[arg(long, env = "CITYSTREAM_STALL_EXIT", value_parser = parse_duration, default_value = "5m")]
     pub stall_exit: Duration,
+    /// Aggregate tables to maintain under <output>/agg/: none, all, or a comma-separated list of
+    /// vehicle_speed_minute, weather_hourly, emergency_hourly, vehicle_latest.
+    #[arg(long, env = "CITYSTREAM_AGGREGATES", value_parser = Selection::parse, default_value = "all")]
+    pub aggregates: Selection,
+    /// Aggregate partitions whose hour ended this long (event time) before the watermark leave
+    /// memory; a record for one later loads its rows back from the table first.
+    #[arg(long, env = "CITYSTREAM_AGGREGATE_HORIZON", value_parser = parse_duration, default_value = "6h")]
+    pub aggregate_horizon: Duration,
     /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP at HOST:PORT (e.g.
     /// 0.0.0.0:9100); off when not given.
     #[arg(long, env = "CITYSTREAM_METRICS_ADDR", value_name = "HOST:PORT")]
@@ -174,6 +183,10 @@ pub struct RunConfig {
     pub target_object_size: u64,
     /// Where the metrics and health endpoint listens (`--metrics-addr`), if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The aggregate tables maintained (`--aggregates`).
+    pub aggregates: Selection,
+    /// How far behind the watermark aggregate partitions stay in memory (`--aggregate-horizon`).
+    pub aggregate_horizon: Duration,
 }
 
 /// The smallest `--target-object-size`: below it, a Parquet footer and the per-object request
@@ -222,6 +235,12 @@ impl RunArgs {
         }
         if self.commit_interval < Duration::from_millis(10) {
             return Err(ConfigError::new("--commit-interval", "must be at least 10ms"));
+        }
+        if !self.aggregates.is_empty() && self.aggregate_horizon < self.lateness {
+            return Err(ConfigError::new(
+                "--aggregate-horizon",
+                format!("must be at least --lateness ({:?}): on-time records of a partition would find it evicted", self.lateness),
+            ));
         }
         if self.target_object_size < MIN_TARGET_OBJECT_SIZE {
             return Err(ConfigError::new("--target-object-size", format!("must be at least 1MiB, got {} bytes", self.target_object_size)));
@@ -281,6 +300,8 @@ impl RunArgs {
             commit_interval: self.commit_interval,
             target_object_size: self.target_object_size,
             metrics_addr,
+            aggregates: self.aggregates.clone(),
+            aggregate_horizon: self.aggregate_horizon,
         })
     }
 }

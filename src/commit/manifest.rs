@@ -12,6 +12,7 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use crate::aggregate::AggTable;
 use crate::contract::Stream;
 use crate::epoch::{Epoch, EpochClock};
 use crate::lake::{FileKind, Lake, LakeError};
@@ -47,6 +48,9 @@ pub struct FileEntry {
     /// (Absent in manifests of versions before the Delta tables.)
     #[serde(default)]
     pub stats: Option<String>,
+    /// The aggregate table of a [`FileKind::Aggregate`] file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<AggTable>,
 }
 
 impl FileEntry {
@@ -94,6 +98,17 @@ pub struct Manifest {
     /// The shape of the cluster that wrote it (absent in manifests of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterShape>,
+    /// Files of aggregate tables that this manifest's files replace (or that a partition left
+    /// without rows lost): paths relative to the output root. Removed from their tables in the
+    /// same Delta commit that adds the new files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// The aggregate tables that equal the aggregation of the committed rows as of this
+    /// manifest: maintained by every commit since the lake began. A table not listed (switched
+    /// off for a while, or a lake from before the aggregates) is rebuilt from the stream tables
+    /// when a run maintains it again.
+    #[serde(default)]
+    pub aggregates: Vec<AggTable>,
 }
 
 /// How many processes and worker threads per process a cluster runs (`-n`, `-w`).
@@ -225,6 +240,8 @@ mod tests {
             files: vec![],
             partitions: vec![],
             cluster: None,
+            removed: vec![],
+            aggregates: vec![],
         }
     }
 

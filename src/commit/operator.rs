@@ -58,6 +58,8 @@ pub struct CommitSpec {
     pub failure: Failure,
     /// The cluster's shape, recorded in each manifest.
     pub cluster: Option<manifest::ClusterShape>,
+    /// The aggregate tables this run maintains: every commit manifest lists them as current.
+    pub aggregates: Vec<crate::aggregate::AggTable>,
 }
 
 /// What this run committed.
@@ -67,7 +69,7 @@ pub struct CommitSummary {
     pub manifests: u64,
     /// Least and greatest epoch whose rows an object holds.
     pub epochs: Option<(Epoch, Epoch)>,
-    /// Objects committed.
+    /// Objects committed (data, late and dead-letter files; not the aggregate tables' files).
     pub objects: u64,
     /// On-time rows per stream (in `Stream::ALL` order).
     pub rows: [u64; 5],
@@ -75,6 +77,12 @@ pub struct CommitSummary {
     pub late: u64,
     /// Dead letters.
     pub dead_letters: u64,
+    /// Aggregate files written (one per changed partition and commit).
+    pub aggregate_files: u64,
+    /// Rows of the aggregate files written (each file holds its partition's rows).
+    pub aggregate_rows: u64,
+    /// Aggregate files replaced or removed.
+    pub aggregate_removed: u64,
     /// Bytes written.
     pub bytes: u64,
     /// Seconds from "the sink saw the frontier pass the manifest's first epoch that has rows"
@@ -87,20 +95,29 @@ impl CommitSummary {
     fn add(&mut self, m: &Manifest, latency: Option<f64>) {
         self.manifests += 1;
         self.seal_latencies.extend(latency);
-        let lo = m.files.iter().map(|f| f.epoch).min();
-        let hi = m.files.iter().map(FileEntry::last).max();
+        // The raw objects say which epochs held records; an aggregate file is named for its
+        // commit's first epoch, which may hold none.
+        let raw = || m.files.iter().filter(|f| f.kind != FileKind::Aggregate);
+        let lo = raw().map(|f| f.epoch).min();
+        let hi = raw().map(FileEntry::last).max();
         if let (Some(lo), Some(hi)) = (lo, hi) {
             self.epochs = Some(self.epochs.map_or((lo, hi), |(a, b)| (a.min(lo), b.max(hi))));
         }
         for f in &m.files {
-            self.objects += 1;
-            self.bytes += f.bytes;
+            if f.kind == FileKind::Aggregate {
+                self.aggregate_files += 1;
+            } else {
+                self.objects += 1;
+                self.bytes += f.bytes;
+            }
             match f.kind {
                 FileKind::Data => self.rows[f.stream.index()] += f.rows,
                 FileKind::Late => self.late += f.rows,
                 FileKind::DeadLetter => self.dead_letters += f.rows,
+                FileKind::Aggregate => self.aggregate_rows += f.rows,
             }
         }
+        self.aggregate_removed += m.removed.len() as u64;
     }
 }
 
@@ -124,12 +141,14 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
     let mut input = builder.new_input(reports, Pipeline);
 
     builder.build_reschedule(move |_caps| {
-        let CommitSpec { lake, rt, run, clock, topic_prefix, previous, mut offsets, publish, summary, failure, cluster } = spec;
+        let CommitSpec { lake, rt, run, clock, topic_prefix, previous, mut offsets, publish, summary, failure, cluster, aggregates } = spec;
         let mut lower = previous.as_ref().map_or(Epoch::ZERO, |m| m.upper);
         let mut sequence = previous.as_ref().map_or(0, |m| m.sequence);
         let mut states: BTreeMap<PartitionId, ResumeState> = previous.map(|m| m.partitions.into_iter().map(|s| (s.id, s)).collect()).unwrap_or_default();
         // Per epoch: its objects, and when a sink first saw the frontier pass it.
         let mut files: BTreeMap<Epoch, (Vec<FileEntry>, i64)> = BTreeMap::new();
+        // Per epoch: the aggregate files its objects replace.
+        let mut removed: BTreeMap<Epoch, Vec<String>> = BTreeMap::new();
         // Per partition: states by the first epoch they are valid for, with the last one.
         let mut resume: BTreeMap<PartitionId, BTreeMap<Epoch, (Option<Epoch>, ResumeState)>> = BTreeMap::new();
         // `from` epochs of states received but not yet in a manifest.
@@ -153,10 +172,13 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                         Report::Cut { upper } => {
                             cuts.insert(upper);
                         }
-                        Report::Files { files: f, sealed_at_us } => {
+                        Report::Files { files: f, removed: gone, sealed_at_us } => {
                             let (all, at) = files.entry(t).or_insert((Vec::new(), sealed_at_us));
                             all.extend(f);
                             *at = (*at).min(sealed_at_us);
+                            if !gone.is_empty() {
+                                removed.entry(t).or_default().extend(gone);
+                            }
                         }
                         Report::Resume { from, to, states: s } => {
                             uncommitted_from.insert(from);
@@ -182,7 +204,7 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                         // Dead letters of records without a usable time sit at the epoch the
                         // source was in when they arrived (0 before its first watermark): only
                         // data objects say where the run's data starts.
-                        let least_data_epoch = m.files.iter().filter(|f| f.kind != FileKind::DeadLetter).map(|f| f.epoch).min();
+                        let least_data_epoch = m.files.iter().filter(|f| matches!(f.kind, FileKind::Data | FileKind::Late)).map(|f| f.epoch).min();
                         crate::observe::metrics().committed(m.lower, m.upper, least_data_epoch);
                         crate::observe::health().committed();
                         lower = m.upper;
@@ -231,6 +253,8 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                 let sealed = std::mem::replace(&mut files, later);
                 let first_sealed = sealed.values().map(|(_, t)| *t).min();
                 let committed: Vec<FileEntry> = sealed.into_values().flat_map(|(f, _)| f).collect();
+                let later_removed = removed.split_off(&upper);
+                let replaced: Vec<String> = std::mem::replace(&mut removed, later_removed).into_values().flatten().collect();
                 // For each partition, the state whose range holds upper - 1.
                 let e = upper - 1;
                 for (id, by_from) in resume.iter_mut() {
@@ -258,6 +282,8 @@ fn build_committer<'s>(reports: Stream<'s, Epoch, Vec<Report>>, spec: CommitSpec
                     files: committed,
                     partitions: states.values().cloned().collect(),
                     cluster,
+                    removed: replaced,
+                    aggregates: aggregates.clone(),
                 };
                 let lake = lake.clone();
                 let to_write = m.clone();

@@ -91,10 +91,12 @@ struct Active {
     remove: deltalake::kernel::Remove,
 }
 
-/// Compacts every table of `lake` that exists.
+/// Compacts every raw table of `lake` that exists. The aggregate tables are left alone: each of
+/// their partitions is one file already, rewritten by the cluster whenever its rows change (a
+/// compaction there would remove a file the cluster is about to replace).
 pub async fn compact_lake(lake: &Lake, opts: &CompactOptions) -> Result<Vec<CompactReport>, CompactError> {
     let mut reports = Vec::new();
-    for table in Table::all() {
+    for table in Table::raw() {
         let opened = lake.delta().open(table).await.map_err(|source| CompactError::Delta { table: table.name(), source })?;
         if let Some(t) = opened {
             reports.push(compact_table(lake, table, t, opts).await?);
@@ -242,6 +244,7 @@ async fn rewrite(lake: &Lake, table: Table, t: &DeltaTable, group: &[Active]) ->
     let stream = match table {
         Table::Stream(s) => s.name(),
         Table::DeadLetter => "dead_letter",
+        Table::Aggregate(a) => a.name(),
     };
     let version = t.version().unwrap_or(0);
     let file = format!("{folder}/{stream}-compacted-v{version}-{}.parquet", uuid_simple());

@@ -31,6 +31,7 @@ use deltalake::{DeltaResult, DeltaTable, DeltaTableBuilder, DeltaTableError, Tab
 use object_store::ObjectStore;
 use url::Url;
 
+use crate::aggregate::{AggTable, Selection};
 use crate::commit::manifest::FileEntry;
 use crate::contract::Stream;
 use crate::contract::schema::{Column, DEAD_LETTER, Kind, PROVENANCE, columns};
@@ -49,12 +50,24 @@ pub enum Table {
     Stream(Stream),
     /// Every stream's dead letters, partitioned by `stream`.
     DeadLetter,
+    /// An aggregate table (`agg/<name>/`), rewritten partition by partition.
+    Aggregate(AggTable),
 }
 
 impl Table {
-    /// Every table, streams first.
+    /// Every table: streams, dead letters, aggregates.
     pub fn all() -> Vec<Table> {
+        Table::raw().into_iter().chain(AggTable::ALL.map(Table::Aggregate)).collect()
+    }
+
+    /// The tables of the records themselves: the streams, then the dead letters.
+    pub fn raw() -> Vec<Table> {
         Stream::ALL.into_iter().map(Table::Stream).chain([Table::DeadLetter]).collect()
+    }
+
+    /// The tables a run with `aggregates` maintains: the raw tables and those aggregates.
+    pub fn maintained(aggregates: &Selection) -> Vec<Table> {
+        Table::raw().into_iter().chain(aggregates.tables().iter().copied().map(Table::Aggregate)).collect()
     }
 
     /// The table's folder under the output root.
@@ -62,6 +75,7 @@ impl Table {
         match self {
             Table::Stream(s) => s.name(),
             Table::DeadLetter => "_dead_letter",
+            Table::Aggregate(a) => a.dir(),
         }
     }
 
@@ -70,7 +84,14 @@ impl Table {
         match self {
             Table::Stream(s) => s.name(),
             Table::DeadLetter => "dead_letter",
+            Table::Aggregate(a) => a.name(),
         }
+    }
+
+    /// Whether files are only ever added (`delta.appendOnly`): every table but the aggregates,
+    /// whose partitions are rewritten.
+    pub fn append_only(self) -> bool {
+        !matches!(self, Table::Aggregate(_))
     }
 
     /// The application id of citystream's `txn` actions in this table.
@@ -80,10 +101,17 @@ impl Table {
 
     /// The table a committed object belongs to.
     pub fn of(entry: &FileEntry) -> Table {
-        match entry.kind {
-            FileKind::Data | FileKind::Late => Table::Stream(entry.stream),
-            FileKind::DeadLetter => Table::DeadLetter,
+        match (entry.kind, entry.aggregate) {
+            (FileKind::Aggregate, Some(a)) => Table::Aggregate(a),
+            (FileKind::Aggregate, None) => Table::of_path(&entry.path).unwrap_or(Table::DeadLetter),
+            (FileKind::Data | FileKind::Late, _) => Table::Stream(entry.stream),
+            (FileKind::DeadLetter, _) => Table::DeadLetter,
         }
+    }
+
+    /// The table whose folder holds `path` (relative to the output root).
+    pub fn of_path(path: &str) -> Option<Table> {
+        Table::all().into_iter().find(|t| path.strip_prefix(t.dir()).is_some_and(|rest| rest.starts_with('/')))
     }
 
     /// The partition columns, outermost first, as they appear in the path.
@@ -91,6 +119,7 @@ impl Table {
         match self {
             Table::Stream(_) => &["date", "hour"],
             Table::DeadLetter => &["stream", "date", "hour"],
+            Table::Aggregate(a) => a.partition_columns(),
         }
     }
 
@@ -99,6 +128,7 @@ impl Table {
         match self {
             Table::Stream(s) => columns(s).iter().chain(PROVENANCE).collect(),
             Table::DeadLetter => DEAD_LETTER.iter().collect(),
+            Table::Aggregate(a) => crate::aggregate::table::columns(a).iter().collect(),
         }
     }
 
@@ -187,7 +217,7 @@ impl DeltaRoot {
             .with_comment(format!("citystream {} table", table.name()))
             .with_columns(table.fields())
             .with_partition_columns(table.partition_columns().iter().map(|c| c.to_string()))
-            .with_configuration_property(TableProperty::AppendOnly, Some("true"))
+            .with_configuration_property(TableProperty::AppendOnly, Some(if table.append_only() { "true" } else { "false" }))
             .with_configuration_property(TableProperty::CheckpointInterval, Some(CHECKPOINT_INTERVAL.to_string()))
             .with_configuration_property(TableProperty::LogRetentionDuration, Some(LOG_RETENTION))
             .with_save_mode(SaveMode::Ignore)
@@ -272,7 +302,10 @@ mod tests {
     #[test]
     fn every_file_belongs_to_exactly_one_table_with_distinct_app_ids() {
         let ids: std::collections::BTreeSet<String> = Table::all().into_iter().map(Table::app_id).collect();
-        assert_eq!(ids.len(), 6);
+        assert_eq!(ids.len(), 10);
+        for t in Table::all() {
+            assert_eq!(Table::of_path(&format!("{}/date=2025-03-01/x.parquet", t.dir())), Some(t));
+        }
         assert!(ids.contains("citystream/dead_letter") && ids.contains("citystream/vehicle_data"));
         for t in Table::all() {
             let fields = t.fields();

@@ -112,9 +112,10 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Opens (or creates) every table of `lake`.
-    pub async fn open(lake: &Lake, run: &str) -> Result<Publisher, PublishError> {
-        let opened = futures::future::join_all(Table::all().into_iter().map(|table| async move {
+    /// Opens (or creates) `tables` of `lake`: the raw tables and the aggregates a run
+    /// maintains ([`Table::maintained`]).
+    pub async fn open(lake: &Lake, run: &str, tables: Vec<Table>) -> Result<Publisher, PublishError> {
+        let opened = futures::future::join_all(tables.into_iter().map(|table| async move {
             let delta = with_retries(lake, table, 0, || lake.delta().open_or_create(table)).await?;
             let checkpoint_round = delta.version().unwrap_or(0) / CHECKPOINT_INTERVAL;
             Ok::<_, PublishError>(TableState { table, delta, held: None, checkpoint_round })
@@ -187,8 +188,8 @@ async fn bring_up(lake: &Lake, run: &str, t: &mut TableState, cache: &BTreeMap<u
             return Ok((0, 0));
         }
         let batch: Vec<&Manifest> = cache.range(have + 1..=head).map(|(_, m)| m).collect();
-        let adds: Vec<Action> = batch.iter().flat_map(|m| m.files.iter()).filter(|f| Table::of(f) == table).filter_map(|f| add_action(table, f)).collect();
-        let files = adds.len() as u64;
+        let adds: Vec<Action> = table_changes(table, &batch);
+        let files = adds.iter().filter(|a| matches!(a, Action::Add(_))).count() as u64;
         let properties = CommitProperties::default()
             .with_application_transaction(Transaction::new_with_last_update(table.app_id(), head as i64, Some(crate::clock::now_micros() / 1000)))
             .with_metadata(commit_info(&batch, run))
@@ -256,6 +257,40 @@ where
     }
 }
 
+/// The actions that bring `table` from before `batch` (ascending manifests) to after it: an
+/// `add` for each of its objects, and for an aggregate table a `remove` for each file the
+/// manifests replace. A file added and replaced within the batch appears in neither (Delta
+/// forbids a path in two actions of one commit, and no reader could have seen it).
+fn table_changes(table: Table, batch: &[&Manifest]) -> Vec<Action> {
+    let files: Vec<&FileEntry> = batch.iter().flat_map(|m| m.files.iter()).filter(|f| Table::of(f) == table).collect();
+    let removed: std::collections::HashSet<&str> =
+        batch.iter().flat_map(|m| m.removed.iter()).map(String::as_str).filter(|p| Table::of_path(p) == Some(table)).collect();
+    let added: std::collections::HashSet<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    let mut actions: Vec<Action> = files.into_iter().filter(|f| !removed.contains(f.path.as_str())).filter_map(|f| add_action(table, f)).collect();
+    let mut gone: Vec<&str> = removed.into_iter().filter(|p| !added.contains(p)).collect();
+    gone.sort_unstable();
+    actions.extend(gone.into_iter().filter_map(|p| remove_action(table, p)));
+    actions
+}
+
+/// The `remove` of an aggregate file a newer file replaced: its path inside the table and
+/// partition values, `dataChange = true` (its rows are superseded, not copied).
+fn remove_action(table: Table, path: &str) -> Option<Action> {
+    let (path, partition_values) = table.relative(path)?;
+    Some(Action::Remove(deltalake::kernel::Remove {
+        path,
+        data_change: true,
+        deletion_timestamp: Some(crate::clock::now_micros() / 1000),
+        extended_file_metadata: Some(true),
+        partition_values: Some(partition_values),
+        size: None,
+        tags: None,
+        deletion_vector: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+    }))
+}
+
 /// The `add` of a committed object: its path inside the table, partition values from the
 /// path, size, the writer's statistics, `dataChange = true`.
 fn add_action(table: Table, f: &FileEntry) -> Option<Action> {
@@ -315,8 +350,8 @@ fn maintain_in_background(table: DeltaTable, version: u64) {
 /// Runs a publisher until `manifests` closes: first it brings every table up to `head` (the
 /// cluster's claim), then publishes each durable manifest the committer sends, together with
 /// any that queued up meanwhile.
-pub async fn serve(lake: Lake, run: String, head: u64, mut manifests: UnboundedReceiver<Manifest>) -> Result<PublishSummary, PublishError> {
-    let mut publisher = Publisher::open(&lake, &run).await?;
+pub async fn serve(lake: Lake, run: String, tables: Vec<Table>, head: u64, mut manifests: UnboundedReceiver<Manifest>) -> Result<PublishSummary, PublishError> {
+    let mut publisher = Publisher::open(&lake, &run, tables).await?;
     publisher.catch_up(head).await?;
     let mut head = head;
     while let Some(first) = manifests.recv().await {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use crate::aggregate::AggSpec;
 use crate::cli::run::{RunConfig, SourceConfig};
 use crate::commit::cut::CutSpec;
 use crate::commit::manifest::Manifest;
@@ -52,6 +53,8 @@ pub(super) struct Process {
     pub(super) partitions: Partitions,
     /// Process 0's claim (or, elsewhere, the latest manifest): the committer's predecessor.
     pub(super) claim: Option<Manifest>,
+    /// The newest manifest before this run's claim: what the aggregate tables are loaded as of.
+    pub(super) previous: Option<Manifest>,
     pub(super) shutdown: Arc<AtomicBool>,
     pub(super) failure: Failure,
     /// Shared by the process's sinks and sources (chunks stay in their process).
@@ -121,9 +124,22 @@ pub(super) fn run_worker(worker: &mut timely::worker::Worker, p: &Process) -> Co
         summary: summary.clone(),
         failure: failure.clone(),
         cluster: Some(crate::commit::manifest::ClusterShape { processes: cfg.processes, threads: cfg.threads }),
+        aggregates: cfg.aggregates.tables().to_vec(),
     };
+    let aggregates = (!cfg.aggregates.is_empty()).then(|| AggSpec {
+        tables: cfg.aggregates.clone(),
+        lake: p.lake.clone(),
+        rt: p.rt.clone(),
+        run: format!("{}{index:02x}", p.run),
+        clock: cfg.clock,
+        horizon: cfg.aggregate_horizon,
+        committed_below: p.first_epoch,
+        previous: p.previous.clone(),
+        encode: EncodeOptions { codec: cfg.compression, ..EncodeOptions::default() },
+        failure: failure.clone(),
+    });
     let cut = CutSpec { leader: index == 0, interval: cfg.commit_interval, committed_below: p.first_epoch };
-    worker.dataflow::<Epoch, _, _>(|scope| crate::dataflow::build(scope, cfg.threads, source, cut, sink, committer));
+    worker.dataflow::<Epoch, _, _>(|scope| crate::dataflow::build(scope, cfg.threads, source, cut, sink, committer, aggregates));
     tracing::debug!(worker = index, ms = p.started.elapsed().as_millis() as u64, "start-up: worker running");
     crate::dataflow::step_until_done_or_failed(worker, failure, Duration::from_millis(100), &heartbeat);
     summary.borrow().clone()

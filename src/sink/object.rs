@@ -46,6 +46,7 @@ impl OpenObject {
             rows: 0,
             bytes: 0,
             stats: None,
+            aggregate: None,
         };
         OpenObject {
             entry,

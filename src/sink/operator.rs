@@ -302,7 +302,7 @@ impl SinkState {
             let (cap, mut closed, sealed_at_us) = self.sealing.remove(&e).expect("listed above");
             // Listed by path, whatever order the uploads finished in.
             closed.durable.sort_by(|a, b| a.path.cmp(&b.path));
-            output.activate().session(&cap).give(Report::Files { files: closed.durable, sealed_at_us });
+            output.activate().session(&cap).give(Report::Files { files: closed.durable, removed: Vec::new(), sealed_at_us });
         }
         Ok(())
     }

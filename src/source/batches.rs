@@ -33,6 +33,7 @@ impl Building {
         let rows = match key.kind {
             FileKind::DeadLetter => Rows::Dead(Box::default()),
             FileKind::Data | FileKind::Late => Rows::Data(Box::new(BatchBuilder::new(key.stream, true))),
+            FileKind::Aggregate => unreachable!("the sources build no aggregate rows"),
         };
         Building { rows, partitions: Vec::new() }
     }

@@ -239,11 +239,11 @@ pub fn committed_rows(dir: &Path) -> u64 {
 }
 
 /// Rows committed so far in a local output, per table (the object path's top folder: a stream,
-/// or `_dead_letter`).
+/// or `_dead_letter`); the aggregate tables' files (rows of a summary, rewritten) are not counted.
 pub fn committed_rows_by_table(dir: &Path) -> std::collections::BTreeMap<String, u64> {
     let mut rows = std::collections::BTreeMap::new();
     for m in manifests(dir).iter().filter(|m| m["kind"] == "commit") {
-        for f in m["files"].as_array().cloned().unwrap_or_default() {
+        for f in m["files"].as_array().cloned().unwrap_or_default().into_iter().filter(|f| f["kind"] != "aggregate") {
             let table = f["path"].as_str().unwrap().split('/').next().unwrap().to_owned();
             *rows.entry(table).or_insert(0) += f["rows"].as_u64().unwrap();
         }

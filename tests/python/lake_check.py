@@ -14,6 +14,11 @@ independent of citystream's writer): every table (one per stream, `_dead_letter/
 Kafka holds, its files are exactly the committed ones (unless --compacted: then only the rows are
 compared), and its `txn` version for `citystream/<table>` equals the newest manifest.
 
+Then the aggregate tables (`agg/<name>/`, read through Delta): each one the newest manifest lists
+as maintained equals the SQL of its definition, computed by duckdb over the committed stream
+tables (counts exact, floats within 1e-9 relative); its active files are exactly those the
+manifests added and did not remove since, one per partition, each row in the partition of its key.
+
 Prints a JSON summary on stdout; exits 1 with the problems on stderr if anything is wrong.
 """
 import argparse
@@ -23,6 +28,7 @@ import os
 import time
 
 import deltalake
+import duckdb
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -187,6 +193,111 @@ def check_delta(output, prefix, kafka, committed, head, compacted, problems):
     return counts
 
 
+AGGREGATES = ["vehicle_speed_minute", "weather_hourly", "emergency_hourly", "vehicle_latest"]
+
+# Each aggregate table's definition (issue 15) over the committed stream tables, as duckdb SQL:
+# its key columns (times as µs since the Unix epoch), then its value columns. `{w}` is --window.
+AGGREGATE_SQL = {
+    "vehicle_speed_minute": ("""
+        SELECT deviceId AS device_id, epoch_us("timestamp") - ((epoch_us("timestamp") % {w}) + {w}) % {w} AS window_start,
+               count(*) AS records, min(speed) AS speed_min, max(speed) AS speed_max, avg(speed) AS speed_avg
+        FROM vehicle_data GROUP BY ALL""", 2),
+    "weather_hourly": ("""
+        SELECT deviceId AS device_id, epoch_us(date_trunc('hour', "timestamp")) AS hour_start, count(*) AS records,
+               min(temperature) AS temperature_min, max(temperature) AS temperature_max, avg(temperature) AS temperature_avg,
+               sum(precipitation) AS precipitation_sum, max(windspeed) AS windspeed_max, avg(humidity) AS humidity_avg,
+               max(airQualityIndex) AS air_quality_index_max
+        FROM weather_data GROUP BY ALL""", 2),
+    "emergency_hourly": ("""
+        SELECT incident, status, epoch_us(date_trunc('hour', "timestamp")) AS hour_start, count(*) AS records
+        FROM emergency_data GROUP BY ALL""", 3),
+    "vehicle_latest": ("""
+        SELECT device_id, last_seen, latitude, longitude, speed, records FROM (
+          SELECT deviceId AS device_id, epoch_us("timestamp") AS last_seen, latitude, longitude, speed,
+                 count(*) OVER (PARTITION BY deviceId) AS records,
+                 row_number() OVER (PARTITION BY deviceId ORDER BY "timestamp" DESC, _partition DESC, _offset DESC) AS n
+          FROM vehicle_data) WHERE n = 1""", 1),
+}
+STREAM_OF = {"vehicle_speed_minute": "vehicle_data", "weather_hourly": "weather_data", "emergency_hourly": "emergency_data", "vehicle_latest": "vehicle_data"}
+
+
+def close(a, b):
+    if isinstance(a, float) or isinstance(b, float):
+        return a == b or abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+    return a == b
+
+
+def check_aggregates(output, manifests, live, expected_tables, problems):
+    """Every aggregate table the newest manifest maintains equals its SQL over the committed stream
+    tables; returns {table: rows}."""
+    if not manifests:
+        return {}
+    newest = manifests[-1]
+    maintained = newest.get("aggregates", [])
+    if expected_tables is not None and sorted(maintained) != sorted(expected_tables):
+        problems.append(f"aggregates: the newest manifest maintains {maintained}, expected {expected_tables}")
+    window = newest["clock"]["window_us"]
+    root, opts = lakeio.delta_location(output)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    registered = set()
+    rows = {}
+    for name in maintained:
+        stream = STREAM_OF[name]
+        if stream not in registered:
+            uri = f"{root}/{stream}"
+            source = deltalake.DeltaTable(uri, storage_options=opts).to_pyarrow_table() if deltalake.DeltaTable.is_deltatable(uri, storage_options=opts) else None
+            if source is None:
+                problems.append(f"aggregate {name}: the stream table {stream} is not a Delta table")
+                continue
+            con.register(stream, source)
+            registered.add(stream)
+        uri = f"{root}/agg/{name}"
+        if not deltalake.DeltaTable.is_deltatable(uri, storage_options=opts):
+            problems.append(f"aggregate {name}: {uri} is not a Delta table")
+            continue
+        dt_ = deltalake.DeltaTable(uri, storage_options=opts)
+        version = dt_.transaction_version(f"citystream/{name}")
+        if version != newest["sequence"]:
+            problems.append(f"aggregate {name}: txn version {version}, newest manifest {newest['sequence']}")
+        files = {f"agg/{name}/{p}" for p in pa.table(dt_.get_add_actions(flatten=True)).column("path").to_pylist()}
+        want = {p for p in live if p.startswith(f"agg/{name}/")}
+        if files != want:
+            problems.append(f"aggregate {name}: active files not committed {sorted(files - want)[:3]}; committed, not active {sorted(want - files)[:3]}")
+        folders = [f.rsplit("/", 1)[0] for f in files]
+        if len(folders) != len(set(folders)):
+            problems.append(f"aggregate {name}: a partition has {max(folders.count(f) for f in folders)} active files, expected one")
+        actual = dt_.to_pyarrow_table()
+        con.register("actual", actual)
+        sql, keys = AGGREGATE_SQL[name]
+        expected = con.execute(sql.format(w=window)).fetchall()
+        columns = [d[0] for d in con.execute(sql.format(w=window)).description]
+        time_cols = {"window_start", "hour_start", "last_seen"}
+        part_col = {"vehicle_speed_minute": "window_start", "weather_hourly": "hour_start", "emergency_hourly": "hour_start", "vehicle_latest": "last_seen"}[name]
+        select = ", ".join(f'epoch_us("{c}")' if c in time_cols else f'"{c}"' for c in columns)
+        got = con.execute(f'SELECT {select}, CAST("date" AS VARCHAR), "hour" FROM actual' if name != "vehicle_latest" else f'SELECT {select}, CAST("date" AS VARCHAR), NULL FROM actual').fetchall()
+        want_rows = {tuple(r[:keys]): r[keys:] for r in expected}
+        got_rows = {}
+        for r in got:
+            key, values, (date, hour) = tuple(r[:keys]), r[keys:len(columns)], r[len(columns):]
+            if key in got_rows:
+                problems.append(f"aggregate {name}: key {key} has two rows")
+            got_rows[key] = values
+            at = dt.datetime.fromtimestamp(r[columns.index(part_col)] / 1e6, tz=dt.timezone.utc)
+            if date != at.date().isoformat() or (hour is not None and int(hour) != at.hour):
+                problems.append(f"aggregate {name}: row {key} is in partition date={date}/hour={hour}, its {part_col} is {at.isoformat()}")
+        if set(got_rows) != set(want_rows):
+            missing, extra = sorted(set(want_rows) - set(got_rows)), sorted(set(got_rows) - set(want_rows))
+            problems.append(f"aggregate {name}: {len(missing)} rows missing (e.g. {missing[:3]}), {len(extra)} rows too many (e.g. {extra[:3]})")
+        for key in set(got_rows) & set(want_rows):
+            for col, a, b in zip(columns[keys:], got_rows[key], want_rows[key]):
+                if not close(a, b):
+                    problems.append(f"aggregate {name}: row {key} has {col}={a}, the SQL gives {b}")
+                    break
+        rows[name] = len(got_rows)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--output", required=True)
@@ -194,6 +305,7 @@ def main():
     ap.add_argument("--prefix", default="")
     ap.add_argument("--expect-records", type=int)
     ap.add_argument("--expect-group", help="consumer group whose committed offsets must equal the end of every partition")
+    ap.add_argument("--aggregates", default="all", help="the aggregate tables the newest manifest must maintain: all, none, or names")
     ap.add_argument("--compacted", action="store_true", help="the lake was compacted: the Hive listing holds removed files until a vacuum, so compare rows through Delta only")
     args = ap.parse_args()
 
@@ -253,12 +365,26 @@ def main():
                 manifests.append(json.loads(f.read()))
     manifests.sort(key=lambda m: m["sequence"])
     committed = {}
+    live_aggregates = set()  # aggregate files added and not removed since
     upper = None
     for m in manifests:
         if upper is not None and m["lower"] != upper:
             problems.append(f"manifest {m['sequence']} starts at {m['lower']}, previous ended at {upper}")
         upper = m["upper"]
+        # A manifest's aggregate files replace those it lists as removed (a file may be both
+        # when the manifest holds several commits of the writer: it was current in between).
         for f in m["files"]:
+            if f["kind"] == "aggregate":
+                if f["path"] in live_aggregates:
+                    problems.append(f"{f['path']} committed twice")
+                live_aggregates.add(f["path"])
+        for path in m.get("removed", []):
+            if path not in live_aggregates:
+                problems.append(f"manifest {m['sequence']} removes {path}, which is not a current aggregate file")
+            live_aggregates.discard(path)
+        for f in m["files"]:
+            if f["kind"] == "aggregate":
+                continue
             if f["path"] in committed:
                 problems.append(f"{f['path']} committed twice")
             committed[f["path"]] = f["rows"]
@@ -291,13 +417,16 @@ def main():
                 topic = args.prefix + s_
                 parts = [TopicPartition(topic, p) for p in c.list_topics(topic, timeout=30).topics[topic].partitions]
                 for tp in c.committed(parts, timeout=30):
-                    _, high = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30)
+                    _, high = watermarks(c, TopicPartition(tp.topic, tp.partition))
                     if high > 0 and tp.offset != high:
                         problems.append(f"group {args.expect_group}: committed offset of {tp.topic}/{tp.partition} is {tp.offset}, end is {high}")
         finally:
             c.close()
 
-    summary = {"kafka_records": len(kafka), "data_rows": counts["data"], "late_rows": counts["late"], "dead_letters": counts["dead"], "files": len(files), "manifests": len(manifests), "delta_rows": delta_rows, "problems": len(problems)}
+    expected_tables = None if args.aggregates == "any" else [] if args.aggregates == "none" else AGGREGATES if args.aggregates == "all" else args.aggregates.split(",")
+    aggregate_rows = check_aggregates(args.output, manifests, live_aggregates, expected_tables, problems)
+
+    summary = {"kafka_records": len(kafka), "data_rows": counts["data"], "late_rows": counts["late"], "dead_letters": counts["dead"], "files": len(files), "manifests": len(manifests), "delta_rows": delta_rows, "aggregate_rows": aggregate_rows, "problems": len(problems)}
     lakeio.report(summary, problems)
 
 

@@ -43,6 +43,8 @@ def main():
         if m["files"]:
             commits += 1
         for f in m["files"]:
+            if f["kind"] == "aggregate":
+                continue  # the aggregate tables' files: one per changed partition, not raw objects
             objects += 1
             rows += f["rows"]
             size += f["bytes"]
