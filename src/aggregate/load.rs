@@ -78,6 +78,8 @@ struct Loader {
     touched: BTreeMap<Epoch, (BTreeSet<AggKey>, BTreeSet<AggKey>)>,
     /// Held at the input frontier: where loads at start and evictions are sent.
     cap: Option<Capability<Epoch>>,
+    /// Some partition is past the horizon but waits for the writer to settle it.
+    held_back: bool,
 }
 
 impl<'s> LoadAggregates<'s> for Stream<'s, Epoch, Vec<Update>> {
@@ -108,6 +110,7 @@ impl<'s> LoadAggregates<'s> for Stream<'s, Epoch, Vec<Update>> {
                 loading: BTreeMap::new(),
                 touched: BTreeMap::new(),
                 cap,
+                held_back: false,
             };
             move |frontiers| {
                 let failure = loader.spec.failure.clone();
@@ -124,6 +127,8 @@ impl<'s> LoadAggregates<'s> for Stream<'s, Epoch, Vec<Update>> {
                 }
                 if loader.init.is_some() || !loader.loading.is_empty() {
                     activator.activate_after(Duration::from_millis(2));
+                } else if loader.held_back {
+                    activator.activate_after(Duration::from_millis(100));
                 }
                 let _ = (loader.index, loader.peers);
             }
@@ -284,18 +289,20 @@ impl Loader {
         let watermark = self.spec.clock.start_of(frontier);
         let horizon = self.spec.horizon_us();
         let shared = self.shared.0.borrow();
-        let due: Vec<Bucket> = self
+        let past: Vec<(Bucket, Epoch)> = self
             .resident
             .iter()
-            .filter(|((t, hour), last)| {
-                t.windowed()
-                    && hour.micros().saturating_add(HOUR).saturating_add(horizon) <= watermark.micros()
-                    && **last < shared.applied
-                    && !shared.unsettled.contains(&(*t, *hour))
-                    && !shared.rewrite.contains(&(*t, *hour))
-            })
+            .filter(|((t, hour), _)| t.windowed() && hour.micros().saturating_add(HOUR).saturating_add(horizon) <= watermark.micros())
+            .map(|(b, l)| (*b, *l))
+            .collect();
+        let due: Vec<Bucket> = past
+            .iter()
+            .filter(|(bucket, last)| *last < shared.applied && !shared.unsettled.contains(bucket) && !shared.rewrite.contains(bucket))
             .map(|(b, _)| *b)
             .collect();
+        // Past the horizon but not settled yet (the writer has not applied or made durable its
+        // last change): look again shortly, even if no input or progress wakes this operator.
+        self.held_back = due.len() < past.len();
         if due.is_empty() {
             return;
         }

@@ -80,9 +80,12 @@ impl<'s> WriteAggregates<'s> for Stream<'s, Epoch, Vec<RowChange>> {
                     return;
                 }
                 cuts_in.for_each(|_, data| w.cuts.extend(data.drain(..).filter(|b| *b > Epoch::ZERO)));
-                rows_in.for_each(|cap, data| {
-                    let Some(&t) = cap.least() else { return };
-                    w.pending.entry(t).or_default().append(data);
+                // Differential's output batches carry updates of many times under a capability
+                // at their lower bound: each change is filed under its own epoch.
+                rows_in.for_each(|_, data| {
+                    for change in data.drain(..) {
+                        w.pending.entry(change.1).or_default().push(change);
+                    }
                 });
                 // Sealed: every epoch below `bound` (both inputs passed it).
                 let bound = [frontiers[0].frontier().first(), frontiers[1].frontier().first()].into_iter().flatten().min().copied();
