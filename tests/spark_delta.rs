@@ -176,6 +176,21 @@ fn spark_with_delta_spark_reads_every_table_of_a_finished_run() {
         assert_eq!((&t["types"]["date"], &t["types"]["hour"]), (&"date".into(), &"int".into()), "{name}: {t}");
     }
     assert_eq!(stream_rows, check.data_rows + check.late_rows, "{summary}");
+    // The aggregate tables, whose partitions are rewritten (remove + add): Spark reads the rows of
+    // their current files only, with their keys once each and their times as timestamps.
+    for (name, time) in [
+        ("agg/vehicle_speed_minute", "window_start"),
+        ("agg/weather_hourly", "hour_start"),
+        ("agg/emergency_hourly", "hour_start"),
+        ("agg/vehicle_latest", "last_seen"),
+    ] {
+        let t = &tables.get(name).unwrap_or_else(|| panic!("Spark did not read {name}: {summary}"));
+        let spark = t["spark_rows"].as_u64().unwrap();
+        assert!(spark > 0, "{name}: an empty table checks nothing: {t}");
+        assert_eq!((spark, spark), (t["deltalake_rows"].as_u64().unwrap(), t["manifest_rows"].as_u64().unwrap()), "{name}: {t}");
+        assert_eq!(t["duplicates"], 0, "{name}: {t}");
+        assert_eq!(t["types"][time], "timestamp", "{name}: {t}");
+    }
     assert_eq!(tables["_dead_letter"]["spark_rows"].as_u64().unwrap(), check.dead_letters, "{summary}");
     assert_eq!(summary["problems"], 0, "{summary}");
 }

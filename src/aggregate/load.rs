@@ -56,6 +56,9 @@ type Out<'a> = timely::dataflow::operators::generic::OutputBuilderSession<'a, Ep
 /// `vehicle_latest`).
 type Bucket = (AggTable, EventTime);
 
+/// Reading one partition file's rows.
+type Load = JoinHandle<Result<Vec<(AggKey, Agg)>, PipelineError>>;
+
 /// Updates waiting for a load, by epoch, with a capability for each epoch.
 type Waiting = BTreeMap<Epoch, (Capability<Epoch>, Vec<Update>)>;
 
@@ -72,7 +75,7 @@ struct Loader {
     /// Buckets in memory, with the greatest epoch a record updated them at.
     resident: BTreeMap<Bucket, Epoch>,
     /// Buckets whose file is being read, with the updates waiting for it.
-    loading: BTreeMap<Bucket, (JoinHandle<Result<Vec<(AggKey, Agg)>, PipelineError>>, Waiting)>,
+    loading: BTreeMap<Bucket, (Load, Waiting)>,
     /// Per epoch: keys loaded or evicted at it, and keys a record updated at it (kept only for
     /// epochs with loads or evictions).
     touched: BTreeMap<Epoch, (BTreeSet<AggKey>, BTreeSet<AggKey>)>,

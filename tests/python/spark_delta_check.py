@@ -5,14 +5,15 @@ Usage (the interpreter of scripts/spark.sh's venv; `scripts/spark.sh check LAKE_
     spark_delta_check.py LAKE_DIR [--jars J1,J2,…] [--deltalake-python PY]
 
 Finds every Delta table under LAKE_DIR (each folder holding `_delta_log/`: the five streams,
-`_dead_letter`, and any other), starts a local[2] SparkSession with the Delta extension and
+`_dead_letter`, the four aggregate tables under `agg/`, and any other), starts a local[2] SparkSession with the Delta extension and
 catalog and the jars of `--jars` (default: $CITYSTREAM_SPARK_JARS, as scripts/spark.sh prints
 it; given through `spark.jars`, so no Ivy and no network at run time), and for every table:
 
 - reads it with `spark.read.format("delta")` and counts its rows, once through `count()` and
   once by scanning the key columns;
 - checks that no (topic, _partition, _offset) occurs twice (`topic` only in the dead-letter
-  table: a stream table holds one topic);
+  table: a stream table holds one topic), and in an aggregate table no key (e.g. device_id,
+  window_start);
 - checks the types Spark sees: `timestamp` TimestampType (UTC instants, not TimestampNTZ),
   `date` DateType, `hour` IntegerType, `stream` StringType, `_partition` IntegerType,
   `_offset` LongType, and that `date` and `hour` are partition columns;
@@ -23,7 +24,7 @@ it; given through `spark.jars`, so no Ivy and no network at run time), and for e
   of string lengths in characters, of binary lengths, true count; min, max and a hash-like sum
   of timestamps in µs) — so Spark decoded every value as delta-rs did;
 - compares the rows with the manifests' totals (`_manifests/*.json`: rows of every committed
-  object whose path lies in the table's folder).
+  object whose path lies in the table's folder; for an aggregate table, of its current files).
 
 Prints one line per table (table, Spark rows, deltalake rows, manifest rows, versions) and a
 JSON summary as the last line of stdout; exits 1 with `PROBLEM:` lines on stderr on any
@@ -47,6 +48,18 @@ STREAMS = ["vehicle_data", "gps_data", "traffic_data", "weather_data", "emergenc
 DEAD_LETTER = "_dead_letter"
 KEY_COLUMNS = ["topic", "_partition", "_offset"]
 PARTITION_COLUMNS = ["stream", "date", "hour"]
+# The aggregate tables (`agg/<name>`, rewritten partition by partition): their key columns.
+AGGREGATE_KEYS = {
+    "agg/vehicle_speed_minute": ["device_id", "window_start"],
+    "agg/weather_hourly": ["device_id", "hour_start"],
+    "agg/emergency_hourly": ["incident", "status", "hour_start"],
+    "agg/vehicle_latest": ["device_id"],
+}
+
+
+def key_columns(name):
+    """The columns that identify a row of table `name`."""
+    return AGGREGATE_KEYS.get(name, KEY_COLUMNS)
 
 
 def find_tables(lake):
@@ -62,8 +75,11 @@ def find_tables(lake):
 
 
 def manifest_rows(lake):
-    """Rows per top-level folder of every object the manifests committed."""
+    """Rows per table folder that the manifests committed: per top-level folder for the objects of
+    the stream and dead-letter tables; per `agg/<name>` the rows of the aggregate files that are
+    current (added, and not removed by a later manifest)."""
     rows = {}
+    current = {}
     folder = os.path.join(lake, "_manifests")
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         if not name.endswith(".json"):
@@ -71,8 +87,16 @@ def manifest_rows(lake):
         with open(os.path.join(folder, name)) as f:
             m = json.load(f)
         for entry in m.get("files", []):
+            if entry["kind"] == "aggregate":
+                current[entry["path"]] = int(entry["rows"])
+                continue
             top = entry["path"].split("/", 1)[0]
             rows[top] = rows.get(top, 0) + int(entry["rows"])
+        for path in m.get("removed", []):
+            current.pop(path, None)
+    for path, n in current.items():
+        table = "/".join(path.split("/", 2)[:2])
+        rows[table] = rows.get(table, 0) + n
     return rows
 
 
@@ -102,7 +126,7 @@ def deltalake_summary(lake, tables):
         dt_ = deltalake.DeltaTable(os.path.join(lake, name))
         table = dt_.to_pyarrow_table()
         files = pa.table(dt_.get_add_actions(flatten=True)).num_rows
-        keys = [c for c in KEY_COLUMNS if c in table.column_names]
+        keys = [c for c in key_columns(name) if c in table.column_names]
         duplicates = 0
         if keys and table.num_rows:
             grouped = table.group_by(keys).aggregate([([], "count_all")])
@@ -191,13 +215,17 @@ def spark_summary(spark, lake, name, problems):
         if col in fields and fields[col] != want:
             problems.append(f"{name}: Spark sees column {col} as {fields[col].simpleString()}, expected {want.simpleString()}")
     is_stream = name in STREAMS
-    required = ["date", "hour", "_partition", "_offset"] + (["timestamp"] if is_stream else []) + (["stream", "topic"] if name == DEAD_LETTER else [])
+    hourly = name != "agg/vehicle_latest"
+    if name in AGGREGATE_KEYS:
+        required = ["date"] + (["hour"] if hourly else []) + AGGREGATE_KEYS[name] + ["records"]
+    else:
+        required = ["date", "hour", "_partition", "_offset"] + (["timestamp"] if is_stream else []) + (["stream", "topic"] if name == DEAD_LETTER else [])
     for col in required:
         if col not in fields:
             problems.append(f"{name}: Spark sees no column {col} (columns: {sorted(fields)})")
     detail = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").collect()[0].asDict()
     history = spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").collect()[0].asDict()
-    for col in ("date", "hour"):
+    for col in ("date", "hour") if hourly else ("date",):
         if col not in detail["partitionColumns"]:
             problems.append(f"{name}: {col} is not a partition column for Spark (partition columns: {detail['partitionColumns']})")
 
@@ -206,7 +234,7 @@ def spark_summary(spark, lake, name, problems):
     rows = df.count()
     timings["count"] = time.monotonic() - t0
     t0 = time.monotonic()
-    keys = [c for c in KEY_COLUMNS if c in fields]
+    keys = [c for c in key_columns(name) if c in fields]
     by_key = df.groupBy(*keys).count()
     key_stats = by_key.agg(F.coalesce(F.sum("count"), F.lit(0)).alias("rows"), F.count_if(F.col("count") > 1).alias("duplicates")).collect()[0]
     timings["keys"] = time.monotonic() - t0
@@ -279,7 +307,7 @@ def compare(name, s, d, manifest, problems):
     if manifest is not None and s["rows"] != manifest:
         problems.append(f"{name}: Spark counts {s['rows']} rows, the manifests committed {manifest}")
     if s["duplicates"]:
-        problems.append(f"{name}: Spark sees {s['duplicates']} (topic, _partition, _offset) keys more than once")
+        problems.append(f"{name}: Spark sees {s['duplicates']} ({', '.join(key_columns(name))}) keys more than once")
     if d["duplicates"]:
         problems.append(f"{name}: deltalake sees {d['duplicates']} keys more than once")
     if s["version"] != d["version"]:
@@ -326,7 +354,7 @@ def main():
 
     problems = []
     tables = find_tables(lake)
-    for want in STREAMS + [DEAD_LETTER]:
+    for want in STREAMS + [DEAD_LETTER] + list(AGGREGATE_KEYS):
         if want not in tables:
             problems.append(f"{want} is not a Delta table in {lake} (found: {tables})")
     manifests = manifest_rows(lake)
@@ -354,7 +382,7 @@ def main():
             continue
         # The manifests' totals: citystream's six tables always; another table only if some
         # manifest names objects in its folder.
-        manifest = manifests.get(name, 0) if name in STREAMS + [DEAD_LETTER] else manifests.get(name)
+        manifest = manifests.get(name, 0) if name in STREAMS + [DEAD_LETTER] + list(AGGREGATE_KEYS) else manifests.get(name)
         compare(name, s, d, manifest, problems)
         checkpoint = last_checkpoint(lake, name)
         print(f"{name}: spark {s['rows']} rows, deltalake {d['rows']} rows, manifests {manifest} rows; "
