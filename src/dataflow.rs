@@ -283,4 +283,32 @@ mod tests {
         assert_eq!(back, chunk);
         assert_eq!(back.batch.schema(), crate::contract::schema::schema(Stream::Emergency, true), "the types come back exactly");
     }
+
+    /// What crosses processes besides chunks — reports to the committer and the aggregate
+    /// updates — in timely's encoding (bincode, which cannot skip a field: a
+    /// `skip_serializing_if` on any of them made a 2-process cluster fail to decode).
+    #[test]
+    fn reports_and_aggregate_updates_survive_bincode() {
+        use crate::aggregate::{AggTable, table};
+        let entry = |aggregate: Option<AggTable>| FileEntry {
+            path: "agg/weather_hourly/date=2025-03-01/hour=10/weather_hourly-e0029013720-ab01.parquet".into(),
+            stream: Stream::Weather,
+            kind: if aggregate.is_some() { FileKind::Aggregate } else { FileKind::Data },
+            epoch: Epoch(29_013_720),
+            last_epoch: Epoch(29_013_721),
+            partitions: vec![],
+            rows: 7,
+            bytes: 900,
+            stats: None,
+            aggregate,
+        };
+        let report = Report::Files { files: vec![entry(None), entry(Some(AggTable::WeatherHourly))], removed: vec!["agg/x.parquet".into()], sealed_at_us: 5 };
+        let bytes = bincode::serde::encode_to_vec(&report, bincode::config::legacy()).unwrap();
+        let (back, _): (Report, usize) = bincode::serde::decode_from_slice(&bytes, bincode::config::legacy()).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{report:?}"));
+        let update = ((table::weather_key("Vehicle-1", EventTime(1_740_823_200_000_000)), ()), Epoch(3), table::weather_agg(12.5, 0.25, 7.0, 81, 30.0));
+        let bytes = bincode::serde::encode_to_vec(&update, bincode::config::legacy()).unwrap();
+        let (back, _): (crate::aggregate::updates::Update, usize) = bincode::serde::decode_from_slice(&bytes, bincode::config::legacy()).unwrap();
+        assert_eq!(back, update);
+    }
 }

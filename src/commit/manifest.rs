@@ -48,8 +48,10 @@ pub struct FileEntry {
     /// (Absent in manifests of versions before the Delta tables.)
     #[serde(default)]
     pub stats: Option<String>,
-    /// The aggregate table of a [`FileKind::Aggregate`] file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The aggregate table of a [`FileKind::Aggregate`] file. (Always serialized, `null` for
+    /// the other kinds: entries also cross the cluster inside timely messages, whose bincode
+    /// encoding cannot skip a field.)
+    #[serde(default)]
     pub aggregate: Option<AggTable>,
 }
 
