@@ -157,6 +157,14 @@ fn unwritable_output_directory_is_named() {
 }
 
 #[test]
+fn unknown_aggregate_tables_and_a_horizon_below_the_lateness_name_the_flag() {
+    let o = citystream(&["run", "--aggregates", "vehicle_speed_minute,speeds"], &[]);
+    o.fails_naming(&["--aggregates", "\"speeds\"", "vehicle_latest"]);
+    let o = citystream(&["run", "--aggregate-horizon", "1m", "--lateness", "2m"], &[]);
+    o.fails_naming(&["--aggregate-horizon", "--lateness"]);
+}
+
+#[test]
 fn invalid_durations_name_the_flag() {
     for (flag, value) in [("--window", "soon"), ("--lateness", "2 fortnights"), ("--connect-timeout", "5")] {
         let o = citystream(&["run", flag, value], &[]);

@@ -349,7 +349,8 @@ fn committed_rows_in(output: &str) -> Option<u64> {
             let bytes = lake.store.get(&meta.location).await.ok()?.bytes().await.ok()?;
             let m: Manifest = serde_json::from_slice(&bytes).ok()?;
             if m.kind == ManifestKind::Commit {
-                rows += m.files.iter().map(|f| f.rows).sum::<u64>();
+                // The records' rows: not the aggregate tables' files, which summarise them.
+                rows += m.files.iter().filter(|f| f.kind != citystream::lake::FileKind::Aggregate).map(|f| f.rows).sum::<u64>();
             }
         }
         Some(rows)
