@@ -3,18 +3,18 @@
 //! collection.
 //!
 //! Every record becomes one update `(key, epoch, Agg)`. Adding updates merges them — counts and
-//! sums add, minima and maxima and the latest reading are taken — so an arrangement holds, per
-//! key, the accumulated aggregate of every record up to a time: the row itself, in mergeable
-//! form. Rows are written with those partials (sums beside the averages), which is what lets a
+//! sums add, minima and maxima and the latest reading are taken — so the accumulation of a key's
+//! updates up to a time is the aggregate of every record up to then: the row itself, in
+//! mergeable form (the writer keeps exactly that sum). Rows are written with those partials (sums beside the averages), which is what lets a
 //! restart load them back as updates.
 //!
-//! A key leaves the arrangements (see [`super::load`]) by adding its accumulated aggregate
+//! A key leaves memory (see [`super::load`]) by adding its accumulated aggregate
 //! [`Agg::negated`]: the count and the sums cancel, and an aggregate whose count is zero is
-//! differential's zero, so the update is retired. Minima, maxima and the latest reading do not
-//! cancel, but they are idempotent: if the key is loaded back (its row from the table, equal to
-//! the accumulated aggregate `A`) before the retraction was compacted away, `A − A + A + x`
-//! still has `A + x`'s count, sums, minima and maxima. Only this exact use is lawful: a
-//! negation is only ever added for the whole accumulated aggregate of its key.
+//! differential's zero, so the writer drops the row. Minima, maxima and the latest reading do
+//! not cancel, but they are idempotent: were `A − A` merged with a reload `A` and a record `x`
+//! in one consolidation, `A − A + A + x` still has `A + x`'s count, sums, minima and maxima.
+//! Only this exact use is lawful: a negation is only ever added for the whole accumulated
+//! aggregate of its key.
 
 use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};

@@ -1,5 +1,5 @@
 //! The loader, as a stream method: `updates.load_aggregates(spec, shared)`, in front of the
-//! differential collection. It decides which partitions' rows are in the arrangements.
+//! differential collection. It decides which partitions' rows are in memory.
 //!
 //! In: the updates of the partitions this worker owns (after the exchange), at their epochs.
 //! Out: the same updates, preceded where needed by rows read from the tables, and the
@@ -14,8 +14,8 @@
 //! - **Eviction**: once the watermark (the start of the input frontier's epoch) is
 //!   `--aggregate-horizon` past the end of a windowed partition's hour, and the writer has
 //!   applied and durably written every change of it, the partition's accumulated aggregates go
-//!   out negated ([`Agg::negated`]) at the frontier: its keys accumulate to zero and leave both
-//!   arrangements, and the writer drops its rows.
+//!   out negated ([`Agg::negated`]) at the frontier: its keys accumulate to zero and the writer
+//!   drops its rows.
 //!
 //! Loads and evictions are not changes of the table: the keys they touch at an epoch (and that
 //! no record touched at it) are handed to the writer as *quiet* for that epoch before the

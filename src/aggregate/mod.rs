@@ -1,27 +1,28 @@
-//! Live aggregate tables, maintained by differential dataflow inside the cluster's dataflow and
-//! committed with the same manifests as the raw rows they summarise.
+//! Live aggregate tables, maintained as differential collections inside the cluster's dataflow
+//! and committed with the same manifests as the raw rows they summarise.
 //!
 //! ```text
-//!  chunks@epoch ─► .aggregate_updates ─► exchange(bucket) ─► .load_aggregates ─► reduce ─► .write_aggregates ─► reports@commit
-//!  (every decodable  (key, epoch, Agg),     (owner of the      (rows of partitions   (one row     (one file per changed
-//!   record, on-time   merged per chunk)      row's partition)   not in memory,        per key)     partition, removes the
-//!   and late)                                                   evictions)                          file it replaces)
+//!  chunks@epoch ─► .aggregate_updates ─► exchange(bucket) ─► .load_aggregates ─► consolidate ─► .write_aggregates ─► reports@commit
+//!  (every decodable  (key, epoch, Agg),     (owner of the      (rows of partitions   (per key     (rows += updates; one
+//!   record, on-time   merged per chunk)      row's partition)   not in memory,        and epoch)   file per changed partition,
+//!   and late)                                                   evictions)                         removes the file it replaces)
 //! ```
 //!
 //! The four tables ([`AggTable`]) are `vehicle_speed_minute`, `weather_hourly`,
 //! `emergency_hourly` and `vehicle_latest`. Every decodable record (on time or late) becomes an
 //! update of its row's key at the epoch that commits the record, with a mergeable partial
-//! aggregate as its difference ([`key::Agg`]); differential's `reduce` turns the accumulated
-//! aggregate of each key into the row, and emits, at every epoch, the rows that changed (the old
-//! row retracted, the new one asserted). A late record changes its window's row at the epoch
-//! it arrives in, so the commit of that epoch carries the corrected row.
+//! aggregate as its difference ([`key::Agg`]): a differential collection whose accumulation, per
+//! key, *is* the row. Updates are consolidated per key and epoch and the writer adds each to
+//! the row it keeps, so at every epoch exactly the rows that changed are new. A late record
+//! changes its window's row at the epoch it arrives in, so the commit of that epoch carries the
+//! corrected row.
 //!
 //! The writer rewrites only the partitions (date/hour) whose rows changed in a commit: a new
 //! file holding the partition's rows, and the file it replaces removed in the same manifest and
 //! the same Delta table commit. State is bounded by `--aggregate-horizon`: the rows of a
-//! partition whose hour ended that long before the watermark leave the arrangements, and a
-//! record for it later loads the partition's file back first. On restart, the same loading
-//! rebuilds the state from the committed tables.
+//! partition whose hour ended that long before the watermark leave memory, and a record for it
+//! later loads the partition's file back first. On restart, the same loading rebuilds the state
+//! from the committed tables.
 
 pub mod key;
 pub mod load;
@@ -222,13 +223,14 @@ pub fn build<'s>(chunks: Stream<'s, Epoch, Vec<Chunk>>, cuts: Stream<'s, Epoch, 
 
     let shared = shared::Shared::default();
     let updates = chunks.aggregate_updates(spec.tables.clone(), spec.clock.window_us);
-    // The same function routes updates as differential's own exchange in `reduce` does, so the
-    // loader sees every update of the partitions its worker owns, and nothing moves again.
+    // By the bucket: the loader and the writer of one worker see every update of the partitions
+    // that worker owns, and nothing moves again.
     let owned = updates.exchange(|u: &((AggKey, ()), Epoch, Agg)| u.0.0.hashed());
     let loaded = owned.load_aggregates(spec.clone(), shared.clone());
-    let rows = loaded.as_collection().reduce_named("AggregateRows", |_key, input, output| {
-        // One value (`()`) per key; its difference is the key's accumulated aggregate.
-        output.push((input[0].1.clone(), 1isize));
-    });
-    rows.inner.write_aggregates(cuts, spec, shared)
+    // The differences are already the partial aggregates: consolidating a batch merges the
+    // updates of each key and epoch, and the writer adds them to the rows it keeps. No
+    // arrangement holds the keys (a `reduce` kept two of every key: 3× the CPU of the records
+    // and 0.8 GiB more at 5 M records).
+    let merged = loaded.as_collection().consolidate_stream();
+    merged.inner.write_aggregates(cuts, spec, shared)
 }

@@ -1,5 +1,5 @@
-//! What the loader and the writer of one worker share: both run on the worker's thread, on
-//! either side of the `reduce`, and own the same partitions (the same exchange routes to both).
+//! What the loader and the writer of one worker share: both run on the worker's thread, one
+//! after the other, and own the same partitions (one exchange routes to both).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +34,8 @@ pub struct State {
     /// Partitions that must be written (or, without rows, removed) at the first commit even
     /// without a change: those of a table rebuilt from the stream tables.
     pub rewrite: BTreeSet<Part>,
+    /// The partition (day of `last_seen`) that holds each `vehicle_latest` row.
+    pub latest_part: BTreeMap<AggKey, Part>,
 }
 
 /// A worker's shared state.

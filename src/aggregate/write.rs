@@ -1,12 +1,13 @@
 //! The writer, as a stream method: `rows.write_aggregates(cuts, spec, shared)`: changed rows →
 //! one Parquet file per changed partition and commit.
 //!
-//! In: the `reduce`'s output — at every epoch, each changed row retracted (−1) and asserted anew
-//! (+1) — and the cluster's commit boundaries. Out: the files of each commit ([`Report::Files`],
+//! In: the consolidated updates — per key and epoch, the merged partial aggregate of its
+//! records (and the loader's loads and evictions) — and the cluster's commit boundaries. Out: the files of each commit ([`Report::Files`],
 //! with the files they replace in `removed`) at the commit's first epoch, once all are durable.
 //!
-//! Rows wait until their epoch is sealed (both inputs' frontiers passed it), then the writer
-//! applies them to the rows it keeps per partition. A partition is *dirty* when a record changed
+//! Updates wait until their epoch is sealed (both inputs' frontiers passed it), then the writer
+//! adds them to the rows it keeps per partition: the row of a key is the sum of every update of
+//! it so far, and a row whose count reaches zero (an eviction) leaves. A partition is *dirty* when a record changed
 //! one of its rows (loads and evictions are quiet, see [`super::load`]). When a boundary is
 //! reached, every dirty partition of the commit gets a new file holding all of its rows, named
 //! with the commit's first epoch, and the file it had is listed as removed — the manifest and
@@ -36,8 +37,8 @@ use crate::error::{ErrorClass, PipelineError};
 use crate::lake::FileKind;
 use crate::sink::encode::ParquetEncoder;
 
-/// A change of one row: the key, the row, +1 or −1.
-pub type RowChange = ((AggKey, Agg), Epoch, isize);
+/// An update of one row: its key, its epoch, the partial aggregate to add.
+pub type RowChange = super::updates::Update;
 
 /// The stage as a stream method.
 pub trait WriteAggregates<'s> {
@@ -158,28 +159,44 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies the changes of epoch `e` to the partitions' rows: retractions first, then the new
-    /// rows; a change that is not quiet makes its partition dirty.
-    fn apply(&mut self, shared: &Shared, e: Epoch, mut changes: Vec<RowChange>) {
+    /// Adds the updates of epoch `e` to the partitions' rows; an update that is not quiet makes
+    /// its row's partition dirty (both partitions when a `vehicle_latest` row moves to another
+    /// day).
+    fn apply(&mut self, shared: &Shared, e: Epoch, changes: Vec<RowChange>) {
+        use differential_dataflow::difference::{IsZero, Semigroup};
         let mut s = shared.0.borrow_mut();
         let quiet = s.quiet.remove(&e).unwrap_or_default();
-        changes.sort_by_key(|(_, _, d)| *d);
-        for ((key, agg), _, diff) in changes {
-            let part = (key.table, table::partition_of(&key, &agg));
-            if !quiet.contains(&key) {
+        for ((key, ()), _, diff) in changes {
+            let loud = !quiet.contains(&key);
+            let old_part = if key.table.windowed() { Some((key.table, key.bucket)) } else { s.latest_part.get(&key).copied() };
+            let mut row = Agg::ZERO;
+            if let Some(part) = old_part
+                && let Some(rows) = s.rows.get_mut(&part)
+                && let Some(old) = rows.remove(&key)
+            {
+                row = old;
+                if rows.is_empty() {
+                    s.rows.remove(&part);
+                }
+                if loud {
+                    self.dirty.insert(part);
+                    s.unsettled.insert(part);
+                }
+            }
+            row.plus_equals(&diff);
+            if row.is_zero() {
+                s.latest_part.remove(&key);
+                continue;
+            }
+            let part = (key.table, table::partition_of(&key, &row));
+            if loud {
                 self.dirty.insert(part);
                 s.unsettled.insert(part);
             }
-            if diff < 0 {
-                if let Some(rows) = s.rows.get_mut(&part) {
-                    rows.remove(&key);
-                    if rows.is_empty() {
-                        s.rows.remove(&part);
-                    }
-                }
-            } else {
-                s.rows.entry(part).or_default().insert(key, agg);
+            if !key.table.windowed() {
+                s.latest_part.insert(key.clone(), part);
             }
+            s.rows.entry(part).or_default().insert(key, row);
         }
     }
 
