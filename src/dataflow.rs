@@ -306,7 +306,7 @@ mod tests {
         let bytes = bincode::serde::encode_to_vec(&report, bincode::config::legacy()).unwrap();
         let (back, _): (Report, usize) = bincode::serde::decode_from_slice(&bytes, bincode::config::legacy()).unwrap();
         assert_eq!(format!("{back:?}"), format!("{report:?}"));
-        let update = ((table::weather_key("Vehicle-1", EventTime(1_740_823_200_000_000)), ()), Epoch(3), table::weather_agg(12.5, 0.25, 7.0, 81, 30.0));
+        let update = ((table::weather_key("Vehicle-1", EventTime(1_740_823_200_000_000)).owned(), ()), Epoch(3), table::weather_agg(12.5, 0.25, 7.0, 81, 30.0));
         let bytes = bincode::serde::encode_to_vec(&update, bincode::config::legacy()).unwrap();
         let (back, _): (crate::aggregate::updates::Update, usize) = bincode::serde::decode_from_slice(&bytes, bincode::config::legacy()).unwrap();
         assert_eq!(back, update);

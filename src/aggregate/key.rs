@@ -5,19 +5,11 @@
 //! Every record becomes one update `(key, epoch, Agg)`. Adding updates merges them — counts and
 //! sums add, minima and maxima and the latest reading are taken — so the accumulation of a key's
 //! updates up to a time is the aggregate of every record up to then: the row itself, in
-//! mergeable form (the writer keeps exactly that sum). Rows are written with those partials (sums beside the averages), which is what lets a
-//! restart load them back as updates.
-//!
-//! A key leaves memory (see [`super::load`]) by adding its accumulated aggregate
-//! [`Agg::negated`]: the count and the sums cancel, and an aggregate whose count is zero is
-//! differential's zero, so the writer drops the row. Minima, maxima and the latest reading do
-//! not cancel, but they are idempotent: were `A − A` merged with a reload `A` and a record `x`
-//! in one consolidation, `A − A + A + x` still has `A + x`'s count, sums, minima and maxima.
-//! Only this exact use is lawful: a negation is only ever added for the whole accumulated
-//! aggregate of its key.
+//! mergeable form (the writer keeps exactly that sum). Rows are written with those partials
+//! (sums beside the averages), which is what lets a restart, or a late record for a partition
+//! that left memory, read them back and go on adding.
 
 use std::cmp::Ordering;
-use std::hash::{Hash, Hasher};
 
 use super::AggTable;
 use crate::contract::EventTime;
@@ -25,11 +17,10 @@ use crate::contract::EventTime;
 /// The key of one aggregate row: its table, the partition it lives in, and its grouping
 /// columns.
 ///
-/// Its [`Hash`] covers only the table and the bucket (the hour of a windowed row; one bucket
-/// for `vehicle_latest`): differential dataflow exchanges updates by that hash, so every key of
-/// a partition is owned by one worker, which writes the partition's one file. Maps keyed by
-/// `AggKey` are therefore ordered maps, never hash maps.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+/// Updates are exchanged by [`AggKey::route`], which covers only the table and the bucket (the
+/// hour of a windowed row; one bucket for `vehicle_latest`), so every key of a partition is
+/// owned by one worker, which writes the partition's one file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct AggKey {
     /// The table the row belongs to.
     pub table: AggTable,
@@ -44,26 +35,23 @@ pub struct AggKey {
     pub start: EventTime,
 }
 
-impl Hash for AggKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.table.hash(state);
-        self.bucket.hash(state);
+impl AggKey {
+    /// What the exchange routes the key's updates by: its table and bucket.
+    pub fn route(&self) -> u64 {
+        route(self.table, self.bucket)
     }
 }
 
-impl AggKey {
-    /// The bucket's identity, which decides the owning worker.
-    pub fn bucket_id(&self) -> (AggTable, EventTime) {
-        (self.table, self.bucket)
-    }
+/// The exchange hash of `bucket` of `table` (see [`owner`]).
+pub fn route(table: AggTable, bucket: EventTime) -> u64 {
+    use differential_dataflow::hashable::Hashable;
+    (table, bucket.micros()).hashed()
 }
 
 /// The worker (of `peers`) that owns the keys of `bucket` of `table`: where the exchange by
-/// [`AggKey`]'s hash sends them (timely sends a datum to worker `hash % peers`).
+/// [`route`] sends them (timely sends a datum to worker `hash % peers`).
 pub fn owner(table: AggTable, bucket: EventTime, peers: usize) -> usize {
-    use differential_dataflow::hashable::Hashable;
-    let probe = AggKey { table, bucket, name: String::new(), status: String::new(), start: EventTime::UNIX_EPOCH };
-    (probe.hashed() % peers.max(1) as u64) as usize
+    (route(table, bucket) % peers.max(1) as u64) as usize
 }
 
 /// The reading of a vehicle with the greatest (timestamp, partition, offset): what
@@ -108,8 +96,9 @@ pub struct Agg {
     pub min: f64,
     /// Maxima.
     pub max: [f64; SLOTS],
-    /// The latest reading (`vehicle_latest`).
-    pub latest: Option<Latest>,
+    /// The latest reading (`vehicle_latest` only; boxed so that the other tables' aggregates,
+    /// nearly all of them, stay small).
+    pub latest: Option<Box<Latest>>,
 }
 
 impl Agg {
@@ -119,11 +108,6 @@ impl Agg {
     /// One record, no values (emergency counts).
     pub fn one() -> Agg {
         Agg { records: 1, ..Agg::ZERO }
-    }
-
-    /// What, added to this accumulated aggregate, retires it (see the module's notes).
-    pub fn negated(&self) -> Agg {
-        Agg { records: -self.records, sum: self.sum.map(|s| -s), ..self.clone() }
     }
 
     /// The mean of sum slot `i`.
@@ -181,10 +165,11 @@ impl differential_dataflow::difference::Semigroup for Agg {
             self.max[i] = self.max[i].max(rhs.max[i]);
         }
         self.min = self.min.min(rhs.min);
-        self.latest = match (self.latest, rhs.latest) {
-            (Some(a), Some(b)) => Some(if b.order() > a.order() { b } else { a }),
-            (a, b) => a.or(b),
-        };
+        match (&mut self.latest, &rhs.latest) {
+            (Some(a), Some(b)) if b.order() > a.order() => **a = **b,
+            (None, Some(b)) => self.latest = Some(b.clone()),
+            _ => {}
+        }
     }
 }
 
@@ -223,35 +208,19 @@ mod tests {
     }
 
     #[test]
-    fn a_negated_aggregate_retires_its_key_and_a_reload_restores_it() {
-        let a = sum(&[reading(50.0), reading(70.5)]);
-        let mut gone = a.clone();
-        gone.plus_equals(&a.negated());
-        assert!(gone.is_zero(), "A − A is differential's zero: the update is retired");
-        // Loaded back before the retraction was compacted away, plus a new record: A − A + A + x.
-        let x = reading(99.0);
-        let mut back = gone.clone();
-        back.plus_equals(&a);
-        back.plus_equals(&x);
-        let expected = sum(&[a.clone(), x]);
-        assert_eq!((back.records, back.sum[0], back.min, back.max[0]), (expected.records, expected.sum[0], expected.min, expected.max[0]));
-    }
-
-    #[test]
     fn the_latest_reading_is_the_greatest_time_then_partition_then_offset() {
         let at = |t: i64, partition: i32, offset: i64, speed: f64| Agg {
-            latest: Some(Latest { at: EventTime(t), partition, offset, latitude: 51.5, longitude: -0.1, speed }),
+            latest: Some(Box::new(Latest { at: EventTime(t), partition, offset, latitude: 51.5, longitude: -0.1, speed })),
             ..Agg::one()
         };
         let merged = sum(&[at(10, 0, 5, 1.0), at(12, 0, 1, 2.0), at(12, 1, 0, 3.0), at(12, 1, 7, 4.0), at(11, 9, 9, 5.0)]);
         assert_eq!(merged.records, 5);
-        assert_eq!(merged.latest.unwrap().speed, 4.0, "greatest time, then partition, then offset");
+        assert_eq!(merged.latest.as_ref().unwrap().speed, 4.0, "greatest time, then partition, then offset");
         assert_eq!(sum(&[at(12, 1, 7, 4.0), at(12, 1, 0, 3.0)]), sum(&[at(12, 1, 0, 3.0), at(12, 1, 7, 4.0)]));
     }
 
     #[test]
-    fn keys_of_one_bucket_hash_alike() {
-        use differential_dataflow::hashable::Hashable;
+    fn keys_of_one_bucket_route_alike() {
         let key = |name: &str, start: i64| AggKey {
             table: AggTable::SpeedMinute,
             bucket: EventTime(3_600_000_000),
@@ -259,8 +228,9 @@ mod tests {
             status: String::new(),
             start: EventTime(start),
         };
-        assert_eq!(key("Vehicle-1", 3_600_000_000).hashed(), key("Vehicle-2", 3_660_000_000).hashed());
+        assert_eq!(key("Vehicle-1", 3_600_000_000).route(), key("Vehicle-2", 3_660_000_000).route());
         let other = AggKey { bucket: EventTime(7_200_000_000), ..key("Vehicle-1", 7_200_000_000) };
-        assert_ne!(key("Vehicle-1", 3_600_000_000).hashed(), other.hashed());
+        assert_ne!(key("Vehicle-1", 3_600_000_000).route(), other.route());
+        assert_eq!(owner(AggTable::SpeedMinute, EventTime(3_600_000_000), 3) as u64, key("Vehicle-9", 3_600_000_000).route() % 3);
     }
 }

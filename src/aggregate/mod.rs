@@ -2,10 +2,11 @@
 //! and committed with the same manifests as the raw rows they summarise.
 //!
 //! ```text
-//!  chunks@epoch ─► .aggregate_updates ─► exchange(bucket) ─► .load_aggregates ─► consolidate ─► .write_aggregates ─► reports@commit
-//!  (every decodable  (key, epoch, Agg),     (owner of the      (rows of partitions   (per key     (rows += updates; one
-//!   record, on-time   merged per chunk)      row's partition)   not in memory,        and epoch)   file per changed partition,
-//!   and late)                                                   evictions)                         removes the file it replaces)
+//!  chunks@epoch ─► .aggregate_updates ─► exchange(bucket) ─► consolidate ─► .write_aggregates ─► reports@commit
+//!  (every decodable  (key, epoch, Agg),     (owner of the      (per key     (rows += updates; partitions read
+//!   record, on-time   merged per chunk)      row's partition)   and epoch)   back and evicted; one file per
+//!   and late)                                                                changed partition, removes the
+//!                                                                            file it replaces)
 //! ```
 //!
 //! The four tables ([`AggTable`]) are `vehicle_speed_minute`, `weather_hourly`,
@@ -25,9 +26,7 @@
 //! from the committed tables.
 
 pub mod key;
-pub mod load;
 pub mod restore;
-mod shared;
 pub mod table;
 pub mod updates;
 pub mod write;
@@ -216,21 +215,17 @@ impl AggSpec {
 /// cluster's commit boundaries `cuts` (broadcast); returns the writer's reports for the
 /// committer.
 pub fn build<'s>(chunks: Stream<'s, Epoch, Vec<Chunk>>, cuts: Stream<'s, Epoch, Vec<Epoch>>, spec: AggSpec) -> Stream<'s, Epoch, Vec<Report>> {
-    use differential_dataflow::hashable::Hashable;
-    use load::LoadAggregates;
     use updates::AggregateUpdates;
     use write::WriteAggregates;
 
-    let shared = shared::Shared::default();
     let updates = chunks.aggregate_updates(spec.tables.clone(), spec.clock.window_us);
-    // By the bucket: the loader and the writer of one worker see every update of the partitions
-    // that worker owns, and nothing moves again.
-    let owned = updates.exchange(|u: &((AggKey, ()), Epoch, Agg)| u.0.0.hashed());
-    let loaded = owned.load_aggregates(spec.clone(), shared.clone());
+    // By the bucket: the writer of one worker sees every update of the partitions that worker
+    // owns, and nothing moves again.
+    let owned = updates.exchange(|u: &((AggKey, ()), Epoch, Agg)| u.0.0.route());
     // The differences are already the partial aggregates: consolidating a batch merges the
     // updates of each key and epoch, and the writer adds them to the rows it keeps. No
     // arrangement holds the keys (a `reduce` kept two of every key: 3× the CPU of the records
     // and 0.8 GiB more at 5 M records).
-    let merged = loaded.as_collection().consolidate_stream();
-    merged.inner.write_aggregates(cuts, spec, shared)
+    let merged = owned.as_collection().consolidate_stream();
+    merged.inner.write_aggregates(cuts, spec)
 }

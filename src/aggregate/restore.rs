@@ -12,12 +12,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use differential_dataflow::difference::Semigroup;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 
 use super::key::{Agg, AggKey, owner};
-use super::shared::Part;
 use super::table::{self, partition_of_path};
+use super::write::Part;
 use super::{AggSpec, AggTable, Selection, updates};
 use crate::commit::manifest::Manifest;
 use crate::contract::EventTime;
@@ -37,8 +38,6 @@ pub struct Initial {
     /// Rows recomputed from the stream tables for rebuilt tables: changes, written at the first
     /// commit.
     pub rebuilt: Vec<(AggKey, Agg)>,
-    /// The buckets whose rows are in memory from the start.
-    pub resident: BTreeSet<(AggTable, EventTime)>,
     /// Partitions of rebuilt tables that had a file: rewritten or removed at the first commit.
     pub rewrite: BTreeSet<Part>,
 }
@@ -70,7 +69,6 @@ pub async fn initial(spec: &AggSpec, index: usize, peers: usize) -> Result<Initi
             for ((table, part), path) in init.files.range((t, EventTime(i64::MIN))..=(t, EventTime::MAX)) {
                 if !t.windowed() || part.micros() + HOUR + spec.horizon_us() > watermark.micros() {
                     init.loaded.extend(load_file(&spec.lake, *table, path).await?);
-                    init.resident.insert((*table, bucket_of(*part)));
                 }
             }
         } else {
@@ -82,7 +80,6 @@ pub async fn initial(spec: &AggSpec, index: usize, peers: usize) -> Result<Initi
     if !rebuilt.is_empty() {
         init.rebuilt = rebuild(spec, previous, &rebuilt, index, peers).await?;
         init.rebuilt.retain(|(k, _)| owned(k));
-        init.resident.extend(init.rebuilt.iter().map(|(k, _)| k.bucket_id()));
     }
     tracing::info!(
         worker = index,
@@ -145,7 +142,7 @@ async fn stale(lake: &Lake, t: AggTable) -> Result<Option<Vec<(String, i64)>>, P
 /// `vehicle_latest`'s owner).
 async fn rebuild(spec: &AggSpec, previous: &Manifest, tables: &[AggTable], index: usize, peers: usize) -> Result<Vec<(AggKey, Agg)>, PipelineError> {
     let window_us = spec.clock.window_us;
-    let mut merged: BTreeMap<AggKey, Agg> = BTreeMap::new();
+    let mut merged: foldhash::HashMap<AggKey, Agg> = Default::default();
     let streams: BTreeSet<_> = tables.iter().map(|t| t.stream()).collect();
     for stream in streams {
         let of_stream: Vec<AggTable> = tables.iter().copied().filter(|t| t.stream() == stream).collect();
@@ -168,7 +165,8 @@ async fn rebuild(spec: &AggSpec, previous: &Manifest, tables: &[AggTable], index
                 .map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("reading {path} to rebuild the aggregates"), e))?;
             for batch in reader {
                 let batch = batch.map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("reading {path} to rebuild the aggregates"), e))?;
-                updates::rows_of_batch(stream, &batch, &selection, window_us, &mut merged)
+                let add = |key: AggKey, agg: Agg| merged.entry(key).or_insert(Agg::ZERO).plus_equals(&agg);
+                updates::rows_of_batch(stream, &batch, &selection, window_us, add)
                     .map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("rebuilding the aggregates from {path}"), e))?;
             }
             // Keep only the keys this worker owns as it goes, so that memory holds its share.

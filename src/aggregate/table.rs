@@ -90,7 +90,7 @@ pub fn schema(table: AggTable) -> SchemaRef {
 /// day of `last_seen` for `vehicle_latest`.
 pub fn partition_of(key: &AggKey, agg: &Agg) -> EventTime {
     match key.table {
-        AggTable::VehicleLatest => agg.latest.map_or(EventTime::UNIX_EPOCH, |l| l.at).floor(DAY),
+        AggTable::VehicleLatest => agg.latest.as_ref().map_or(EventTime::UNIX_EPOCH, |l| l.at).floor(DAY),
         _ => key.bucket,
     }
 }
@@ -127,31 +127,48 @@ pub fn file_path(table: AggTable, start: EventTime, epoch: Epoch, run: &str) -> 
     Path::from(format!("{}/{}-e{epoch:010}-{run}.parquet", partition_dir(table, start), table.name()))
 }
 
-/// One row's key from its table's grouping columns.
-fn key(table: AggTable, name: String, status: String, start: EventTime) -> AggKey {
-    let bucket = if table.windowed() { start.floor(HOUR) } else { EventTime::UNIX_EPOCH };
-    AggKey { table, bucket, name, status, start }
+/// A row's key borrowed: its table, `window_start` / `hour_start` ([`EventTime::UNIX_EPOCH`]
+/// for `vehicle_latest`), its name and its status (empty but for `emergency_hourly`). Rows of
+/// a batch are merged under these before any key is owned ([`KeyRef::owned`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyRef<'a> {
+    /// The table.
+    pub table: AggTable,
+    /// The window's or hour's start.
+    pub start: EventTime,
+    /// `device_id` or `incident`.
+    pub name: &'a str,
+    /// `status`, or empty.
+    pub status: &'a str,
+}
+
+impl KeyRef<'_> {
+    /// The owned key, with the bucket its row lives in.
+    pub fn owned(self) -> AggKey {
+        let bucket = if self.table.windowed() { self.start.floor(HOUR) } else { EventTime::UNIX_EPOCH };
+        AggKey { table: self.table, bucket, name: self.name.to_owned(), status: self.status.to_owned(), start: self.start }
+    }
 }
 
 /// The key of a `vehicle_speed_minute` row: `device_id`, and the record's time floored to the
 /// window.
-pub fn speed_key(device: &str, at: EventTime, window_us: i64) -> AggKey {
-    key(AggTable::SpeedMinute, device.to_owned(), String::new(), at.floor(window_us))
+pub fn speed_key(device: &str, at: EventTime, window_us: i64) -> KeyRef<'_> {
+    KeyRef { table: AggTable::SpeedMinute, start: at.floor(window_us), name: device, status: "" }
 }
 
 /// The key of a `weather_hourly` row.
-pub fn weather_key(device: &str, at: EventTime) -> AggKey {
-    key(AggTable::WeatherHourly, device.to_owned(), String::new(), at.floor(HOUR))
+pub fn weather_key(device: &str, at: EventTime) -> KeyRef<'_> {
+    KeyRef { table: AggTable::WeatherHourly, start: at.floor(HOUR), name: device, status: "" }
 }
 
 /// The key of an `emergency_hourly` row.
-pub fn emergency_key(incident: &str, status: &str, at: EventTime) -> AggKey {
-    key(AggTable::EmergencyHourly, incident.to_owned(), status.to_owned(), at.floor(HOUR))
+pub fn emergency_key<'a>(incident: &'a str, status: &'a str, at: EventTime) -> KeyRef<'a> {
+    KeyRef { table: AggTable::EmergencyHourly, start: at.floor(HOUR), name: incident, status }
 }
 
 /// The key of a `vehicle_latest` row.
-pub fn latest_key(device: &str) -> AggKey {
-    key(AggTable::VehicleLatest, device.to_owned(), String::new(), EventTime::UNIX_EPOCH)
+pub fn latest_key(device: &str) -> KeyRef<'_> {
+    KeyRef { table: AggTable::VehicleLatest, start: EventTime::UNIX_EPOCH, name: device, status: "" }
 }
 
 /// One vehicle reading's speed as a partial aggregate (slot 0).
@@ -171,7 +188,7 @@ pub fn weather_agg(temperature: f64, precipitation: f64, windspeed: f64, humidit
 
 /// One vehicle reading as the latest one of its device.
 pub fn latest_agg(latest: Latest) -> Agg {
-    Agg { latest: Some(latest), ..Agg::one() }
+    Agg { latest: Some(Box::new(latest)), ..Agg::one() }
 }
 
 /// The rows `(key, aggregate)` of `table`, in key order, as one batch of its files' schema.
@@ -182,7 +199,7 @@ pub fn to_batch<'a>(table: AggTable, rows: impl ExactSizeIterator<Item = (&'a Ag
     };
     let floats = |f: fn(&Agg) -> f64| -> ArrayRef { Arc::new(rows.clone().map(|(_, a)| f(a)).collect::<Float64Array>()) };
     let records: ArrayRef = Arc::new(rows.clone().map(|(_, a)| a.records).collect::<Int64Array>());
-    let latest = |a: &Agg| a.latest.expect("a vehicle_latest row has its latest reading");
+    let latest = |a: &Agg| *a.latest.as_deref().expect("a vehicle_latest row has its latest reading");
     let columns: Vec<ArrayRef> = match table {
         AggTable::SpeedMinute => vec![
             strings(|k| &k.name),
@@ -210,7 +227,7 @@ pub fn to_batch<'a>(table: AggTable, rows: impl ExactSizeIterator<Item = (&'a Ag
         AggTable::EmergencyHourly => vec![strings(|k| &k.name), strings(|k| &k.status), times(|k, _| k.start.micros()), records],
         AggTable::VehicleLatest => vec![
             strings(|k| &k.name),
-            times(|_, a| a.latest.expect("a vehicle_latest row has its latest reading").at.micros()),
+            times(|_, a| a.latest.as_ref().expect("a vehicle_latest row has its latest reading").at.micros()),
             Arc::new(rows.clone().map(|(_, a)| latest(a).latitude).collect::<Float64Array>()),
             Arc::new(rows.clone().map(|(_, a)| latest(a).longitude).collect::<Float64Array>()),
             Arc::new(rows.clone().map(|(_, a)| latest(a).speed).collect::<Float64Array>()),
@@ -257,7 +274,7 @@ pub fn from_batch(table: AggTable, batch: &RecordBatch) -> Result<Vec<(AggKey, A
                 let mut a = speed_agg(0.0);
                 a.records = records.value(i);
                 (a.sum[0], a.min, a.max[0]) = (sum.value(i), min.value(i), max.value(i));
-                rows.push((key(table, device.value(i).to_owned(), String::new(), EventTime(start.value(i))), a));
+                rows.push((KeyRef { table, start: EventTime(start.value(i)), name: device.value(i), status: "" }.owned(), a));
             }
         }
         AggTable::WeatherHourly => {
@@ -272,14 +289,14 @@ pub fn from_batch(table: AggTable, batch: &RecordBatch) -> Result<Vec<(AggKey, A
                     max: [t_max.value(i), w_max.value(i), q_max.value(i)],
                     latest: None,
                 };
-                rows.push((key(table, device.value(i).to_owned(), String::new(), EventTime(start.value(i))), a));
+                rows.push((KeyRef { table, start: EventTime(start.value(i)), name: device.value(i), status: "" }.owned(), a));
             }
         }
         AggTable::EmergencyHourly => {
             let (incident, status, start) = (string("incident")?, string("status")?, time("hour_start")?);
             for i in 0..n {
                 let a = Agg { records: records.value(i), ..Agg::ZERO };
-                rows.push((key(table, incident.value(i).to_owned(), status.value(i).to_owned(), EventTime(start.value(i))), a));
+                rows.push((KeyRef { table, start: EventTime(start.value(i)), name: incident.value(i), status: status.value(i) }.owned(), a));
             }
         }
         AggTable::VehicleLatest => {
@@ -297,7 +314,7 @@ pub fn from_batch(table: AggTable, batch: &RecordBatch) -> Result<Vec<(AggKey, A
                     speed: speed.value(i),
                 };
                 let a = Agg { records: records.value(i), ..latest_agg(latest) };
-                rows.push((latest_key(device.value(i)), a));
+                rows.push((latest_key(device.value(i)).owned(), a));
             }
         }
     }
@@ -334,17 +351,17 @@ mod tests {
         differential_dataflow::difference::Semigroup::plus_equals(&mut speed, &speed_agg(70.25));
         let latest = Latest { at: t0, partition: 3, offset: 99, latitude: 51.5, longitude: -0.12, speed: 42.0 };
         let cases = [
-            (AggTable::SpeedMinute, speed_key("Vehicle-1", EventTime(t0.micros() + secs(75)), secs(60)), speed),
-            (AggTable::WeatherHourly, weather_key("Vehicle-1", t0), weather_agg(12.5, 0.3, 7.0, 80, 33.0)),
-            (AggTable::EmergencyHourly, emergency_key("Fire", "Active", t0), Agg::one()),
-            (AggTable::VehicleLatest, latest_key("Vehicle-1"), latest_agg(latest)),
+            (AggTable::SpeedMinute, speed_key("Vehicle-1", EventTime(t0.micros() + secs(75)), secs(60)).owned(), speed),
+            (AggTable::WeatherHourly, weather_key("Vehicle-1", t0).owned(), weather_agg(12.5, 0.3, 7.0, 80, 33.0)),
+            (AggTable::EmergencyHourly, emergency_key("Fire", "Active", t0).owned(), Agg::one()),
+            (AggTable::VehicleLatest, latest_key("Vehicle-1").owned(), latest_agg(latest)),
         ];
         for (table, key, agg) in cases {
             let batch = to_batch(table, [(&key, &agg)].into_iter()).unwrap();
             assert_eq!(batch.schema(), schema(table));
             assert_eq!(from_batch(table, &batch).unwrap(), vec![(key.clone(), agg.clone())], "{table}");
         }
-        let k = speed_key("Vehicle-1", EventTime(t0.micros() + secs(75)), secs(60));
+        let k = speed_key("Vehicle-1", EventTime(t0.micros() + secs(75)), secs(60)).owned();
         assert_eq!((k.start, k.bucket), (EventTime(t0.micros() + secs(60)), t0), "floored to the window; the bucket is the hour");
     }
 
@@ -358,6 +375,6 @@ mod tests {
         assert_eq!(l.as_ref(), "agg/vehicle_latest/date=2025-03-01/vehicle_latest-e0000000005-r.parquet");
         assert_eq!(partition_of_path(l.as_ref()), Some(t.floor(DAY)));
         let latest = latest_agg(Latest { at: t, partition: 0, offset: 0, latitude: 0.0, longitude: 0.0, speed: 0.0 });
-        assert_eq!(partition_of(&latest_key("v"), &latest), t.floor(DAY), "vehicle_latest rows live in the day of last_seen");
+        assert_eq!(partition_of(&latest_key("v").owned(), &latest), t.floor(DAY), "vehicle_latest rows live in the day of last_seen");
     }
 }

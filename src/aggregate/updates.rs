@@ -2,12 +2,12 @@
 //!
 //! In: the sources' [`Chunk`]s, at the epoch that commits their rows. Out: one update
 //! `((key, ()), epoch, Agg)` per row key of every maintained table, the rows of one chunk merged
-//! per key first (a chunk holds up to 1,024 rows of one epoch, and a device's readings of one
-//! window mostly arrive together), so that what crosses the exchange is a fraction of the rows.
+//! per key first (a chunk holds up to 1,024 rows of one epoch: a weather station's or an
+//! incident's readings of one hour mostly arrive together), so that what crosses the exchange
+//! is a fraction of the rows. The merge looks keys up borrowed from the batch's columns, so a
+//! row that merges into a key already seen allocates nothing.
 //! On-time and late rows count alike; dead letters are not aggregated. The same function reads
 //! a stream table's files when a table is rebuilt from the raw rows ([`rows_of_batch`]).
-
-use std::collections::BTreeMap;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
@@ -44,7 +44,6 @@ impl<'s> AggregateUpdates<'s> for Stream<'s, Epoch, Vec<Chunk>> {
         let (out, updates) = builder.new_output();
         let mut out: OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Update>>> = OutputBuilder::from(out);
         builder.build(move |_caps| {
-            let mut merged: BTreeMap<AggKey, Agg> = BTreeMap::new();
             move |_frontiers| {
                 let mut out = out.activate();
                 input.for_each(|cap, chunks| {
@@ -55,11 +54,8 @@ impl<'s> AggregateUpdates<'s> for Stream<'s, Epoch, Vec<Chunk>> {
                         }
                         // A malformed batch would be the sources' bug, not bad input: the
                         // builders made it with the stream's own schema.
-                        rows_of_batch(chunk.key.stream, &chunk.batch, &tables, window_us, &mut merged)
+                        rows_of_batch(chunk.key.stream, &chunk.batch, &tables, window_us, |key, agg| session.give(((key, ()), chunk.epoch, agg)))
                             .expect("a chunk has its stream's columns, with provenance");
-                        for (key, agg) in std::mem::take(&mut merged) {
-                            session.give(((key, ()), chunk.epoch, agg));
-                        }
                     }
                 });
             }
@@ -78,9 +74,10 @@ pub struct MissingColumn {
     pub column: &'static str,
 }
 
-/// Merges the partial aggregates of every row of `batch` (rows of `stream` with provenance
-/// columns) into `merged`, for the tables of `tables` that summarise `stream`.
-pub fn rows_of_batch(stream: Topic, batch: &RecordBatch, tables: &Selection, window_us: i64, merged: &mut BTreeMap<AggKey, Agg>) -> Result<(), MissingColumn> {
+/// Merges the partial aggregates of the rows of `batch` (rows of `stream` with provenance
+/// columns) per key, for the tables of `tables` that summarise `stream`, and hands each key
+/// with its merged aggregate to `emit`.
+pub fn rows_of_batch(stream: Topic, batch: &RecordBatch, tables: &Selection, window_us: i64, mut emit: impl FnMut(AggKey, Agg)) -> Result<(), MissingColumn> {
     let wanted: Vec<AggTable> = tables.tables().iter().copied().filter(|t| t.stream() == stream).collect();
     if wanted.is_empty() || batch.num_rows() == 0 {
         return Ok(());
@@ -90,7 +87,8 @@ pub fn rows_of_batch(stream: Topic, batch: &RecordBatch, tables: &Selection, win
     let string = |name: &'static str| col(name).and_then(|c| c.as_string_opt::<i32>().ok_or(missing(name)));
     let float = |name: &'static str| col(name).and_then(|c| c.as_primitive_opt::<Float64Type>().ok_or(missing(name)));
     let times = col("timestamp")?.as_primitive_opt::<TimestampMicrosecondType>().ok_or(missing("timestamp"))?;
-    let mut add = |key: AggKey, agg: Agg| match merged.get_mut(&key) {
+    let mut merged: foldhash::HashMap<table::KeyRef<'_>, Agg> = Default::default();
+    let mut add = |key, agg: Agg| match merged.get_mut(&key) {
         Some(a) => a.plus_equals(&agg),
         None => {
             merged.insert(key, agg);
@@ -141,5 +139,8 @@ pub fn rows_of_batch(stream: Topic, batch: &RecordBatch, tables: &Selection, win
         Topic::Gps | Topic::Traffic => {}
     }
     debug_assert!(batch.columns().iter().all(|c| c.null_count() == 0));
+    for (key, agg) in merged {
+        emit(key.owned(), agg);
+    }
     Ok(())
 }

@@ -1,20 +1,35 @@
-//! The writer, as a stream method: `rows.write_aggregates(cuts, spec, shared)`: changed rows →
-//! one Parquet file per changed partition and commit.
+//! The writer, as a stream method: `rows.write_aggregates(cuts, spec)`: the consolidated updates
+//! of the partitions this worker owns → one Parquet file per changed partition and commit.
 //!
 //! In: the consolidated updates — per key and epoch, the merged partial aggregate of its
-//! records (and the loader's loads and evictions) — and the cluster's commit boundaries. Out: the files of each commit ([`Report::Files`],
-//! with the files they replace in `removed`) at the commit's first epoch, once all are durable.
+//! records — and the cluster's commit boundaries. Out: the files of each commit
+//! ([`Report::Files`], with the files they replace in `removed`) at the commit's first epoch,
+//! once all are durable.
 //!
-//! Updates wait until their epoch is sealed (both inputs' frontiers passed it), then the writer
-//! adds them to the rows it keeps per partition: the row of a key is the sum of every update of
-//! it so far, and a row whose count reaches zero (an eviction) leaves. A partition is *dirty* when a record changed
-//! one of its rows (loads and evictions are quiet, see [`super::load`]). When a boundary is
-//! reached, every dirty partition of the commit gets a new file holding all of its rows, named
-//! with the commit's first epoch, and the file it had is listed as removed — the manifest and
-//! the Delta commit carry both, so a reader sees the old rows or the new ones, never neither
-//! and never both. A partition left without rows (a `vehicle_latest` day whose vehicles all moved
-//! on) only loses its file. The writer holds a capability at the first epoch of the commit it
-//! fills, so the committer cannot commit past it before its files are durable.
+//! The writer holds the only copy of the rows, per partition (a windowed table's hour, a day of
+//! `vehicle_latest`), and decides which partitions are in memory:
+//!
+//! - **Start**: it reads the state of [`super::restore::initial`] — the rows of the partitions
+//!   within the horizon (and all of `vehicle_latest`) from the committed tables, or the rows of
+//!   a rebuilt table recomputed from the stream tables, which are changes — before it applies
+//!   any update.
+//! - **Apply**: updates wait until their epoch is sealed (both inputs' frontiers passed it), then
+//!   each is added to its row: the row of a key is the sum of every update of it so far. A
+//!   partition a record changed is *dirty*.
+//! - **A partition not in memory** that has a file (it left memory, or lies beyond the horizon
+//!   at start): its file is read as soon as an update for it arrives, and the epochs from the
+//!   first that needs it wait until it is read. So a record far behind the watermark updates
+//!   the committed row.
+//! - **Commit**: when a boundary is reached, every dirty partition of the commit gets a new file
+//!   holding all of its rows, named with the commit's first epoch, and the file it had is listed
+//!   as removed — the manifest and the Delta commit carry both, so a reader sees the old rows or
+//!   the new ones, never neither and never both. A partition left without rows (a
+//!   `vehicle_latest` day whose vehicles all moved on) only loses its file. The writer holds a
+//!   capability at the first epoch of the commit it fills, so the committer cannot commit past
+//!   it before its files are durable.
+//! - **Eviction**: a windowed partition whose hour ended `--aggregate-horizon` before the
+//!   watermark (the start of the input frontier's epoch) leaves memory once its last change is
+//!   durable in its file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -28,9 +43,11 @@ use timely::dataflow::{Scope, Stream};
 use tokio::task::JoinHandle;
 
 use super::key::{Agg, AggKey};
-use super::shared::{Part, Shared};
-use super::{AggSpec, table};
+use super::restore::{self, Initial};
+use super::{AggSpec, AggTable, table};
 use crate::commit::manifest::FileEntry;
+use crate::contract::EventTime;
+use crate::contract::timestamp::HOUR;
 use crate::dataflow::Report;
 use crate::epoch::Epoch;
 use crate::error::{ErrorClass, PipelineError};
@@ -40,16 +57,26 @@ use crate::sink::encode::ParquetEncoder;
 /// An update of one row: its key, its epoch, the partial aggregate to add.
 pub type RowChange = super::updates::Update;
 
+/// A partition of an aggregate table: the table and the start of its hour (windowed tables) or
+/// day (`vehicle_latest`).
+pub type Part = (AggTable, EventTime);
+
+/// The rows of one partition.
+type Rows = foldhash::HashMap<AggKey, Agg>;
+
 /// The stage as a stream method.
 pub trait WriteAggregates<'s> {
     /// Writes the changed partitions of every commit; `cuts` are the commit boundaries.
-    fn write_aggregates(self, cuts: Stream<'s, Epoch, Vec<Epoch>>, spec: AggSpec, shared: Shared) -> Stream<'s, Epoch, Vec<Report>>;
+    fn write_aggregates(self, cuts: Stream<'s, Epoch, Vec<Epoch>>, spec: AggSpec) -> Stream<'s, Epoch, Vec<Report>>;
 }
 
 type ReportOutput = OutputBuilder<Epoch, timely::container::CapacityContainerBuilder<Vec<Report>>>;
 
 /// A file being uploaded: its entry, and the upload.
 type Upload = (FileEntry, JoinHandle<Result<(), object_store::Error>>);
+
+/// Reading one partition file's rows.
+type Load = JoinHandle<Result<Vec<(AggKey, Agg)>, PipelineError>>;
 
 /// A closed commit whose files are being made durable.
 struct Sealing {
@@ -61,8 +88,9 @@ struct Sealing {
 }
 
 impl<'s> WriteAggregates<'s> for Stream<'s, Epoch, Vec<RowChange>> {
-    fn write_aggregates(self, cuts: Stream<'s, Epoch, Vec<Epoch>>, spec: AggSpec, shared: Shared) -> Stream<'s, Epoch, Vec<Report>> {
+    fn write_aggregates(self, cuts: Stream<'s, Epoch, Vec<Epoch>>, spec: AggSpec) -> Stream<'s, Epoch, Vec<Report>> {
         let scope: Scope<'s, Epoch> = self.scope();
+        let (index, peers) = (scope.index(), scope.peers());
         let mut builder = OperatorBuilder::new("WriteAggregates".to_owned(), scope);
         let activator = scope.activator_for(builder.operator_info().address.clone());
         let mut rows_in = builder.new_input(self, Pipeline);
@@ -75,31 +103,40 @@ impl<'s> WriteAggregates<'s> for Stream<'s, Epoch, Vec<RowChange>> {
             if let Some(c) = held.as_mut() {
                 c.downgrade(&spec.committed_below);
             }
-            let mut w = Writer { lower: spec.committed_below, ..Writer::default() };
+            let task_spec = spec.clone();
+            let init = spec.rt.spawn(async move { restore::initial(&task_spec, index, peers).await });
+            let mut w = Writer {
+                lower: spec.committed_below,
+                spec,
+                index,
+                init: Some(init),
+                pending: BTreeMap::new(),
+                cuts: BTreeSet::new(),
+                rows: Default::default(),
+                files: BTreeMap::new(),
+                latest_part: Default::default(),
+                loading: BTreeMap::new(),
+                dirty: BTreeSet::new(),
+                unsettled: BTreeSet::new(),
+                rewrite: BTreeSet::new(),
+                sealing: Vec::new(),
+            };
             move |frontiers| {
-                if spec.failure.is_set() {
+                let failure = w.spec.failure.clone();
+                if failure.is_set() {
                     return;
                 }
                 cuts_in.for_each(|_, data| w.cuts.extend(data.drain(..).filter(|b| *b > Epoch::ZERO)));
                 // Differential's output batches carry updates of many times under a capability
                 // at their lower bound: each change is filed under its own epoch.
-                rows_in.for_each(|_, data| {
-                    for change in data.drain(..) {
-                        w.pending.entry(change.1).or_default().push(change);
-                    }
-                });
+                rows_in.for_each(|_, data| w.arrive(data.drain(..)));
                 // Sealed: every epoch below `bound` (both inputs passed it).
                 let bound = [frontiers[0].frontier().first(), frontiers[1].frontier().first()].into_iter().flatten().min().copied();
-                let finished = bound.is_none();
-                let result = w.seal(&spec, &shared, &mut held, bound).and_then(|()| w.report(&spec, &shared, &mut out));
-                if let Err(e) = result {
-                    spec.failure.set(e);
+                if let Err(e) = w.step(&mut held, bound, &mut out) {
+                    failure.set(e);
                     return;
                 }
-                if finished && w.pending.is_empty() {
-                    held = None;
-                }
-                if !w.sealing.is_empty() {
+                if w.init.is_some() || !w.loading.is_empty() || !w.sealing.is_empty() {
                     activator.activate_after(Duration::from_millis(2));
                 }
             }
@@ -109,116 +146,255 @@ impl<'s> WriteAggregates<'s> for Stream<'s, Epoch, Vec<RowChange>> {
 }
 
 /// The writer's state.
-#[derive(Default)]
 struct Writer {
-    /// Row changes of epochs not sealed yet.
+    spec: AggSpec,
+    /// This worker's index (for the logs).
+    index: usize,
+    /// Reading the initial state; `None` once it is applied.
+    init: Option<JoinHandle<Result<Initial, PipelineError>>>,
+    /// Row changes of epochs not applied yet.
     pending: BTreeMap<Epoch, Vec<RowChange>>,
     /// Commit boundaries not passed yet.
     cuts: BTreeSet<Epoch>,
     /// First epoch of the commit being filled.
     lower: Epoch,
+    /// The rows of the partitions in memory.
+    rows: foldhash::HashMap<Part, Rows>,
+    /// The file that holds each owned partition's rows as last written (or as found at start):
+    /// its path under the output root.
+    files: BTreeMap<Part, String>,
+    /// The partition (day of `last_seen`) that holds each `vehicle_latest` row.
+    latest_part: foldhash::HashMap<AggKey, Part>,
+    /// Partitions whose file is being read.
+    loading: BTreeMap<Part, Load>,
     /// Partitions a record changed in the commit being filled.
     dirty: BTreeSet<Part>,
+    /// Partitions whose rows changed since their file was written, or whose new file is not
+    /// durable yet: they cannot leave memory.
+    unsettled: BTreeSet<Part>,
+    /// Partitions that must be written (or, without rows, removed) at the first commit even
+    /// without a change: those of a table rebuilt from the stream tables. Their old files are
+    /// never read back.
+    rewrite: BTreeSet<Part>,
     /// Closed commits whose files are not all durable yet.
     sealing: Vec<Sealing>,
 }
 
 impl Writer {
-    /// Applies every sealed epoch's changes, closing the commit at each boundary reached (and
-    /// everything once the input is done: `bound` is `None`).
-    fn seal(&mut self, spec: &AggSpec, shared: &Shared, held: &mut Option<Capability<Epoch>>, bound: Option<Epoch>) -> Result<(), PipelineError> {
+    /// Files arriving changes under their epochs, and starts reading the file of any partition
+    /// they need that is not in memory.
+    fn arrive(&mut self, changes: impl Iterator<Item = RowChange>) {
+        let mut last = None;
+        for change in changes {
+            let part = (change.0.0.table, change.0.0.bucket);
+            if self.init.is_none() && last != Some(part) {
+                self.prefetch(part);
+                last = Some(part);
+            }
+            self.pending.entry(change.1).or_default().push(change);
+        }
+    }
+
+    /// Whether the rows of `part` must be read from its file before a change can be added.
+    fn missing(&self, part: Part) -> bool {
+        part.0.windowed() && !self.rows.contains_key(&part) && self.files.contains_key(&part) && !self.rewrite.contains(&part)
+    }
+
+    /// Starts reading `part`'s file if it is missing and not being read; returns whether it is
+    /// missing.
+    fn prefetch(&mut self, part: Part) -> bool {
+        if !self.missing(part) {
+            return false;
+        }
+        if !self.loading.contains_key(&part) {
+            let path = self.files[&part].clone();
+            tracing::debug!(table = part.0.name(), partition = part.1.micros(), path, "loading an aggregate partition that is not in memory");
+            let lake = self.spec.lake.clone();
+            self.loading.insert(part, self.spec.rt.spawn(async move { restore::load_file(&lake, part.0, &path).await }));
+        }
+        true
+    }
+
+    /// One activation: the initial state, finished reads, sealed epochs, durable commits,
+    /// eviction.
+    fn step(&mut self, held: &mut Option<Capability<Epoch>>, bound: Option<Epoch>, out: &mut ReportOutput) -> Result<(), PipelineError> {
+        if let Some(task) = self.init.as_ref() {
+            if !task.is_finished() {
+                return Ok(());
+            }
+            let task = self.init.take().expect("checked above");
+            let initial = self.spec.rt.block_on(task).map_err(|e| PipelineError::caused(ErrorClass::Definite, "the aggregate restore task failed", e))??;
+            self.start(initial);
+            let parts: BTreeSet<Part> = self.pending.values().flatten().map(|c| (c.0.0.table, c.0.0.bucket)).collect();
+            for part in parts {
+                self.prefetch(part);
+            }
+        }
+        self.finish_loads()?;
+        self.seal(held, bound)?;
+        self.report(out)?;
+        if let Some(b) = bound {
+            self.evict(b);
+        }
+        Ok(())
+    }
+
+    /// Takes in the initial state.
+    fn start(&mut self, initial: Initial) {
+        let Initial { files, loaded, rebuilt, rewrite } = initial;
+        self.files = files;
+        self.rewrite = rewrite;
+        let (n_loaded, n_rebuilt) = (loaded.len(), rebuilt.len());
+        for (key, agg) in loaded {
+            self.insert(key, agg, false);
+        }
+        for (key, agg) in rebuilt {
+            self.insert(key, agg, true);
+        }
+        if n_loaded + n_rebuilt > 0 {
+            tracing::info!(worker = self.index, loaded = n_loaded, rebuilt = n_rebuilt, epoch = self.lower.get(), "aggregate state restored");
+        }
+    }
+
+    /// Puts a whole row into its partition; `changed`: it is a change of the table (a rebuilt
+    /// row), not a row read back.
+    fn insert(&mut self, key: AggKey, agg: Agg, changed: bool) {
+        let part = (key.table, table::partition_of(&key, &agg));
+        if changed {
+            self.dirty.insert(part);
+            self.unsettled.insert(part);
+        }
+        if !key.table.windowed() {
+            self.latest_part.insert(key.clone(), part);
+        }
+        self.rows.entry(part).or_default().insert(key, agg);
+    }
+
+    /// Takes in the rows of every partition file that has been read.
+    fn finish_loads(&mut self) -> Result<(), PipelineError> {
+        let done: Vec<Part> = self.loading.iter().filter(|(_, h)| h.is_finished()).map(|(p, _)| *p).collect();
+        for part in done {
+            let handle = self.loading.remove(&part).expect("listed above");
+            let rows = self.spec.rt.block_on(handle).map_err(|e| PipelineError::caused(ErrorClass::Definite, "an aggregate load task failed", e))??;
+            tracing::debug!(table = part.0.name(), partition = part.1.micros(), rows = rows.len(), "aggregate partition loaded back");
+            self.rows.insert(part, rows.into_iter().collect());
+        }
+        Ok(())
+    }
+
+    /// Applies every sealed epoch's changes whose partitions are in memory, closing the commit
+    /// at each boundary reached (and everything once the input is done: `bound` is `None`).
+    fn seal(&mut self, held: &mut Option<Capability<Epoch>>, bound: Option<Epoch>) -> Result<(), PipelineError> {
         let sealed = |e: Epoch| bound.is_none_or(|b| e < b);
+        let mut waiting = false;
         while let Some((&e, _)) = self.pending.first_key_value() {
             if !sealed(e) {
                 break;
             }
             while let Some(b) = self.cuts.iter().copied().find(|b| *b > self.lower && *b <= e) {
-                self.close(spec, shared, held, Some(b))?;
+                self.close(held, Some(b))?;
+            }
+            // A partition that left memory after its changes arrived is read again first.
+            let parts: BTreeSet<Part> = self.pending[&e].iter().map(|c| (c.0.0.table, c.0.0.bucket)).collect();
+            if parts.into_iter().fold(false, |missing, part| self.prefetch(part) | missing) {
+                waiting = true;
+                break;
             }
             let changes = self.pending.remove(&e).expect("first key exists");
-            self.apply(shared, e, changes);
+            self.apply(changes);
         }
-        {
-            let mut s = shared.0.borrow_mut();
-            if let Some(b) = bound {
-                s.applied = s.applied.max(b);
-                s.quiet = s.quiet.split_off(&b);
-            } else {
-                s.applied = Epoch::MAX;
-                s.quiet.clear();
-            }
+        // Every boundary whose epochs below are all sealed and applied ends a commit.
+        let first_pending = self.pending.first_key_value().map(|(p, _)| *p);
+        let applied = |e: Epoch| sealed(e) && first_pending.is_none_or(|p| p > e);
+        while let Some(b) = self.cuts.iter().copied().find(|b| *b > self.lower && applied(*b - 1)) {
+            self.close(held, Some(b))?;
         }
-        // Every boundary whose epochs below are all sealed ends a commit.
-        while let Some(b) = self.cuts.iter().copied().find(|b| *b > self.lower && sealed(*b - 1)) {
-            self.close(spec, shared, held, Some(b))?;
-        }
-        if bound.is_none() && held.is_some() {
-            self.close(spec, shared, held, None)?;
+        if bound.is_none() && !waiting && self.pending.is_empty() && held.is_some() {
+            self.close(held, None)?;
         }
         self.cuts.retain(|b| *b > self.lower);
         Ok(())
     }
 
-    /// Adds the updates of epoch `e` to the partitions' rows; an update that is not quiet makes
-    /// its row's partition dirty (both partitions when a `vehicle_latest` row moves to another
-    /// day).
-    fn apply(&mut self, shared: &Shared, e: Epoch, changes: Vec<RowChange>) {
-        use differential_dataflow::difference::{IsZero, Semigroup};
-        let mut s = shared.0.borrow_mut();
-        let quiet = s.quiet.remove(&e).unwrap_or_default();
-        for ((key, ()), _, diff) in changes {
-            let loud = !quiet.contains(&key);
-            let old_part = if key.table.windowed() { Some((key.table, key.bucket)) } else { s.latest_part.get(&key).copied() };
-            let mut row = Agg::ZERO;
-            if let Some(part) = old_part
-                && let Some(rows) = s.rows.get_mut(&part)
-                && let Some(old) = rows.remove(&key)
-            {
-                row = old;
-                if rows.is_empty() {
-                    s.rows.remove(&part);
-                }
-                if loud {
-                    self.dirty.insert(part);
-                    s.unsettled.insert(part);
-                }
+    /// Adds the changes of one epoch to their rows; each makes its partition dirty (both
+    /// partitions when a `vehicle_latest` row moves to another day).
+    fn apply(&mut self, changes: Vec<RowChange>) {
+        use differential_dataflow::difference::Semigroup;
+        let mut last = None;
+        let mut mark = |part: Part, dirty: &mut BTreeSet<Part>, unsettled: &mut BTreeSet<Part>| {
+            if last != Some(part) {
+                dirty.insert(part);
+                unsettled.insert(part);
+                last = Some(part);
             }
-            row.plus_equals(&diff);
-            if row.is_zero() {
-                s.latest_part.remove(&key);
+        };
+        for ((key, ()), _, diff) in changes {
+            if key.table.windowed() {
+                let part = (key.table, key.bucket);
+                mark(part, &mut self.dirty, &mut self.unsettled);
+                let rows = self.rows.entry(part).or_default();
+                match rows.get_mut(&key) {
+                    Some(row) => row.plus_equals(&diff),
+                    None => {
+                        rows.insert(key, diff);
+                    }
+                }
                 continue;
             }
+            // vehicle_latest: the row lives in the day of its last_seen, which may move on.
+            let old = self.latest_part.get(&key).copied();
+            let mut merged = false;
+            if let Some(p) = old
+                && let Some(row) = self.rows.get_mut(&p).and_then(|rows| rows.get_mut(&key))
+            {
+                row.plus_equals(&diff);
+                merged = true;
+                if table::partition_of(&key, row) == p.1 {
+                    mark(p, &mut self.dirty, &mut self.unsettled);
+                    continue;
+                }
+            }
+            // New, or moving to another day: out of the old day's rows.
+            let mut row = Agg::ZERO;
+            if let Some(p) = old {
+                mark(p, &mut self.dirty, &mut self.unsettled);
+                if let Some(rows) = self.rows.get_mut(&p) {
+                    if let Some(was) = rows.remove(&key) {
+                        row = was;
+                    }
+                    if rows.is_empty() {
+                        self.rows.remove(&p);
+                    }
+                }
+            }
+            if !merged {
+                row.plus_equals(&diff);
+            }
             let part = (key.table, table::partition_of(&key, &row));
-            if loud {
-                self.dirty.insert(part);
-                s.unsettled.insert(part);
-            }
-            if !key.table.windowed() {
-                s.latest_part.insert(key.clone(), part);
-            }
-            s.rows.entry(part).or_default().insert(key, row);
+            mark(part, &mut self.dirty, &mut self.unsettled);
+            self.latest_part.insert(key.clone(), part);
+            self.rows.entry(part).or_default().insert(key, row);
         }
     }
 
     /// Closes the commit `[lower, upper)` (`None`: the last one): a new file for every dirty
     /// partition (and every partition of a rebuilt table), the old ones removed.
-    fn close(&mut self, spec: &AggSpec, shared: &Shared, held: &mut Option<Capability<Epoch>>, upper: Option<Epoch>) -> Result<(), PipelineError> {
+    fn close(&mut self, held: &mut Option<Capability<Epoch>>, upper: Option<Epoch>) -> Result<(), PipelineError> {
         let Some(cap) = held.as_mut() else { return Ok(()) };
         let lower = self.lower;
-        let mut s = shared.0.borrow_mut();
         let mut parts: BTreeSet<Part> = std::mem::take(&mut self.dirty);
-        parts.extend(std::mem::take(&mut s.rewrite));
+        parts.extend(std::mem::take(&mut self.rewrite));
         let mut uploads = Vec::new();
         let mut removed = Vec::new();
         for &part in &parts {
-            if let Some(old) = s.files.remove(&part) {
+            if let Some(old) = self.files.remove(&part) {
                 removed.push(old);
             }
-            let Some(rows) = s.rows.get(&part) else { continue };
-            let (entry, bytes) = encode(spec, part, rows, lower)?;
-            s.files.insert(part, entry.path.clone());
-            let (store, path) = (spec.lake.store.clone(), object_store::path::Path::from(entry.path.as_str()));
-            let handle = spec.rt.spawn(async move { store.put(&path, bytes.into()).await.map(|_| ()) });
+            let Some(rows) = self.rows.get(&part) else { continue };
+            let (entry, bytes) = encode(&self.spec, part, rows, lower)?;
+            self.files.insert(part, entry.path.clone());
+            let (store, path) = (self.spec.lake.store.clone(), object_store::path::Path::from(entry.path.as_str()));
+            let handle = self.spec.rt.spawn(async move { store.put(&path, bytes.into()).await.map(|_| ()) });
             uploads.push((entry, handle));
         }
         if !uploads.is_empty() || !removed.is_empty() {
@@ -226,7 +402,7 @@ impl Writer {
             self.sealing.push(Sealing { cap: cap.clone(), uploads, removed, parts: parts.into_iter().collect(), sealed_at_us: crate::clock::now_micros() });
         } else {
             for part in &parts {
-                s.unsettled.remove(part);
+                self.unsettled.remove(part);
             }
         }
         match upper {
@@ -240,7 +416,7 @@ impl Writer {
     }
 
     /// Reports every closed commit whose files are all durable.
-    fn report(&mut self, spec: &AggSpec, shared: &Shared, out: &mut ReportOutput) -> Result<(), PipelineError> {
+    fn report(&mut self, out: &mut ReportOutput) -> Result<(), PipelineError> {
         let mut i = 0;
         while i < self.sealing.len() {
             if !self.sealing[i].uploads.iter().all(|(_, h)| h.is_finished()) {
@@ -250,12 +426,12 @@ impl Writer {
             let done = self.sealing.remove(i);
             let mut files = Vec::with_capacity(done.uploads.len());
             for (entry, handle) in done.uploads {
-                match spec.rt.block_on(handle) {
+                match self.spec.rt.block_on(handle) {
                     Ok(Ok(())) => files.push(entry),
                     Ok(Err(e)) => {
                         return Err(PipelineError::caused(
                             ErrorClass::Transient,
-                            format!("writing {} failed after retries: {}", entry.path, spec.lake.gave_up()),
+                            format!("writing {} failed after retries: {}", entry.path, self.spec.lake.gave_up()),
                             e,
                         ));
                     }
@@ -264,22 +440,42 @@ impl Writer {
             }
             out.activate().session(&done.cap).give(Report::Files { files, removed: done.removed, sealed_at_us: done.sealed_at_us });
             // A partition stays unsettled while a later commit still has it dirty or uploading.
-            let mut s = shared.0.borrow_mut();
             for part in done.parts {
                 if !self.dirty.contains(&part) && !self.sealing.iter().any(|x| x.parts.contains(&part)) {
-                    s.unsettled.remove(&part);
+                    self.unsettled.remove(&part);
                 }
             }
         }
         Ok(())
     }
+
+    /// Takes the windowed partitions that are settled and past the horizon out of memory.
+    fn evict(&mut self, frontier: Epoch) {
+        let watermark = self.spec.clock.start_of(frontier).micros();
+        let horizon = self.spec.horizon_us();
+        let due: Vec<Part> = self
+            .rows
+            .keys()
+            .filter(|(t, hour)| t.windowed() && hour.micros().saturating_add(HOUR).saturating_add(horizon) <= watermark)
+            .filter(|part| !self.unsettled.contains(part) && !self.rewrite.contains(part) && self.files.contains_key(part))
+            .copied()
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let rows: usize = due.iter().filter_map(|p| self.rows.remove(p)).map(|r| r.len()).sum();
+        tracing::debug!(worker = self.index, partitions = due.len(), keys = rows, epoch = frontier.get(), "aggregate partitions left memory");
+    }
 }
 
-/// One partition's rows as a Parquet file named for the commit starting at `lower`.
-fn encode(spec: &AggSpec, (t, start): Part, rows: &BTreeMap<AggKey, Agg>, lower: Epoch) -> Result<(FileEntry, Vec<u8>), PipelineError> {
+/// One partition's rows, in key order, as a Parquet file named for the commit starting at
+/// `lower`.
+fn encode(spec: &AggSpec, (t, start): Part, rows: &Rows, lower: Epoch) -> Result<(FileEntry, Vec<u8>), PipelineError> {
     let path = table::file_path(t, start, lower, &spec.run);
     let fail = |e: &dyn std::fmt::Display| PipelineError::new(ErrorClass::Definite, format!("encoding {path}: {e}"));
-    let batch = table::to_batch(t, rows.iter()).map_err(|e| fail(&e))?;
+    let mut sorted: Vec<(&AggKey, &Agg)> = rows.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let batch = table::to_batch(t, sorted.iter().copied()).map_err(|e| fail(&e))?;
     let mut encoder = ParquetEncoder::new(batch.schema(), &spec.encode).map_err(|e| fail(&e))?;
     encoder.write(&batch).map_err(|e| fail(&e))?;
     let metadata = vec![
