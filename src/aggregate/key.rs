@@ -11,6 +11,8 @@
 
 use std::cmp::Ordering;
 
+use compact_str::CompactString;
+
 use super::AggTable;
 use crate::contract::EventTime;
 
@@ -27,10 +29,11 @@ pub struct AggKey {
     /// The hour a windowed row lies in (its partition); [`EventTime::UNIX_EPOCH`] for
     /// `vehicle_latest`, whose rows move between date partitions with their `last_seen`.
     pub bucket: EventTime,
-    /// `device_id`, or `incident` for `emergency_hourly`.
-    pub name: String,
+    /// `device_id`, or `incident` for `emergency_hourly` (inline up to 24 bytes: no allocation
+    /// for the ids of the contract).
+    pub name: CompactString,
     /// `status` for `emergency_hourly`; empty otherwise.
-    pub status: String,
+    pub status: CompactString,
     /// `window_start` / `hour_start`; [`EventTime::UNIX_EPOCH`] for `vehicle_latest`.
     pub start: EventTime,
 }
@@ -225,7 +228,7 @@ mod tests {
             table: AggTable::SpeedMinute,
             bucket: EventTime(3_600_000_000),
             name: name.into(),
-            status: String::new(),
+            status: CompactString::default(),
             start: EventTime(start),
         };
         assert_eq!(key("Vehicle-1", 3_600_000_000).route(), key("Vehicle-2", 3_660_000_000).route());

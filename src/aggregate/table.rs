@@ -146,7 +146,7 @@ impl KeyRef<'_> {
     /// The owned key, with the bucket its row lives in.
     pub fn owned(self) -> AggKey {
         let bucket = if self.table.windowed() { self.start.floor(HOUR) } else { EventTime::UNIX_EPOCH };
-        AggKey { table: self.table, bucket, name: self.name.to_owned(), status: self.status.to_owned(), start: self.start }
+        AggKey { table: self.table, bucket, name: self.name.into(), status: self.status.into(), start: self.start }
     }
 }
 
@@ -202,7 +202,7 @@ pub fn to_batch<'a>(table: AggTable, rows: impl ExactSizeIterator<Item = (&'a Ag
     let latest = |a: &Agg| *a.latest.as_deref().expect("a vehicle_latest row has its latest reading");
     let columns: Vec<ArrayRef> = match table {
         AggTable::SpeedMinute => vec![
-            strings(|k| &k.name),
+            strings(|k| k.name.as_str()),
             times(|k, _| k.start.micros()),
             records,
             floats(|a| a.min),
@@ -211,7 +211,7 @@ pub fn to_batch<'a>(table: AggTable, rows: impl ExactSizeIterator<Item = (&'a Ag
             floats(|a| a.sum[0]),
         ],
         AggTable::WeatherHourly => vec![
-            strings(|k| &k.name),
+            strings(|k| k.name.as_str()),
             times(|k, _| k.start.micros()),
             records,
             floats(|a| a.min),
@@ -224,9 +224,9 @@ pub fn to_batch<'a>(table: AggTable, rows: impl ExactSizeIterator<Item = (&'a Ag
             floats(|a| a.sum[0]),
             floats(|a| a.sum[2]),
         ],
-        AggTable::EmergencyHourly => vec![strings(|k| &k.name), strings(|k| &k.status), times(|k, _| k.start.micros()), records],
+        AggTable::EmergencyHourly => vec![strings(|k| k.name.as_str()), strings(|k| k.status.as_str()), times(|k, _| k.start.micros()), records],
         AggTable::VehicleLatest => vec![
-            strings(|k| &k.name),
+            strings(|k| k.name.as_str()),
             times(|_, a| a.latest.as_ref().expect("a vehicle_latest row has its latest reading").at.micros()),
             Arc::new(rows.clone().map(|(_, a)| latest(a).latitude).collect::<Float64Array>()),
             Arc::new(rows.clone().map(|(_, a)| latest(a).longitude).collect::<Float64Array>()),
