@@ -3,12 +3,15 @@
 # on the same Kafka topics, one after another, in one run; and the objects citystream writes for
 # both time models of the simulator, optionally next to an older citystream binary.
 #
-# Usage: benches/e2e.sh [--quick] [--records N] [--no-spark] [--keep-topics] [--models-only]
+# Usage: benches/e2e.sh [--quick] [--records N] [--no-spark] [--keep-topics] [--models-only] [--agg-pairs N]
 #                       [--baseline-bin PATH]
 #   --quick              1,000,000 records instead of 5,000,000
 #   --records N          any other count
 #   --no-spark           skip the Spark baseline (no ratio to Spark then)
 #   --keep-topics        leave the preloaded topics on the broker (default: deleted at the end)
+#   --agg-pairs N        run the aggregate tables' on/off pair N times per time model, alternating
+#                        (default 1); their cost is then the ratio of the medians, and every
+#                        pair's ratio is listed (a 2-vCPU VM varies ±20 % from run to run)
 #   --models-only        only the per-model runs (citystream -w 2 over each time model, and the
 #                        baseline's): no raw consume, no Spark, no -w 1, -n 2 or tuned runs
 #   --baseline-bin PATH  also run the two per-model -w 2 measurements with this citystream
@@ -61,6 +64,7 @@ RECORDS=5000000
 SPARK=1
 KEEP_TOPICS=0
 MODELS_ONLY=0
+AGG_PAIRS=1
 BASELINE_BIN=
 while (($#)); do
     case "$1" in
@@ -69,12 +73,14 @@ while (($#)); do
         --no-spark) SPARK=0; shift ;;
         --keep-topics) KEEP_TOPICS=1; shift ;;
         --models-only) MODELS_ONLY=1; shift ;;
+        --agg-pairs) AGG_PAIRS=${2:-}; (($# >= 2)) || { echo "e2e.sh: --agg-pairs needs a count" >&2; exit 2; }; shift 2 ;;
         --baseline-bin) BASELINE_BIN=${2:-}; (($# >= 2)) || { echo "e2e.sh: --baseline-bin needs a path" >&2; exit 2; }; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
         *) echo "e2e.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 [[ $RECORDS =~ ^[1-9][0-9]*$ ]] || { echo "e2e.sh: --records must be a positive integer, got $RECORDS" >&2; exit 2; }
+[[ $AGG_PAIRS =~ ^[1-9][0-9]*$ ]] || { echo "e2e.sh: --agg-pairs must be a positive integer, got $AGG_PAIRS" >&2; exit 2; }
 if [[ -n $BASELINE_BIN ]]; then
     [[ -f $BASELINE_BIN && -x $BASELINE_BIN ]] || { echo "e2e.sh: --baseline-bin $BASELINE_BIN is not an executable file" >&2; exit 2; }
     BASELINE_BIN=$(realpath -- "$BASELINE_BIN")
@@ -231,6 +237,11 @@ measure_run() { # NAME BINARY PREFIX RUN-FLAGS...: `BINARY run RUN-FLAGS…` ove
 per_model() { # NAME-SUFFIX PREFIX
     measure_run "citystream-w2$1" "$BIN" "$2" -w 2
     measure_run "citystream-w2-noagg$1" "$BIN" "$2" -w 2 --aggregates none
+    local k
+    for ((k = 2; k <= AGG_PAIRS; k++)); do
+        measure_run "citystream-w2$1-pair$k" "$BIN" "$2" -w 2
+        measure_run "citystream-w2-noagg$1-pair$k" "$BIN" "$2" -w 2 --aggregates none
+    done
     if [[ -n $BASELINE_BIN ]]; then measure_run "baseline-w2$1" "$BASELINE_BIN" "$2" -w 2; fi
 }
 if ((MODELS_ONLY == 0)); then measure_run citystream-w1 "$BIN" "$PREFIX" -w 1; fi
@@ -263,7 +274,7 @@ fi
 # ---------------------------------------------------------------- report
 python3 - "$WORK" "$RECORDS" "$SPARK" "$TARGET/bench-e2e.json" "$SPARK_VERSION" "$MODELS_ONLY" "$BASELINE_BIN" "$BASELINE_VERSION" \
     "$PREFIX" "$VEHICLES" "$PARTITIONS" "$ORIG_PREFIX" "$ORIG_VEHICLES" "$ORIG_PARTITIONS" <<'PY'
-import glob, json, os, platform, re, subprocess, sys
+import glob, json, os, platform, re, statistics, subprocess, sys
 work, records, spark, out_path, spark_version = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4], sys.argv[5]
 models_only, baseline_bin, baseline_version = sys.argv[6] == "1", sys.argv[7] or None, sys.argv[8] or None
 MODELS = {
@@ -368,13 +379,34 @@ by = {r["name"]: r for r in rows}
 ceiling = max((by["raw-consume"], by["raw-consume-tuned"]), key=lambda r: r["records_per_s"]) if raw else None
 ratio_raw = best["records_per_s"] / ceiling["records_per_s"] if ceiling else None
 ratio_spark = best["records_per_s"] / by["spark"]["records_per_s"] if spark else None
-# What the aggregate tables cost: the same -w 2 run with them (the default) over without.
-aggregates_cost = {model: {"records_per_s_ratio_on_over_off": by[on]["records_per_s"] / by[off]["records_per_s"],
-                           "cpu_s_on": by[on]["cpu_s"], "cpu_s_off": by[off]["cpu_s"],
-                           "peak_rss_mib_on": by[on]["peak_rss_process_mib"], "peak_rss_mib_off": by[off]["peak_rss_process_mib"]}
-                   for model, on, off in (("fleet", "citystream-w2", "citystream-w2-noagg"),
-                                          ("original", "citystream-w2-original", "citystream-w2-noagg-original"))
-                   if on in by and off in by}
+# What the aggregate tables cost: the same -w 2 run with them (the default) over without, as the
+# ratio of the medians over the --agg-pairs alternating pairs (each pair's ratio listed too).
+def pair_runs(name, suffix):  # the measurements of `name` and its repeats, each checked complete
+    runs, k = [], 1
+    while True:
+        n = name + suffix if k == 1 else f"{name}{suffix}-pair{k}"
+        if not os.path.exists(os.path.join(work, f"{n}.measure.json")):
+            return runs
+        committed = [int(x) for x in re.findall(r"records committed:\s+(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", load(f"{n}.log")))]
+        if max(committed, default=0) != records:
+            sys.exit(f"{n}: committed {max(committed, default=0)} records, expected {records}; log: {work}/{n}.log")
+        m = load(f"{n}.measure.json")
+        runs.append({"records_per_s": records / m["wall_s"], "cpu_s": m["cpu_s"], "peak_rss_mib": m["peak_rss_process_mib"]})
+        k += 1
+aggregates_cost = {}
+for model, suffix in (("fleet", ""), ("original", "-original")):
+    on, off = pair_runs("citystream-w2", suffix), pair_runs("citystream-w2-noagg", suffix)
+    if not on or not off:
+        continue
+    med = lambda runs, k: statistics.median(r[k] for r in runs)
+    aggregates_cost[model] = {
+        "pairs": min(len(on), len(off)),
+        "records_per_s_ratio_on_over_off": med(on, "records_per_s") / med(off, "records_per_s"),
+        "per_pair_ratios": [a["records_per_s"] / b["records_per_s"] for a, b in zip(on, off)],
+        "records_per_s_on": med(on, "records_per_s"), "records_per_s_off": med(off, "records_per_s"),
+        "cpu_s_on": med(on, "cpu_s"), "cpu_s_off": med(off, "cpu_s"),
+        "peak_rss_mib_on": max(r["peak_rss_mib"] for r in on), "peak_rss_mib_off": max(r["peak_rss_mib"] for r in off),
+    }
 
 # The objects table: every citystream run, per model, baseline (before) then current (after).
 PER_MODEL_KEYS = ["objects", "objects_per_1k_records", "mean_object_bytes", "object_bytes", "disk_bytes", "output_bytes",
@@ -416,8 +448,10 @@ for r in per_model:
     print(f"| {r['model']:<8} | {r['binary']:<8} | {r['name']:<22} | {r['objects']:>9,} | {r['objects_per_1k_records']:>18,.1f} "
           f"| {r['mean_object_bytes']:>13,.0f} | {r['disk_bytes'] / 1e6:>10.1f} | {r['records_per_s']:>10,.0f} | {r['peak_rss_process_mib']:>12.0f} |")
 for model, c in aggregates_cost.items():
-    print(f"aggregate tables, {model} model: records/s on/off = {c['records_per_s_ratio_on_over_off']:.2f}, "
-          f"CPU s {c['cpu_s_on']:.1f} on / {c['cpu_s_off']:.1f} off, peak RSS {c['peak_rss_mib_on']:.0f} / {c['peak_rss_mib_off']:.0f} MiB")
+    pairs = ", ".join(f"{x:.2f}" for x in c["per_pair_ratios"])
+    print(f"aggregate tables, {model} model ({c['pairs']} pair(s), medians): records/s on/off = {c['records_per_s_ratio_on_over_off']:.2f} "
+          f"(each pair: {pairs}), CPU s {c['cpu_s_on']:.1f} on / {c['cpu_s_off']:.1f} off, "
+          f"peak RSS (greatest) {c['peak_rss_mib_on']:.0f} / {c['peak_rss_mib_off']:.0f} MiB")
 print(f"\nbest citystream: {best['label']}; raw-consume ceiling: {ceiling['label'] if ceiling else 'n/a (--models-only)'}")
 print(f"wrote {out_path}")
 fmt = lambda x: f"{x:.2f}" if x is not None else "n/a"
