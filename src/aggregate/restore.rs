@@ -12,9 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
 use differential_dataflow::difference::Semigroup;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::key::{Agg, AggKey, owner};
 use super::table::{self, partition_of_path};
@@ -94,10 +96,33 @@ pub async fn initial(spec: &AggSpec, index: usize, peers: usize) -> Result<Initi
 
 /// The rows of one file of `table`.
 pub async fn load_file(lake: &Lake, table: AggTable, path: &str) -> Result<Vec<(AggKey, Agg)>, PipelineError> {
-    let location = Path::from(path);
-    let read = |e: object_store::Error| PipelineError::caused(ErrorClass::Transient, format!("reading the aggregate file {path}: {}", lake.gave_up()), e);
-    let bytes = lake.store.get(&location).await.map_err(read)?.bytes().await.map_err(read)?;
-    table::from_parquet(table, bytes)
+    let mut rows = Vec::new();
+    for batch in read_batches(lake, path, "reading the aggregate file").await? {
+        rows.extend(table::from_batch(table, &batch).map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("loading the rows of {path}"), e))?);
+    }
+    Ok(rows)
+}
+
+/// The record batches of the Parquet file at `path` (under the output root); `doing` names the
+/// purpose in errors.
+async fn read_batches(lake: &Lake, path: &str, doing: &str) -> Result<Vec<RecordBatch>, PipelineError> {
+    let read = |e: object_store::Error| PipelineError::caused(ErrorClass::Transient, format!("{doing} {path}: {}", lake.gave_up()), e);
+    let bytes = lake.store.get(&Path::from(path)).await.map_err(read)?.bytes().await.map_err(read)?;
+    let decode = |e: parquet::errors::ParquetError| PipelineError::caused(ErrorClass::Definite, format!("{doing} {path}"), e);
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(decode)?;
+    reader.map(|batch| batch.map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("{doing} {path}"), e))).collect()
+}
+
+/// The active files (path under the output root, size) of an opened table's snapshot, and the
+/// manifest sequence its `txn` holds (0 when none).
+async fn active_files(
+    t: &deltalake::DeltaTable,
+    table: Table,
+    fail: impl Fn(deltalake::DeltaTableError) -> PipelineError,
+) -> Result<(Vec<(String, i64)>, i64), PipelineError> {
+    let snapshot = t.snapshot().map_err(&fail)?;
+    let held = snapshot.transaction_version(t.log_store().as_ref(), table.app_id()).await.map_err(&fail)?.unwrap_or(0);
+    Ok((snapshot.log_data().iter().map(|f| (format!("{}/{}", table.dir(), f.path()), f.size())).collect(), held))
 }
 
 /// The active files (path under the output root, size) of `table` once it holds manifest
@@ -108,10 +133,9 @@ async fn current(lake: &Lake, table: Table, sequence: u64) -> Result<Vec<(String
         |e: deltalake::DeltaTableError| PipelineError::caused(ErrorClass::Transient, format!("reading the Delta table {} to restore it", table.name()), e);
     loop {
         if let Some(t) = lake.delta().open(table).await.map_err(fail)? {
-            let snapshot = t.snapshot().map_err(fail)?;
-            let held = snapshot.transaction_version(t.log_store().as_ref(), table.app_id()).await.map_err(fail)?.unwrap_or(0);
+            let (files, held) = active_files(&t, table, fail).await?;
             if held >= sequence as i64 {
-                return Ok(snapshot.log_data().iter().map(|f| (format!("{}/{}", table.dir(), f.path()), f.size())).collect());
+                return Ok(files);
             }
         }
         if started.elapsed() >= lake.retry_timeout {
@@ -132,8 +156,7 @@ async fn stale(lake: &Lake, t: AggTable) -> Result<Option<Vec<(String, i64)>>, P
     let table = Table::Aggregate(t);
     let fail = |e: deltalake::DeltaTableError| PipelineError::caused(ErrorClass::Transient, format!("reading the Delta table {}", table.name()), e);
     let Some(opened) = lake.delta().open(table).await.map_err(fail)? else { return Ok(None) };
-    let snapshot = opened.snapshot().map_err(fail)?;
-    Ok(Some(snapshot.log_data().iter().map(|f| (format!("{}/{}", table.dir(), f.path()), f.size())).collect()))
+    Ok(Some(active_files(&opened, table, fail).await?.0))
 }
 
 /// The rows of `tables` recomputed from the committed rows of their streams (as of manifest
@@ -155,16 +178,7 @@ async fn rebuild(spec: &AggSpec, previous: &Manifest, tables: &[AggTable], index
             if !every_file && !of_stream.iter().any(|t| t.windowed() && owner(*t, hour, peers) == index) {
                 continue;
             }
-            let location = Path::from(path.as_str());
-            let read = |e: object_store::Error| {
-                PipelineError::caused(ErrorClass::Transient, format!("reading {path} to rebuild the aggregates: {}", spec.lake.gave_up()), e)
-            };
-            let bytes = spec.lake.store.get(&location).await.map_err(read)?.bytes().await.map_err(read)?;
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .and_then(|b| b.build())
-                .map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("reading {path} to rebuild the aggregates"), e))?;
-            for batch in reader {
-                let batch = batch.map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("reading {path} to rebuild the aggregates"), e))?;
+            for batch in read_batches(&spec.lake, &path, "reading, to rebuild the aggregates,").await? {
                 let add = |key: AggKey, agg: Agg| merged.entry(key).or_insert(Agg::ZERO).plus_equals(&agg);
                 updates::rows_of_batch(stream, &batch, &selection, window_us, add)
                     .map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("rebuilding the aggregates from {path}"), e))?;

@@ -321,20 +321,6 @@ pub fn from_batch(table: AggTable, batch: &RecordBatch) -> Result<Vec<(AggKey, A
     Ok(rows)
 }
 
-/// `table`'s rows of one file: the Parquet bytes read back as keys and aggregates.
-pub fn from_parquet(table: AggTable, bytes: bytes::Bytes) -> Result<Vec<(AggKey, Agg)>, crate::error::PipelineError> {
-    use crate::error::{ErrorClass, PipelineError};
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("reading a file of the aggregate table {table}"), e))?;
-    let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("reading a file of the aggregate table {table}"), e))?;
-        rows.extend(from_batch(table, &batch).map_err(|e| PipelineError::caused(ErrorClass::Definite, "loading aggregate rows", e))?);
-    }
-    Ok(rows)
-}
-
 /// Seconds as microseconds (for tests and defaults).
 pub const fn secs(s: i64) -> i64 {
     s * MICROS_PER_SEC
