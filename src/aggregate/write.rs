@@ -117,7 +117,6 @@ impl<'s> WriteAggregates<'s> for Stream<'s, Epoch, Vec<RowChange>> {
                 latest_part: Default::default(),
                 loading: BTreeMap::new(),
                 dirty: BTreeSet::new(),
-                unsettled: BTreeSet::new(),
                 rewrite: BTreeSet::new(),
                 sealing: Vec::new(),
             };
@@ -167,11 +166,9 @@ struct Writer {
     latest_part: foldhash::HashMap<AggKey, Part>,
     /// Partitions whose file is being read.
     loading: BTreeMap<Part, Load>,
-    /// Partitions a record changed in the commit being filled.
+    /// Partitions a record changed in the commit being filled. A partition that is dirty, or
+    /// whose new file is still uploading ([`Writer::sealing`]), cannot leave memory.
     dirty: BTreeSet<Part>,
-    /// Partitions whose rows changed since their file was written, or whose new file is not
-    /// durable yet: they cannot leave memory.
-    unsettled: BTreeSet<Part>,
     /// Partitions that must be written (or, without rows, removed) at the first commit even
     /// without a change: those of a table rebuilt from the stream tables. Their old files are
     /// never read back.
@@ -200,19 +197,14 @@ impl Writer {
         part.0.windowed() && !self.rows.contains_key(&part) && self.files.contains_key(&part) && !self.rewrite.contains(&part)
     }
 
-    /// Starts reading `part`'s file if it is missing and not being read; returns whether it is
-    /// missing.
-    fn prefetch(&mut self, part: Part) -> bool {
-        if !self.missing(part) {
-            return false;
-        }
-        if !self.loading.contains_key(&part) {
+    /// Starts reading `part`'s file if it is missing and not being read.
+    fn prefetch(&mut self, part: Part) {
+        if self.missing(part) && !self.loading.contains_key(&part) {
             let path = self.files[&part].clone();
             tracing::debug!(table = part.0.name(), partition = part.1.micros(), path, "loading an aggregate partition that is not in memory");
             let lake = self.spec.lake.clone();
             self.loading.insert(part, self.spec.rt.spawn(async move { restore::load_file(&lake, part.0, &path).await }));
         }
-        true
     }
 
     /// One activation: the initial state, finished reads, sealed epochs, durable commits,
@@ -262,7 +254,6 @@ impl Writer {
         let part = (key.table, table::partition_of(&key, &agg));
         if changed {
             self.dirty.insert(part);
-            self.unsettled.insert(part);
         }
         if !key.table.windowed() {
             self.latest_part.insert(key.clone(), part);
@@ -294,9 +285,10 @@ impl Writer {
             while let Some(b) = self.cuts.iter().copied().find(|b| *b > self.lower && *b <= e) {
                 self.close(held, Some(b))?;
             }
-            // A partition that left memory after its changes arrived is read again first.
-            let parts: BTreeSet<Part> = self.pending[&e].iter().map(|c| (c.0.0.table, c.0.0.bucket)).collect();
-            if parts.into_iter().fold(false, |missing, part| self.prefetch(part) | missing) {
+            // Every change that needs a partition's file started its read when it arrived, and no
+            // partition with changes waiting leaves memory (`evict`): an epoch can only wait for
+            // a read in flight.
+            if !self.loading.is_empty() && self.pending[&e].iter().any(|c| self.loading.contains_key(&(c.0.0.table, c.0.0.bucket))) {
                 waiting = true;
                 break;
             }
@@ -321,17 +313,13 @@ impl Writer {
     fn apply(&mut self, changes: Vec<RowChange>) {
         use differential_dataflow::difference::Semigroup;
         let mut last = None;
-        let mut mark = |part: Part, dirty: &mut BTreeSet<Part>, unsettled: &mut BTreeSet<Part>| {
-            if last != Some(part) {
-                dirty.insert(part);
-                unsettled.insert(part);
-                last = Some(part);
-            }
-        };
         for ((key, ()), _, diff) in changes {
             if key.table.windowed() {
                 let part = (key.table, key.bucket);
-                mark(part, &mut self.dirty, &mut self.unsettled);
+                if last != Some(part) {
+                    self.dirty.insert(part);
+                    last = Some(part);
+                }
                 let rows = self.rows.entry(part).or_default();
                 match rows.get_mut(&key) {
                     Some(row) => row.plus_equals(&diff),
@@ -341,38 +329,25 @@ impl Writer {
                 }
                 continue;
             }
-            // vehicle_latest: the row lives in the day of its last_seen, which may move on.
+            // vehicle_latest: the row lives in the day of its last_seen, which may move on, so it
+            // is taken out of its day and put back into the day of the merged row.
             let old = self.latest_part.get(&key).copied();
-            let mut merged = false;
-            if let Some(p) = old
-                && let Some(row) = self.rows.get_mut(&p).and_then(|rows| rows.get_mut(&key))
-            {
-                row.plus_equals(&diff);
-                merged = true;
-                if table::partition_of(&key, row) == p.1 {
-                    mark(p, &mut self.dirty, &mut self.unsettled);
-                    continue;
-                }
-            }
-            // New, or moving to another day: out of the old day's rows.
             let mut row = Agg::ZERO;
-            if let Some(p) = old {
-                mark(p, &mut self.dirty, &mut self.unsettled);
-                if let Some(rows) = self.rows.get_mut(&p) {
-                    if let Some(was) = rows.remove(&key) {
-                        row = was;
-                    }
-                    if rows.is_empty() {
-                        self.rows.remove(&p);
-                    }
+            if let Some(p) = old
+                && let Some(rows) = self.rows.get_mut(&p)
+            {
+                row = rows.remove(&key).unwrap_or(Agg::ZERO);
+                if rows.is_empty() {
+                    self.rows.remove(&p);
                 }
+                self.dirty.insert(p);
             }
-            if !merged {
-                row.plus_equals(&diff);
-            }
+            row.plus_equals(&diff);
             let part = (key.table, table::partition_of(&key, &row));
-            mark(part, &mut self.dirty, &mut self.unsettled);
-            self.latest_part.insert(key.clone(), part);
+            self.dirty.insert(part);
+            if old != Some(part) {
+                self.latest_part.insert(key.clone(), part);
+            }
             self.rows.entry(part).or_default().insert(key, row);
         }
     }
@@ -400,10 +375,6 @@ impl Writer {
         if !uploads.is_empty() || !removed.is_empty() {
             tracing::debug!(lower = lower.get(), files = uploads.len(), removed = removed.len(), "aggregate commit closed");
             self.sealing.push(Sealing { cap: cap.clone(), uploads, removed, parts: parts.into_iter().collect(), sealed_at_us: crate::clock::now_micros() });
-        } else {
-            for part in &parts {
-                self.unsettled.remove(part);
-            }
         }
         match upper {
             Some(b) => {
@@ -439,12 +410,6 @@ impl Writer {
                 }
             }
             out.activate().session(&done.cap).give(Report::Files { files, removed: done.removed, sealed_at_us: done.sealed_at_us });
-            // A partition stays unsettled while a later commit still has it dirty or uploading.
-            for part in done.parts {
-                if !self.dirty.contains(&part) && !self.sealing.iter().any(|x| x.parts.contains(&part)) {
-                    self.unsettled.remove(&part);
-                }
-            }
         }
         Ok(())
     }
@@ -453,13 +418,21 @@ impl Writer {
     fn evict(&mut self, frontier: Epoch) {
         let watermark = self.spec.clock.start_of(frontier).micros();
         let horizon = self.spec.horizon_us();
-        let due: Vec<Part> = self
+        let settled = |part: &Part| !self.dirty.contains(part) && !self.sealing.iter().any(|x| x.parts.contains(part));
+        let mut due: Vec<Part> = self
             .rows
             .keys()
             .filter(|(t, hour)| t.windowed() && hour.micros().saturating_add(HOUR).saturating_add(horizon) <= watermark)
-            .filter(|part| !self.unsettled.contains(part) && !self.rewrite.contains(part) && self.files.contains_key(part))
+            .filter(|part| settled(part) && !self.rewrite.contains(part) && self.files.contains_key(part))
             .copied()
             .collect();
+        if due.is_empty() {
+            return;
+        }
+        // A partition with changes waiting stays: it was in memory when they arrived, so no read
+        // of its file was started for them (see `seal`).
+        let waiting: BTreeSet<Part> = self.pending.values().flatten().map(|c| (c.0.0.table, c.0.0.bucket)).collect();
+        due.retain(|p| !waiting.contains(p));
         if due.is_empty() {
             return;
         }
