@@ -350,14 +350,16 @@ CITYSTREAM = [
     ("citystream-w2-original", "citystream -w 2, original model", "original", "current"),
     ("citystream-w2-noagg-original", "citystream -w 2, original model, --aggregates none", "original", "current"),
 ]
+def committed(name):  # what run `name` committed, from its summary; exits unless every record
+    text = re.sub(r"\x1b\[[0-9;]*m", "", load(f"{name}.log"))
+    seen = max((int(x) for x in re.findall(r"records committed:\s+(\d+)", text)), default=0)  # process 0 reports the cluster's
+    if seen != records:
+        sys.exit(f"{name}: committed {seen} records (from its summary), expected {records}; log: {work}/{name}.log")
+    return seen
 for name, label, model, binary in CITYSTREAM:
     if not os.path.exists(os.path.join(work, f"{name}.measure.json")):
         continue
-    text = load(f"{name}.log")
-    committed = [int(x) for x in re.findall(r"records committed:\s+(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", text))]
-    seen = max(committed, default=0)  # a cluster's process 0 reports what the cluster committed
-    if seen != records:
-        sys.exit(f"{name}: committed {seen} records (from its summary), expected {records}; log: {work}/{name}.log")
+    seen = committed(name)
     out_dir = os.path.join(work, "out", name)
     r = row(name, label, seen, model, out_dir)
     r["binary"] = binary
@@ -387,9 +389,7 @@ def pair_runs(name, suffix):  # the measurements of `name` and its repeats, each
         n = name + suffix if k == 1 else f"{name}{suffix}-pair{k}"
         if not os.path.exists(os.path.join(work, f"{n}.measure.json")):
             return runs
-        committed = [int(x) for x in re.findall(r"records committed:\s+(\d+)", re.sub(r"\x1b\[[0-9;]*m", "", load(f"{n}.log")))]
-        if max(committed, default=0) != records:
-            sys.exit(f"{n}: committed {max(committed, default=0)} records, expected {records}; log: {work}/{n}.log")
+        committed(n)
         m = load(f"{n}.measure.json")
         runs.append({"records_per_s": records / m["wall_s"], "cpu_s": m["cpu_s"], "peak_rss_mib": m["peak_rss_process_mib"]})
         k += 1
