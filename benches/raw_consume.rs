@@ -2,8 +2,8 @@
 //!
 //! `T` threads, each with its own rdkafka `BaseConsumer` manually assigned to its share of the
 //! partitions (citystream's ownership rule: sorted pairs, pair `i` to thread `i mod T`), with
-//! citystream's own consumer settings (`KafkaOptions::client_config`, so prefetch and fetch
-//! sizes match), read every record from the beginning up to the high watermark each partition
+//! citystream's own consumer settings (`KafkaOptions::reader_config` with `--kafka-prefetch`'s
+//! default split the same way, so prefetch and fetch sizes match), read every record from the beginning up to the high watermark each partition
 //! had at start. Nothing is parsed: it counts records and key + value bytes. That is the upper
 //! bound for any consumer of these topics on this machine, citystream included.
 //!
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use citystream::contract::Stream;
 use citystream::kafka::settings::{KafkaClientSettings, KafkaOption};
-use citystream::kafka::{KafkaOptions, Watermarks};
+use citystream::kafka::{DEFAULT_PREFETCH, KafkaOptions, Watermarks};
 use citystream::ownership::{PartitionId, owned};
 use citystream::simulate::FleetConfig;
 use citystream::simulate::producer::{ProduceOptions, produce};
@@ -44,7 +44,7 @@ struct Counts {
 
 /// Reads `parts` from their low to their high watermarks at start (the start given as an explicit
 /// offset, as citystream does: librdkafka's `BEGINNING` costs ≈ 0.5 s more).
-fn read(opts: &KafkaOptions, parts: &[PartitionId], marks: &HashMap<PartitionId, Watermarks>, client_id: &str) -> Result<Counts, KafkaError> {
+fn read(opts: &KafkaOptions, parts: &[PartitionId], threads: usize, marks: &HashMap<PartitionId, Watermarks>, client_id: &str) -> Result<Counts, KafkaError> {
     let mut counts = Counts::default();
     // Partitions still to finish, by (topic, partition) → (stream partition, end).
     let mut left: HashMap<(String, i32), i64> = HashMap::new();
@@ -59,7 +59,7 @@ fn read(opts: &KafkaOptions, parts: &[PartitionId], marks: &HashMap<PartitionId,
     if left.is_empty() {
         return Ok(counts);
     }
-    let consumer: BaseConsumer = opts.client_config().set("client.id", client_id).create()?;
+    let consumer: BaseConsumer = opts.reader_config(threads, parts.len()).set("client.id", client_id).create()?;
     consumer.assign(&tpl)?;
     let deadline = Instant::now() + Duration::from_secs(3600);
     while !left.is_empty() {
@@ -93,7 +93,7 @@ fn consume(opts: &KafkaOptions, threads: usize) -> (Counts, f64, usize) {
             .map(|t| {
                 let mine = owned(&all, t, threads);
                 let marks = &marks;
-                s.spawn(move || read(opts, &mine, marks, &format!("raw-consume-{t}")).unwrap_or_else(|e| panic!("raw consumer thread {t}: {e}")))
+                s.spawn(move || read(opts, &mine, threads, marks, &format!("raw-consume-{t}")).unwrap_or_else(|e| panic!("raw consumer thread {t}: {e}")))
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("raw consumer thread")).collect()
@@ -116,6 +116,7 @@ fn options(brokers: &str, prefix: &str, group: &str, extra: Vec<(String, String)
         group: group.into(),
         timeout: Duration::from_secs(10),
         client: KafkaClientSettings::with_options(extra.into_iter().map(|(key, value)| KafkaOption { key, value }).collect()),
+        prefetch: DEFAULT_PREFETCH,
     }
 }
 

@@ -197,6 +197,14 @@ fn invalid_object_sizes_name_the_flag() {
 }
 
 #[test]
+fn invalid_kafka_prefetch_names_the_flag() {
+    let o = citystream(&["run", "--brokers", "127.0.0.1:1", "--kafka-prefetch", "1KiB"], &[]);
+    o.fails_naming(&["--kafka-prefetch", "at least 64KiB"]);
+    let o = citystream(&["run"], &[("CITYSTREAM_KAFKA_PREFETCH", "lots")]);
+    o.fails_naming(&["--kafka-prefetch", "lots"]);
+}
+
+#[test]
 fn bad_kafka_security_settings_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let lake = path(&dir.path().join("lake"));

@@ -473,6 +473,7 @@ fn the_final_group_offset_commit_does_not_hold_up_the_exit_when_kafka_is_down() 
         group: "down".into(),
         timeout: Duration::from_secs(5),
         client: Default::default(),
+        prefetch: citystream::kafka::DEFAULT_PREFETCH,
     };
     let mut committer = OffsetCommitter::new(&opts).unwrap();
     committer.commit(&[(PartitionId { stream: Stream::Gps, partition: 0 }, Offset(42))]);

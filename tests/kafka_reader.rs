@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use citystream::kafka::KafkaOptions;
+use citystream::kafka::{DEFAULT_PREFETCH, KafkaOptions};
 use citystream::ownership::{Offset, PartitionId};
 use citystream::source::kafka::KafkaReader;
 use citystream::source::{Event, Reader};
@@ -35,15 +35,21 @@ fn read_until(reader: &mut KafkaReader, seen: &mut BTreeMap<PartitionId, Vec<i64
 fn a_recreated_client_reads_on_from_the_next_offset_exactly_once_and_knows_when_it_is_caught_up() {
     let prefix = format!("{}.", unique("reader"));
     simulate(&prefix, &["--vehicles", "5", "--events", "4000", "--partitions", "2", "--key", "id", "--seed", "7"]);
-    let opts =
-        KafkaOptions { brokers: brokers(), topic_prefix: prefix.clone(), group: prefix.clone(), timeout: Duration::from_secs(10), client: Default::default() };
+    let opts = KafkaOptions {
+        brokers: brokers(),
+        topic_prefix: prefix.clone(),
+        group: prefix.clone(),
+        timeout: Duration::from_secs(10),
+        client: Default::default(),
+        prefetch: DEFAULT_PREFETCH,
+    };
     let partitions = opts.discover().unwrap();
     assert_eq!(partitions.len(), 10);
     let marks = opts.watermarks(&partitions).unwrap();
     let total: i64 = marks.values().map(|w| w.high.since(w.low)).sum();
     assert_eq!(total, 4000);
     let owned: Vec<(PartitionId, Option<Offset>)> = partitions.iter().map(|p| (*p, Some(marks[p].low))).collect();
-    let mut reader = KafkaReader::new(&opts, &owned, "reader-test").unwrap();
+    let mut reader = KafkaReader::new(&opts, &owned, "reader-test", 1).unwrap();
 
     // Part of the records, then a new client at the next offsets, then the rest.
     let mut seen = BTreeMap::new();

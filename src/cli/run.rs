@@ -87,6 +87,12 @@ pub struct RunArgs {
     /// the next commit is cut at once. Units B, kB, MB, GB, KiB, MiB, GiB.
     #[arg(long, env = "CITYSTREAM_TARGET_OBJECT_SIZE", value_parser = parse_bytes, default_value = "128MiB")]
     pub target_object_size: u64,
+    /// Fetched records (as fetched, i.e. compressed) the Kafka client may hold ahead of the
+    /// workers, per process: split evenly over the partitions the process reads, each between
+    /// 64 KiB and 1 MiB. Decompressed they take several times this much memory. Units as for
+    /// --target-object-size.
+    #[arg(long, env = "CITYSTREAM_KAFKA_PREFETCH", value_parser = parse_bytes, default_value = "8MiB")]
+    pub kafka_prefetch: u64,
     /// A partition that delivers nothing for this long of reading, although the broker holds
     /// records beyond its position, is stalled: logged as a warning, and the Kafka client is
     /// re-created at its next offset (again after every further period of this length).
@@ -245,6 +251,9 @@ impl RunArgs {
         if self.target_object_size < MIN_TARGET_OBJECT_SIZE {
             return Err(ConfigError::new("--target-object-size", format!("must be at least 1MiB, got {} bytes", self.target_object_size)));
         }
+        if self.kafka_prefetch < crate::kafka::MIN_PARTITION_PREFETCH_KIB * 1024 {
+            return Err(ConfigError::new("--kafka-prefetch", format!("must be at least 64KiB, got {} bytes", self.kafka_prefetch)));
+        }
         let metrics_addr = match self.metrics_addr.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(a) => Some(crate::observe::http::resolve(a).map_err(|e| ConfigError::new("--metrics-addr", e))?),
@@ -260,6 +269,7 @@ impl RunArgs {
                 group: self.group.clone(),
                 timeout: self.connect_timeout,
                 client: self.kafka.validate()?,
+                prefetch: self.kafka_prefetch,
             }),
             None => {
                 if self.vehicles == 0 {

@@ -57,6 +57,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<u8> {
             group: args.group.clone(),
             timeout: args.connect_timeout,
             client: args.kafka.validate()?,
+            prefetch: crate::kafka::DEFAULT_PREFETCH,
         };
         status.partitions = group_lag(&opts, &status.partitions)?;
     }

@@ -83,7 +83,20 @@ pub struct KafkaOptions {
     pub timeout: Duration,
     /// Security settings and librdkafka passthrough (applied last); `Debug` shows no secret.
     pub client: KafkaClientSettings,
+    /// Bytes of fetched, not yet consumed records librdkafka may hold per process
+    /// (`--kafka-prefetch`), shared by the partitions the process reads; see
+    /// [`KafkaOptions::reader_config`].
+    pub prefetch: u64,
 }
+
+/// The least prefetch per partition (KiB): below it a partition needs a fetch round trip per
+/// few hundred records.
+pub const MIN_PARTITION_PREFETCH_KIB: u64 = 64;
+/// The most prefetch per partition (KiB): one fetch of a partition (`max.partition.fetch.bytes`)
+/// is this large, and more queued per partition did not read faster (docs/benchmarks.md).
+pub const MAX_PARTITION_PREFETCH_KIB: u64 = 1024;
+/// `--kafka-prefetch`'s default: 8 MiB of (compressed) fetched records per process.
+pub const DEFAULT_PREFETCH: u64 = 8 << 20;
 
 impl KafkaOptions {
     /// The topic of a stream.
@@ -106,22 +119,38 @@ impl KafkaOptions {
             .set("enable.partition.eof", "true")
             // Only committed transactional data (the default, stated because it matters).
             .set("isolation.level", "read_committed")
-            // Bound prefetch memory: librdkafka keeps up to this much per partition queue (its
-            // default, 64 MiB and 100k messages per partition, is what makes consumers of many
-            // partitions large). 1 MiB per partition (one fetch) keeps the decoder fed; measured.
-            .set("queued.max.messages.kbytes", "1024")
+            // librdkafka's prefetch is bounded per partition by bytes (set by `reader_config`)
+            // or by this many messages, whichever is reached first.
             .set("queued.min.messages", "20000")
             // When a partition's queue is full librdkafka waits this long before fetching it
             // again: its default (1 s) capped every partition at ~1 MiB/s with the bound above
             // (docs/benchmarks.md). The queue bound is what limits memory, not this wait.
             .set("fetch.queue.backoff.ms", "1")
-            // Fetch up to 1 MiB per partition and 16 MiB per request; answer within 100 ms
-            // when data is sparse.
-            .set("max.partition.fetch.bytes", "1048576")
+            // Fetch up to 16 MiB per request (per partition: `reader_config`); answer within
+            // 100 ms when data is sparse.
             .set("fetch.max.bytes", "16777216")
             .set("fetch.wait.max.ms", "100")
             // Don't hammer a broker that is down; librdkafka keeps reconnecting by itself.
             .set("reconnect.backoff.max.ms", "5000");
+        self.client.apply(&mut c);
+        c
+    }
+
+    /// Settings of a client that reads `partitions` partitions, one of `workers` such clients
+    /// in the process: [`KafkaOptions::client_config`] with the prefetch bound per partition.
+    ///
+    /// librdkafka fetches ahead until a partition's queue holds `queued.max.messages.kbytes`
+    /// (counted as fetched, i.e. compressed; decompressed the records take several times that,
+    /// plus an op of ≈ 180 bytes each). Its default of 64 MiB per partition — and our earlier
+    /// fixed 1 MiB — made the prefetch grow with the partition count: 30 partitions at 1 MiB
+    /// held ≈ 230 MiB of a 540 MiB process. So `--kafka-prefetch` is one budget per process,
+    /// split evenly, each partition getting between [`MIN_PARTITION_PREFETCH_KIB`] and
+    /// [`MAX_PARTITION_PREFETCH_KIB`]; a fetch of a partition is as large as its queue. Options
+    /// given with `--kafka-option` still win (applied last).
+    pub fn reader_config(&self, workers: usize, partitions: usize) -> ClientConfig {
+        let kib = partition_prefetch_kib(self.prefetch, workers, partitions);
+        let mut c = self.client_config();
+        c.set("queued.max.messages.kbytes", kib.to_string()).set("max.partition.fetch.bytes", (kib * 1024).to_string());
         self.client.apply(&mut c);
         c
     }
@@ -219,5 +248,48 @@ pub(crate) fn throttle(error: &KafkaError) -> Option<u64> {
     } else {
         entry.1 += 1;
         None
+    }
+}
+
+/// The prefetch of one partition (KiB): `prefetch` bytes per process split over `workers`
+/// readers of `partitions` partitions each, within [`MIN_PARTITION_PREFETCH_KIB`] and
+/// [`MAX_PARTITION_PREFETCH_KIB`].
+pub fn partition_prefetch_kib(prefetch: u64, workers: usize, partitions: usize) -> u64 {
+    let shares = (workers.max(1) * partitions.max(1)) as u64;
+    (prefetch / 1024 / shares).clamp(MIN_PARTITION_PREFETCH_KIB, MAX_PARTITION_PREFETCH_KIB)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_is_one_budget_split_over_the_partitions_read() {
+        // The benchmark's fleet run: one process, 2 workers, 15 partitions each.
+        assert_eq!(partition_prefetch_kib(DEFAULT_PREFETCH, 2, 15), 273);
+        // Few partitions: one fetch each at most.
+        assert_eq!(partition_prefetch_kib(DEFAULT_PREFETCH, 1, 2), MAX_PARTITION_PREFETCH_KIB);
+        // Very many: the floor, so the budget is exceeded rather than reading stalling.
+        assert_eq!(partition_prefetch_kib(DEFAULT_PREFETCH, 4, 500), MIN_PARTITION_PREFETCH_KIB);
+        assert_eq!(partition_prefetch_kib(64 << 20, 2, 0), MAX_PARTITION_PREFETCH_KIB);
+    }
+
+    #[test]
+    fn the_reader_gets_its_share_unless_an_option_says_otherwise() {
+        let mut opts = KafkaOptions {
+            brokers: "127.0.0.1:1".into(),
+            topic_prefix: String::new(),
+            group: "g".into(),
+            timeout: Duration::from_secs(1),
+            client: KafkaClientSettings::default(),
+            prefetch: 4 << 20,
+        };
+        let c = opts.reader_config(2, 8);
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("256"));
+        assert_eq!(c.get("max.partition.fetch.bytes"), Some("262144"));
+        opts.client = KafkaClientSettings::with_options(vec![settings::parse_kafka_option("queued.max.messages.kbytes=2048").unwrap()]);
+        let c = opts.reader_config(2, 8);
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("2048"));
+        assert_eq!(c.get("max.partition.fetch.bytes"), Some("262144"));
     }
 }

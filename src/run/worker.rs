@@ -152,7 +152,7 @@ fn reader(p: &Process, index: usize, owned: &[PartitionId]) -> Option<Box<dyn Re
         SourceConfig::Kafka(k) => {
             let starts: Vec<(PartitionId, Option<Offset>)> =
                 owned.iter().map(|id| (*id, p.states.get(id).map(|s| s.position.offset).or_else(|| p.partitions.lows.get(id).copied()))).collect();
-            match KafkaReader::new(k, &starts, &format!("citystream-{}-w{index}", p.cfg.process)) {
+            match KafkaReader::new(k, &starts, &format!("citystream-{}-w{index}", p.cfg.process), p.cfg.threads) {
                 Ok(r) => Some(Box::new(r)),
                 Err(e) => {
                     p.failure.set(PipelineError::caused(ErrorClass::Transient, format!("worker {index}: cannot start reading"), e));

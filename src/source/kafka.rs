@@ -74,19 +74,22 @@ pub struct KafkaReader {
     states: Arc<ClientStates>,
     /// How many times the client was re-created.
     recreated: u32,
+    /// How many readers the process has (each gets its share of `--kafka-prefetch`).
+    workers: usize,
 }
 
 impl KafkaReader {
     /// Assigns `owned` partitions at their start offsets (`None`: the beginning). An offset that
     /// retention has deleted in the meantime restarts at the earliest one still held
-    /// (`auto.offset.reset=earliest`).
-    pub fn new(opts: &KafkaOptions, owned: &[(PartitionId, Option<Offset>)], client_id: &str) -> Result<Self, SourceError> {
+    /// (`auto.offset.reset=earliest`). `workers` readers of the process share its prefetch
+    /// budget ([`KafkaOptions::reader_config`]).
+    pub fn new(opts: &KafkaOptions, owned: &[(PartitionId, Option<Offset>)], client_id: &str, workers: usize) -> Result<Self, SourceError> {
         let ids: Vec<PartitionId> = owned.iter().map(|(id, _)| *id).collect();
         let ends = EndWatcher::start(opts, &ids, client_id)?;
         let states = Arc::new(ClientStates::default());
         let starts: Vec<(PartitionId, KafkaOffset)> =
             owned.iter().map(|(id, start)| (*id, start.map_or(KafkaOffset::Beginning, |o| KafkaOffset::Offset(o.get())))).collect();
-        let (consumer, queues) = Self::connect(opts, client_id, &states, &starts)?;
+        let (consumer, queues) = Self::connect(opts, client_id, &states, &starts, (workers, owned.len()))?;
         let now = Instant::now();
         let parts = owned
             .iter()
@@ -111,19 +114,23 @@ impl KafkaReader {
             ends,
             states,
             recreated: 0,
+            workers,
         })
     }
 
-    /// A client assigned to `starts`, with a queue of its own per partition, in that order.
+    /// A client assigned to `starts`, with a queue of its own per partition, in that order;
+    /// `(workers, owned)` size its prefetch (the partitions owned, paused ones included, so
+    /// that a re-created client keeps the same bound).
     #[allow(clippy::type_complexity)]
     fn connect(
         opts: &KafkaOptions,
         client_id: &str,
         states: &Arc<ClientStates>,
         starts: &[(PartitionId, KafkaOffset)],
+        (workers, owned): (usize, usize),
     ) -> Result<(Arc<BaseConsumer<ReaderContext>>, Vec<PartitionQueue<ReaderContext>>), SourceError> {
         let consumer: Arc<BaseConsumer<ReaderContext>> = Arc::new(
-            opts.client_config()
+            opts.reader_config(workers, owned)
                 .set("client.id", client_id)
                 .set("statistics.interval.ms", STATISTICS_EVERY_MS)
                 .create_with_context(ReaderContext(states.clone()))?,
@@ -276,7 +283,7 @@ impl Reader for KafkaReader {
         let starts: Vec<(PartitionId, KafkaOffset)> = self.parts.iter().filter(|p| !p.paused).map(|p| (p.id, KafkaOffset::Offset(p.next))).collect();
         tracing::warn!(client = %self.client_id, recreated = self.recreated, partitions = starts.len(), "kafka: re-creating the reading client at the next offset of every partition");
         let client_id = format!("{}-r{}", self.client_id, self.recreated);
-        let (consumer, queues) = Self::connect(&self.opts, &client_id, &self.states, &starts)?;
+        let (consumer, queues) = Self::connect(&self.opts, &client_id, &self.states, &starts, (self.workers, self.parts.len()))?;
         let mut queues = queues.into_iter();
         let now = Instant::now();
         let mut old_queues = Vec::with_capacity(self.parts.len());
