@@ -3,9 +3,10 @@
 //! `T` threads, each with its own rdkafka `BaseConsumer` manually assigned to its share of the
 //! partitions (citystream's ownership rule: sorted pairs, pair `i` to thread `i mod T`), with
 //! citystream's own consumer settings (`KafkaOptions::reader_config` with `--kafka-prefetch`'s
-//! default split the same way, so prefetch and fetch sizes match), read every record from the beginning up to the high watermark each partition
-//! had at start. Nothing is parsed: it counts records and key + value bytes. That is the upper
-//! bound for any consumer of these topics on this machine, citystream included.
+//! default, split the same way, so prefetch and fetch sizes match), read every record from the
+//! beginning up to the high watermark each partition had at start. Nothing is parsed: it counts
+//! records and key + value bytes. That is the upper bound for any consumer of these topics on
+//! this machine, citystream included.
 //!
 //! Run: `cargo bench --bench raw_consume -- --brokers HOST:PORT --topic-prefix P --threads T`
 //! (`--kafka-option KEY=VALUE`, repeatable, applies a librdkafka setting on top, as `run` does;
