@@ -183,7 +183,8 @@ fn print_run_report(r: &citystream::run::RunReport, embedded: bool) {
             p.head.map_or("-".to_owned(), |h| h.to_string())
         );
     }
-    println!("  output: {} (a Delta table per stream and _dead_letter/; manifests in _manifests/)", r.output);
+    let agg = if c.aggregate_files > 0 { ", one per aggregate table under agg/" } else { "" };
+    println!("  output: {} (a Delta table per stream{agg} and _dead_letter/; manifests in _manifests/)", r.output);
 }
 
 /// mimalloc advises the kernel to back its arenas with transparent huge pages
