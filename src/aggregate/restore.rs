@@ -113,16 +113,9 @@ async fn read_batches(lake: &Lake, path: &str, doing: &str) -> Result<Vec<Record
     reader.map(|batch| batch.map_err(|e| PipelineError::caused(ErrorClass::Definite, format!("{doing} {path}"), e))).collect()
 }
 
-/// The active files (path under the output root, size) of an opened table's snapshot, and the
-/// manifest sequence its `txn` holds (0 when none).
-async fn active_files(
-    t: &deltalake::DeltaTable,
-    table: Table,
-    fail: impl Fn(deltalake::DeltaTableError) -> PipelineError,
-) -> Result<(Vec<(String, i64)>, i64), PipelineError> {
-    let snapshot = t.snapshot().map_err(&fail)?;
-    let held = snapshot.transaction_version(t.log_store().as_ref(), table.app_id()).await.map_err(&fail)?.unwrap_or(0);
-    Ok((snapshot.log_data().iter().map(|f| (format!("{}/{}", table.dir(), f.path()), f.size())).collect(), held))
+/// The active files (path under the output root, size) of an opened table's snapshot.
+fn active_files(snapshot: &deltalake::table::state::DeltaTableState, table: Table) -> Vec<(String, i64)> {
+    snapshot.log_data().iter().map(|f| (format!("{}/{}", table.dir(), f.path()), f.size())).collect()
 }
 
 /// The active files (path under the output root, size) of `table` once it holds manifest
@@ -133,9 +126,10 @@ async fn current(lake: &Lake, table: Table, sequence: u64) -> Result<Vec<(String
         |e: deltalake::DeltaTableError| PipelineError::caused(ErrorClass::Transient, format!("reading the Delta table {} to restore it", table.name()), e);
     loop {
         if let Some(t) = lake.delta().open(table).await.map_err(fail)? {
-            let (files, held) = active_files(&t, table, fail).await?;
+            let snapshot = t.snapshot().map_err(fail)?;
+            let held = snapshot.transaction_version(t.log_store().as_ref(), table.app_id()).await.map_err(fail)?.unwrap_or(0);
             if held >= sequence as i64 {
-                return Ok(files);
+                return Ok(active_files(snapshot, table));
             }
         }
         if started.elapsed() >= lake.retry_timeout {
@@ -156,7 +150,7 @@ async fn stale(lake: &Lake, t: AggTable) -> Result<Option<Vec<(String, i64)>>, P
     let table = Table::Aggregate(t);
     let fail = |e: deltalake::DeltaTableError| PipelineError::caused(ErrorClass::Transient, format!("reading the Delta table {}", table.name()), e);
     let Some(opened) = lake.delta().open(table).await.map_err(fail)? else { return Ok(None) };
-    Ok(Some(active_files(&opened, table, fail).await?.0))
+    Ok(Some(active_files(opened.snapshot().map_err(fail)?, table)))
 }
 
 /// The rows of `tables` recomputed from the committed rows of their streams (as of manifest

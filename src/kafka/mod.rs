@@ -106,6 +106,13 @@ impl KafkaOptions {
 
     /// Settings shared by every client we create.
     pub fn client_config(&self) -> ClientConfig {
+        let mut c = self.defaults();
+        self.client.apply(&mut c);
+        c
+    }
+
+    /// Our choice of every setting, before the connection settings and `--kafka-option`.
+    fn defaults(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group)
@@ -132,7 +139,6 @@ impl KafkaOptions {
             .set("fetch.wait.max.ms", "100")
             // Don't hammer a broker that is down; librdkafka keeps reconnecting by itself.
             .set("reconnect.backoff.max.ms", "5000");
-        self.client.apply(&mut c);
         c
     }
 
@@ -149,7 +155,7 @@ impl KafkaOptions {
     /// given with `--kafka-option` still win (applied last).
     pub fn reader_config(&self, workers: usize, partitions: usize) -> ClientConfig {
         let kib = partition_prefetch_kib(self.prefetch, workers, partitions);
-        let mut c = self.client_config();
+        let mut c = self.defaults();
         c.set("queued.max.messages.kbytes", kib.to_string()).set("max.partition.fetch.bytes", (kib * 1024).to_string());
         self.client.apply(&mut c);
         c

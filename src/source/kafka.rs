@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -74,8 +75,9 @@ pub struct KafkaReader {
     states: Arc<ClientStates>,
     /// How many times the client was re-created.
     recreated: u32,
-    /// How many readers the process has (each gets its share of `--kafka-prefetch`).
-    workers: usize,
+    /// The reading client's settings, its share of `--kafka-prefetch` included; a re-created
+    /// client gets the same.
+    config: ClientConfig,
 }
 
 impl KafkaReader {
@@ -89,7 +91,8 @@ impl KafkaReader {
         let states = Arc::new(ClientStates::default());
         let starts: Vec<(PartitionId, KafkaOffset)> =
             owned.iter().map(|(id, start)| (*id, start.map_or(KafkaOffset::Beginning, |o| KafkaOffset::Offset(o.get())))).collect();
-        let (consumer, queues) = Self::connect(opts, client_id, &states, &starts, (workers, owned.len()))?;
+        let config = opts.reader_config(workers, owned.len());
+        let (consumer, queues) = Self::connect(opts, &config, client_id, &states, &starts)?;
         let now = Instant::now();
         let parts = owned
             .iter()
@@ -114,26 +117,22 @@ impl KafkaReader {
             ends,
             states,
             recreated: 0,
-            workers,
+            config,
         })
     }
 
-    /// A client assigned to `starts`, with a queue of its own per partition, in that order;
-    /// `(workers, owned)` size its prefetch (the partitions owned, paused ones included, so
-    /// that a re-created client keeps the same bound).
+    /// A client with `config` assigned to `starts`, with a queue of its own per partition, in
+    /// that order.
     #[allow(clippy::type_complexity)]
     fn connect(
         opts: &KafkaOptions,
+        config: &ClientConfig,
         client_id: &str,
         states: &Arc<ClientStates>,
         starts: &[(PartitionId, KafkaOffset)],
-        (workers, owned): (usize, usize),
     ) -> Result<(Arc<BaseConsumer<ReaderContext>>, Vec<PartitionQueue<ReaderContext>>), SourceError> {
         let consumer: Arc<BaseConsumer<ReaderContext>> = Arc::new(
-            opts.reader_config(workers, owned)
-                .set("client.id", client_id)
-                .set("statistics.interval.ms", STATISTICS_EVERY_MS)
-                .create_with_context(ReaderContext(states.clone()))?,
+            config.clone().set("client.id", client_id).set("statistics.interval.ms", STATISTICS_EVERY_MS).create_with_context(ReaderContext(states.clone()))?,
         );
         let mut tpl = TopicPartitionList::new();
         for (id, offset) in starts {
@@ -283,7 +282,7 @@ impl Reader for KafkaReader {
         let starts: Vec<(PartitionId, KafkaOffset)> = self.parts.iter().filter(|p| !p.paused).map(|p| (p.id, KafkaOffset::Offset(p.next))).collect();
         tracing::warn!(client = %self.client_id, recreated = self.recreated, partitions = starts.len(), "kafka: re-creating the reading client at the next offset of every partition");
         let client_id = format!("{}-r{}", self.client_id, self.recreated);
-        let (consumer, queues) = Self::connect(&self.opts, &client_id, &self.states, &starts, (self.workers, self.parts.len()))?;
+        let (consumer, queues) = Self::connect(&self.opts, &self.config, &client_id, &self.states, &starts)?;
         let mut queues = queues.into_iter();
         let now = Instant::now();
         let mut old_queues = Vec::with_capacity(self.parts.len());
