@@ -25,7 +25,8 @@ use common::*;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, Result,
 };
 use serde_json::json;
 
@@ -169,6 +170,45 @@ fn an_ambiguous_delta_commit_and_a_second_publisher_publish_once() {
         assert_eq!(third.summary().commits, 0);
         let (_, version, _) = adds_and_version(&plain, Table::DeadLetter).await;
         assert_eq!(version, 2);
+    });
+}
+
+#[test]
+fn a_publisher_commits_each_manifest_once_and_checkpoints_every_interval() {
+    // The publisher keeps no file list: it counts its own versions and writes checkpoints
+    // through the kernel. Past the interval, the log must hold every object once, the txn of
+    // the last manifest, and a checkpoint at the round version that a reader starts from.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lake = s3_lake("delta-checkpoint");
+    let table = Table::Stream(Stream::Vehicle);
+    let last = citystream::delta::CHECKPOINT_INTERVAL + 2;
+    rt.block_on(async {
+        let mut publisher = Publisher::open(&lake, "test", vec![table]).await.unwrap();
+        for sequence in 1..=last {
+            publisher.publish(&[manifest_with(sequence, if sequence == 1 { 0 } else { 1 })], sequence).await.unwrap();
+        }
+        assert_eq!((publisher.summary().commits, publisher.summary().files), (last, last - 1));
+        let checkpoint = Path::from(format!("{}/_delta_log/_last_checkpoint", table.dir()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lake.store.head(&checkpoint).await.is_err() {
+            assert!(Instant::now() < deadline, "no checkpoint of {} within 60 s", table.name());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let pointer = lake.store.get(&checkpoint).await.unwrap().bytes().await.unwrap();
+        let pointer: serde_json::Value = serde_json::from_slice(&pointer).unwrap();
+        assert_eq!(pointer["version"], json!(citystream::delta::CHECKPOINT_INTERVAL), "{pointer}");
+
+        let (files, version, txn) = adds_and_version(&lake, table).await;
+        assert_eq!((version, txn), (last, last));
+        let mut unique_files = files.clone();
+        unique_files.sort();
+        unique_files.dedup();
+        assert_eq!((files.len(), unique_files.len()), (last as usize - 1, last as usize - 1), "every object once");
+
+        // A publisher opened now reads the log from the checkpoint and has nothing to add.
+        let mut again = Publisher::open(&lake, "again", vec![table]).await.unwrap();
+        again.catch_up(last).await.unwrap();
+        assert_eq!(again.summary().commits, 0);
     });
 }
 

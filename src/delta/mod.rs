@@ -202,17 +202,16 @@ impl DeltaRoot {
         DeltaTableBuilder::from_url(self.table_url(table))?.with_storage_backend(self.store.clone(), self.table_url(table)).build_storage()
     }
 
-    /// Opens `table` at its newest version, creating it (version 0: schema, partitioning,
-    /// properties) if it does not exist yet; a creation race with another writer is harmless.
-    pub async fn open_or_create(&self, table: Table) -> Result<DeltaTable, DeltaTableError> {
+    /// Creates `table` (version 0: schema, partitioning, properties) unless it exists, and
+    /// returns its log store; nothing of the table is loaded. A creation race with another
+    /// writer is harmless.
+    pub async fn create_if_missing(&self, table: Table) -> Result<LogStoreRef, DeltaTableError> {
         let log_store = self.log_store(table)?;
-        let mut t = DeltaTable::new(log_store.clone());
-        if t.verify_deltatable_existence().await? {
-            t.load().await?;
-            return Ok(t);
+        if DeltaTable::new(log_store.clone()).verify_deltatable_existence().await? {
+            return Ok(log_store);
         }
         let created = CreateBuilder::new()
-            .with_log_store(log_store)
+            .with_log_store(log_store.clone())
             .with_table_name(table.name())
             .with_comment(format!("citystream {} table", table.name()))
             .with_columns(table.fields())
@@ -223,13 +222,10 @@ impl DeltaRoot {
             .with_save_mode(SaveMode::Ignore)
             .await;
         match created {
-            Ok(t) => Ok(t),
-            Err(_) => {
-                // Another writer created it first (version 0 exists): load theirs.
-                let mut t = DeltaTable::new(self.log_store(table)?);
-                t.load().await?;
-                Ok(t)
-            }
+            Ok(_) => Ok(log_store),
+            // Another writer may have created it first (version 0 exists).
+            Err(_) if DeltaTable::new(log_store.clone()).verify_deltatable_existence().await? => Ok(log_store),
+            Err(e) => Err(e),
         }
     }
 
@@ -318,9 +314,11 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let lake = Lake::open("memory://").unwrap();
         rt.block_on(async {
-            let t = lake.delta().open_or_create(Table::Stream(Stream::Vehicle)).await.unwrap();
+            lake.delta().create_if_missing(Table::Stream(Stream::Vehicle)).await.unwrap();
+            let t = lake.delta().open(Table::Stream(Stream::Vehicle)).await.unwrap().unwrap();
             assert_eq!(t.version(), Some(0));
-            let again = lake.delta().open_or_create(Table::Stream(Stream::Vehicle)).await.unwrap();
+            lake.delta().create_if_missing(Table::Stream(Stream::Vehicle)).await.unwrap();
+            let again = lake.delta().open(Table::Stream(Stream::Vehicle)).await.unwrap().unwrap();
             assert_eq!(again.version(), Some(0), "opened, not created twice");
             let snap = again.snapshot().unwrap();
             assert_eq!(snap.protocol().min_reader_version(), 1);

@@ -19,17 +19,28 @@
 //! only ever reads manifests from the chain, so several publishers of one chain (a restarted
 //! cluster and a zombie) cannot duplicate a row either.
 //!
-//! Post-commit hooks are off on this path: checkpoints (every [`CHECKPOINT_INTERVAL`]
-//! versions) and the log clean-up run in a background task after the commit that crossed the
-//! interval, never in the way of the next publish.
+//! The publisher never holds a table's file list. It keeps what a blind append needs — the
+//! log's version, protocol and properties, read through the Delta kernel — and writes each
+//! commit itself, as one create-if-absent log entry of the table's log store (what delta-rs's
+//! own commit does on these stores). delta-rs's `DeltaTable` would materialize every active
+//! file and replay each new commit into that list after every publish: memory and time that
+//! grow with the table (on the original producer's time model, tens of thousands of small
+//! objects in one run) for a list this path never reads.
+//!
+//! Checkpoints (every [`CHECKPOINT_INTERVAL`] versions) and the log clean-up run in a
+//! background task after the commit that crossed the interval, never in the way of the next
+//! publish.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use delta_kernel::committer::FileSystemCommitter;
+use delta_kernel::{Snapshot, SnapshotRef};
+use deltalake::DeltaTableError;
+use deltalake::kernel::transaction::{CommitData, TransactionError};
 use deltalake::kernel::{Action, Add, Transaction};
+use deltalake::logstore::{CommitOrBytes, LogStoreRef};
 use deltalake::protocol::{DeltaOperation, OutputMode};
-use deltalake::{DeltaTable, DeltaTableError};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -73,10 +84,16 @@ pub struct PublishSummary {
     pub head: Option<u64>,
 }
 
-/// One open table and the manifest it is known to hold (read from its log once, then kept).
+/// One open table: where its log stands and the manifest it is known to hold (read from its
+/// log once, then kept), never its file list.
 struct TableState {
     table: Table,
-    delta: DeltaTable,
+    log_store: LogStoreRef,
+    /// The table as last read from its log: version, protocol, properties.
+    snapshot: SnapshotRef,
+    /// The newest version of the log this publisher knows: the snapshot's, or its own last
+    /// commit (which changes neither protocol nor properties).
+    version: u64,
     held: Option<u64>,
     /// `version / CHECKPOINT_INTERVAL` of the last checkpoint this publisher wrote (of the
     /// version it found at open, at first): a checkpoint is due when a commit of ours enters a
@@ -85,9 +102,27 @@ struct TableState {
 }
 
 impl TableState {
-    /// The manifest the table holds, by its `txn` (0: none), read from the loaded snapshot.
+    /// Opens `table` of `lake`, creating it where missing.
+    async fn open(lake: &Lake, table: Table) -> Result<TableState, DeltaTableError> {
+        let log_store = lake.delta().create_if_missing(table).await?;
+        let snapshot = read_log(&log_store, None).await?;
+        let version = snapshot.version();
+        Ok(TableState { table, log_store, snapshot, version, held: None, checkpoint_round: version / CHECKPOINT_INTERVAL })
+    }
+
+    /// Reads the log again, from where this publisher last read it; the held manifest is
+    /// read again when next asked.
+    async fn reload(&mut self) -> Result<(), DeltaTableError> {
+        self.held = None;
+        self.snapshot = read_log(&self.log_store, Some(self.snapshot.clone())).await?;
+        self.version = self.snapshot.version();
+        Ok(())
+    }
+
+    /// The manifest the table holds, by its `txn` (0: none), as of the snapshot.
     async fn read_held(&self) -> Result<u64, DeltaTableError> {
-        let v = self.delta.snapshot()?.transaction_version(self.delta.log_store().as_ref(), self.table.app_id()).await?;
+        let (snapshot, engine, app_id) = (self.snapshot.clone(), self.log_store.engine(None), self.table.app_id());
+        let v = blocking(move || snapshot.get_app_id_version(&app_id, engine.as_ref())).await?;
         Ok(v.map_or(0, |v| v.max(0) as u64))
     }
 
@@ -115,12 +150,7 @@ impl Publisher {
     /// Opens (or creates) `tables` of `lake`: the raw tables and the aggregates a run
     /// maintains ([`Table::maintained`]).
     pub async fn open(lake: &Lake, run: &str, tables: Vec<Table>) -> Result<Publisher, PublishError> {
-        let opened = futures::future::join_all(tables.into_iter().map(|table| async move {
-            let delta = with_retries(lake, table, 0, || lake.delta().open_or_create(table)).await?;
-            let checkpoint_round = delta.version().unwrap_or(0) / CHECKPOINT_INTERVAL;
-            Ok::<_, PublishError>(TableState { table, delta, held: None, checkpoint_round })
-        }))
-        .await;
+        let opened = futures::future::join_all(tables.into_iter().map(|table| with_retries(lake, table, 0, move || TableState::open(lake, table)))).await;
         let tables = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(Publisher { lake: lake.clone(), run: run.to_owned(), tables, summary: PublishSummary::default() })
     }
@@ -128,11 +158,6 @@ impl Publisher {
     /// What was published so far.
     pub fn summary(&self) -> &PublishSummary {
         &self.summary
-    }
-
-    /// The manifest `table` is current with (0: none), as its log says now.
-    pub async fn version_of(&self, table: Table) -> Result<u64, DeltaTableError> {
-        self.tables.iter().find(|t| t.table == table).expect("every table is open").read_held().await
     }
 
     /// Brings every table up to manifest `head`, reading the manifests a table lacks from the
@@ -175,65 +200,66 @@ impl Publisher {
 
 /// Brings one table up to `head` with the manifests of `cache`: one Delta commit adding the
 /// objects of every manifest it lacks, with its `txn` at the last. Retried until the lake's
-/// retry budget is spent; each attempt first recomputes what the table lacks (an attempt
-/// whose answer was lost, or another publisher, may have added some or all of it). Returns
-/// commits made and objects added.
+/// retry budget is spent; after a failure the log is read again and what the table lacks is
+/// recomputed (an attempt whose answer was lost, or another publisher, may have added some or
+/// all of it). Returns commits made and objects added.
 async fn bring_up(lake: &Lake, run: &str, t: &mut TableState, cache: &BTreeMap<u64, Manifest>, head: u64) -> Result<(u64, u64), PublishError> {
-    let table = t.table;
     let started = Instant::now();
     let mut pause = Duration::from_millis(100);
+    let mut failed = false;
     loop {
-        let have = t.held().await.map_err(|source| PublishError::Delta { table: table.name(), sequence: head, source })?;
-        if have >= head {
-            return Ok((0, 0));
-        }
-        let batch: Vec<&Manifest> = cache.range(have + 1..=head).map(|(_, m)| m).collect();
-        let adds: Vec<Action> = table_changes(table, &batch);
-        let files = adds.iter().filter(|a| matches!(a, Action::Add(_))).count() as u64;
-        let properties = CommitProperties::default()
-            .with_application_transaction(Transaction::new_with_last_update(table.app_id(), head as i64, Some(crate::clock::now_micros() / 1000)))
-            .with_metadata(commit_info(&batch, run))
-            .with_create_checkpoint(false)
-            .with_cleanup_expired_logs(Some(false))
-            // No retry inside delta-rs: on any newer version (another publisher, a
-            // compaction, our own attempt whose answer was lost) the commit fails, and this
-            // loop reloads the table and decides by its `txn` version.
-            .with_max_retries(0);
-        let operation = DeltaOperation::StreamingUpdate { output_mode: OutputMode::Append, query_id: format!("citystream-{run}"), epoch_id: head as i64 };
-        let attempt = match t.delta.snapshot() {
-            Ok(snapshot) => CommitBuilder::from(properties).with_actions(adds).build(Some(snapshot), t.delta.log_store(), operation).await,
-            Err(e) => Err(e),
-        };
-        match attempt {
+        match attempt(run, t, cache, head, failed).await {
             Ok(done) => {
-                let version = done.version();
-                t.delta.state = Some(done.snapshot);
-                t.held = Some(head);
-                tracing::debug!(table = table.name(), version, manifest = head, files, "published to Delta");
-                if version / CHECKPOINT_INTERVAL > t.checkpoint_round {
-                    t.checkpoint_round = version / CHECKPOINT_INTERVAL;
-                    maintain_in_background(t.delta.clone(), version);
+                if failed && done.0 == 0 {
+                    tracing::info!(
+                        table = t.table.name(),
+                        manifest = head,
+                        "the table already holds the manifest (an earlier attempt landed): nothing to publish"
+                    );
                 }
-                return Ok((1, files));
+                return Ok(done);
             }
             Err(e) => {
-                // Whatever happened, the table may now hold some or all of the batch (an
-                // attempt that landed, another publisher of the same chain): reload and look.
-                t.held = None;
-                let _ = t.delta.update_state().await;
-                if t.held().await.is_ok_and(|v| v >= head) {
-                    tracing::info!(table = table.name(), manifest = head, error = %e, "the table already holds the manifest (an earlier attempt landed): nothing to publish");
-                    return Ok((0, 0));
-                }
                 if started.elapsed() + pause >= lake.retry_timeout {
-                    return Err(PublishError::Delta { table: table.name(), sequence: head, source: e });
+                    return Err(PublishError::Delta { table: t.table.name(), sequence: head, source: e });
                 }
-                tracing::warn!(table = table.name(), manifest = head, error = %e, "publishing to Delta failed; retrying in {pause:?}");
+                tracing::warn!(table = t.table.name(), manifest = head, error = %e, "publishing to Delta failed; retrying in {pause:?}");
+                failed = true;
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
     }
+}
+
+/// One attempt of [`bring_up`]: reads the log again first if `reread` (the last attempt
+/// failed), then commits what the table lacks at the version after the newest it knows. Any
+/// newer version (another publisher, a compaction, an attempt of ours whose answer was lost)
+/// fails the commit; the next attempt decides by the `txn` version it then reads.
+async fn attempt(run: &str, t: &mut TableState, cache: &BTreeMap<u64, Manifest>, head: u64, reread: bool) -> Result<(u64, u64), DeltaTableError> {
+    if reread {
+        t.reload().await?;
+    }
+    let have = t.held().await?;
+    if have >= head {
+        return Ok((0, 0));
+    }
+    let table = t.table;
+    let batch: Vec<&Manifest> = cache.range(have + 1..=head).map(|(_, m)| m).collect();
+    let actions: Vec<Action> = table_changes(table, &batch);
+    let files = actions.iter().filter(|a| matches!(a, Action::Add(_))).count() as u64;
+    let txn = Transaction::new_with_last_update(table.app_id(), head as i64, Some(crate::clock::now_micros() / 1000));
+    let operation = DeltaOperation::StreamingUpdate { output_mode: OutputMode::Append, query_id: format!("citystream-{run}"), epoch_id: head as i64 };
+    let version = t.version + 1;
+    write_commit(&t.log_store, version, CommitData::new(actions, operation, commit_info(&batch, run), vec![txn])).await?;
+    t.version = version;
+    t.held = Some(head);
+    tracing::debug!(table = table.name(), version, manifest = head, files, "published to Delta");
+    if version / CHECKPOINT_INTERVAL > t.checkpoint_round {
+        t.checkpoint_round = version / CHECKPOINT_INTERVAL;
+        maintain_in_background(t.log_store.clone(), t.snapshot.clone(), version);
+    }
+    Ok((1, files))
 }
 
 /// Retries an operation on `table` within the lake's retry budget.
@@ -331,18 +357,70 @@ fn commit_info(batch: &[&Manifest], run: &str) -> HashMap<String, Value> {
     HashMap::from([("citystream".to_owned(), citystream)])
 }
 
+/// Writes `data` as version `version` of the log: one create-if-absent PUT, which fails if
+/// that version exists. The table must accept writes by this kernel (its protocol and
+/// features), checked on the snapshot before every attempt.
+async fn write_commit(log_store: &LogStoreRef, version: u64, data: CommitData) -> Result<(), DeltaTableError> {
+    let bytes = data.get_bytes()?;
+    log_store.write_commit_entry(version, CommitOrBytes::LogBytes(bytes), uuid::Uuid::new_v4()).await.map_err(|e| match e {
+        TransactionError::VersionAlreadyExists(v) => DeltaTableError::VersionAlreadyExists(v),
+        other => DeltaTableError::from(other),
+    })
+}
+
+/// The log of the table behind `log_store`, read anew or onward from `from`: version,
+/// protocol, metadata, properties; active files are not read. Fails if this kernel may not
+/// write to the table (a protocol or feature it does not support).
+async fn read_log(log_store: &LogStoreRef, from: Option<SnapshotRef>) -> Result<SnapshotRef, DeltaTableError> {
+    let engine = log_store.engine(None);
+    let root = table_root(log_store);
+    blocking(move || {
+        let snapshot = match from {
+            Some(from) => Snapshot::builder_from(from),
+            None => Snapshot::builder_for(root),
+        }
+        .build(engine.as_ref())?;
+        snapshot.clone().transaction(Box::new(FileSystemCommitter::new()), engine.as_ref())?;
+        Ok(snapshot)
+    })
+    .await
+}
+
+/// The table's root URL with the trailing slash the kernel joins paths to.
+fn table_root(log_store: &LogStoreRef) -> url::Url {
+    let mut url = log_store.root_url().clone();
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    url
+}
+
+/// Runs a blocking kernel call (it reads the log synchronously) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, delta_kernel::Error> + Send + 'static) -> Result<T, DeltaTableError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| DeltaTableError::Generic(format!("a Delta log task failed: {e}")))?.map_err(DeltaTableError::from)
+}
+
 /// Writes a checkpoint at `version` and deletes log entries older than the table's log
 /// retention, in the background (a failure is logged: the next interval tries again).
-fn maintain_in_background(table: DeltaTable, version: u64) {
+/// `snapshot` is the newest one read (the log is read onward from it).
+fn maintain_in_background(log_store: LogStoreRef, snapshot: SnapshotRef, version: u64) {
     tokio::spawn(async move {
-        if let Err(e) = deltalake::checkpoints::create_checkpoint(&table, None).await {
-            tracing::warn!(table = %table.table_url(), version, error = %e, "writing a Delta checkpoint failed (the next interval tries again)");
+        let url = table_root(&log_store);
+        let engine = log_store.engine(None);
+        let retention = snapshot.table_properties().log_retention_duration.unwrap_or(Duration::from_secs(30 * 24 * 3600));
+        let checkpoint = blocking(move || {
+            let at = Snapshot::builder_from(snapshot).at_version(version).build(engine.as_ref())?;
+            at.checkpoint(engine.as_ref(), None).map(|_| ())
+        });
+        if let Err(e) = checkpoint.await {
+            tracing::warn!(table = %url, version, error = %e, "writing a Delta checkpoint failed (the next interval tries again)");
             return;
         }
-        match deltalake::checkpoints::cleanup_metadata(&table, None).await {
-            Ok(n) if n > 0 => tracing::info!(table = %table.table_url(), deleted = n, "expired Delta log entries deleted"),
+        let cutoff = crate::clock::now_micros() / 1000 - retention.as_millis() as i64;
+        match deltalake::checkpoints::cleanup_expired_logs_for(version, log_store.as_ref(), cutoff, None).await {
+            Ok(n) if n > 0 => tracing::info!(table = %url, deleted = n, "expired Delta log entries deleted"),
             Ok(_) => {}
-            Err(e) => tracing::warn!(table = %table.table_url(), error = %e, "cleaning up the Delta log failed"),
+            Err(e) => tracing::warn!(table = %url, error = %e, "cleaning up the Delta log failed"),
         }
     });
 }
