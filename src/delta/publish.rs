@@ -9,13 +9,12 @@
 //! (its `txn` version is the last of them).
 //!
 //! Idempotent by construction: before each commit the table's `txn` version says what it
-//! already holds, and only newer manifests are added. A commit is attempted against one
-//! snapshot only (delta-rs's own rebase-and-retry is off): if the log moved on — an ambiguous
+//! already holds, and only newer manifests are added. A commit is written at the version after
+//! the newest one the publisher knows, never rebased: if the log moved on — an ambiguous
 //! earlier attempt that landed although its answer was lost, another publisher of the same
-//! chain, a compaction — the attempt fails, the table is reloaded, and its `txn` version
-//! decides: the manifests are in (nothing to do) or the commit is tried again on the new
-//! snapshot. So a retry never publishes twice, whatever delta-rs's conflict rules say about
-//! application transactions (tested in `tests/delta.rs`). Publishing never deletes anything and
+//! chain, a compaction — the write fails, the log is read again, and the `txn` version
+//! decides: the manifests are in (nothing to do) or the commit is tried again at the new
+//! version. So a retry never publishes twice (tested in `tests/delta.rs`). Publishing never deletes anything and
 //! only ever reads manifests from the chain, so several publishers of one chain (a restarted
 //! cluster and a zombie) cannot duplicate a row either.
 //!
@@ -37,7 +36,7 @@ use std::time::{Duration, Instant};
 use delta_kernel::committer::FileSystemCommitter;
 use delta_kernel::{Snapshot, SnapshotRef};
 use deltalake::DeltaTableError;
-use deltalake::kernel::transaction::{CommitData, TransactionError};
+use deltalake::kernel::transaction::CommitData;
 use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::logstore::{CommitOrBytes, LogStoreRef};
 use deltalake::protocol::{DeltaOperation, OutputMode};
@@ -357,15 +356,13 @@ fn commit_info(batch: &[&Manifest], run: &str) -> HashMap<String, Value> {
     HashMap::from([("citystream".to_owned(), citystream)])
 }
 
-/// Writes `data` as version `version` of the log: one create-if-absent PUT, which fails if
-/// that version exists. The table must accept writes by this kernel (its protocol and
-/// features), checked on the snapshot before every attempt.
+/// Writes `data` as version `version` of the log: one create-if-absent PUT (citystream's log
+/// stores are all Delta's default one), which fails with `VersionAlreadyExists` if that
+/// version exists. Whether the table accepts writes by this kernel was checked when its log
+/// was read ([`read_log`]).
 async fn write_commit(log_store: &LogStoreRef, version: u64, data: CommitData) -> Result<(), DeltaTableError> {
     let bytes = data.get_bytes()?;
-    log_store.write_commit_entry(version, CommitOrBytes::LogBytes(bytes), uuid::Uuid::new_v4()).await.map_err(|e| match e {
-        TransactionError::VersionAlreadyExists(v) => DeltaTableError::VersionAlreadyExists(v),
-        other => DeltaTableError::from(other),
-    })
+    log_store.write_commit_entry(version, CommitOrBytes::LogBytes(bytes), uuid::Uuid::new_v4()).await.map_err(DeltaTableError::from)
 }
 
 /// The log of the table behind `log_store`, read anew or onward from `from`: version,
