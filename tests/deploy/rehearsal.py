@@ -635,6 +635,14 @@ def main():
     ap.add_argument("--seed", type=int, default=int(time.time()) % 1_000_003)
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
+    # Each pod mounts its own tmpfs on /tmp (the emptyDir): a checkout or a binary under /tmp is
+    # hidden from the pods, which would exit 127 until the rehearsal timed out.
+    hidden = [p for p in (ENTRYPOINT, args.bin) if os.path.realpath(p).startswith("/tmp/")]
+    if hidden:
+        error = f"{hidden[0]} lies under /tmp, which every pod's emptyDir (a tmpfs on /tmp) hides: clone the repository, and build, outside /tmp"
+        log(f"FAILED: {error}")
+        print(json.dumps({"ok": False, "error": error}))
+        return 1
     global IMAGE_BIN
     # Beside the binary, not under the work folder: that may be under /tmp, which each pod's
     # emptyDir (a tmpfs on /tmp) hides.
