@@ -125,12 +125,11 @@ async fn current(lake: &Lake, table: Table, sequence: u64) -> Result<Vec<(String
     let fail =
         |e: deltalake::DeltaTableError| PipelineError::caused(ErrorClass::Transient, format!("reading the Delta table {} to restore it", table.name()), e);
     loop {
-        if let Some(t) = lake.delta().open(table).await.map_err(fail)? {
-            let snapshot = t.snapshot().map_err(fail)?;
-            let held = snapshot.transaction_version(t.log_store().as_ref(), table.app_id()).await.map_err(fail)?.unwrap_or(0);
-            if held >= sequence as i64 {
-                return Ok(active_files(snapshot, table));
-            }
+        // The `txn` is read without the file list; the table is opened whole once it is current.
+        if lake.delta().held_manifest(table).await.map_err(fail)?.is_some_and(|held| held >= sequence)
+            && let Some(t) = lake.delta().open(table).await.map_err(fail)?
+        {
+            return Ok(active_files(t.snapshot().map_err(fail)?, table));
         }
         if started.elapsed() >= lake.retry_timeout {
             let message = format!(

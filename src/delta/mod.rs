@@ -23,6 +23,8 @@ pub mod vacuum;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use delta_kernel::committer::FileSystemCommitter;
+use delta_kernel::{Snapshot, SnapshotRef};
 use deltalake::kernel::{DataType as DeltaType, StructField};
 use deltalake::logstore::{LogStore, LogStoreFactory, LogStoreRef, ObjectStoreRef, StorageConfig, default_logstore, logstore_factories};
 use deltalake::operations::create::CreateBuilder;
@@ -229,6 +231,17 @@ impl DeltaRoot {
         }
     }
 
+    /// The manifest `table` holds by its `txn` (0: none), read from its log without its file
+    /// list; `None` if the table does not exist.
+    pub async fn held_manifest(&self, table: Table) -> Result<Option<u64>, DeltaTableError> {
+        let log_store = self.log_store(table)?;
+        if !DeltaTable::new(log_store.clone()).verify_deltatable_existence().await? {
+            return Ok(None);
+        }
+        let snapshot = read_log(&log_store, None).await?;
+        Ok(Some(held_manifest(&log_store, snapshot, table).await?))
+    }
+
     /// Opens `table` at its newest version, or `None` if it does not exist.
     pub async fn open(&self, table: Table) -> Result<Option<DeltaTable>, DeltaTableError> {
         let mut t = DeltaTable::new(self.log_store(table)?);
@@ -238,6 +251,45 @@ impl DeltaRoot {
         t.load().await?;
         Ok(Some(t))
     }
+}
+
+/// The manifest `table` holds by its `txn` (0: none), as of `snapshot`.
+pub(crate) async fn held_manifest(log_store: &LogStoreRef, snapshot: SnapshotRef, table: Table) -> Result<u64, DeltaTableError> {
+    let (engine, app_id) = (log_store.engine(None), table.app_id());
+    let v = blocking(move || snapshot.get_app_id_version(&app_id, engine.as_ref())).await?;
+    Ok(v.map_or(0, |v| v.max(0) as u64))
+}
+
+/// The log of the table behind `log_store`, read anew or onward from `from`: version,
+/// protocol, metadata, properties; active files are not read. Fails if this kernel may not
+/// write to the table (a protocol or feature it does not support).
+pub(crate) async fn read_log(log_store: &LogStoreRef, from: Option<SnapshotRef>) -> Result<SnapshotRef, DeltaTableError> {
+    let engine = log_store.engine(None);
+    let root = table_root(log_store);
+    blocking(move || {
+        let snapshot = match from {
+            Some(from) => Snapshot::builder_from(from),
+            None => Snapshot::builder_for(root),
+        }
+        .build(engine.as_ref())?;
+        snapshot.clone().transaction(Box::new(FileSystemCommitter::new()), engine.as_ref())?;
+        Ok(snapshot)
+    })
+    .await
+}
+
+/// The table's root URL with the trailing slash the kernel joins paths to.
+pub(crate) fn table_root(log_store: &LogStoreRef) -> url::Url {
+    let mut url = log_store.root_url().clone();
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    url
+}
+
+/// Runs a blocking kernel call (it reads the log synchronously) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, delta_kernel::Error> + Send + 'static) -> Result<T, DeltaTableError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| DeltaTableError::Generic(format!("a Delta log task failed: {e}")))?.map_err(DeltaTableError::from)
 }
 
 /// Delta's default log store (commits by create-if-absent PUT, `If-None-Match: *` on S3) for

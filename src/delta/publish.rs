@@ -33,7 +33,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use delta_kernel::committer::FileSystemCommitter;
 use delta_kernel::{Snapshot, SnapshotRef};
 use deltalake::DeltaTableError;
 use deltalake::kernel::transaction::CommitData;
@@ -43,7 +42,7 @@ use deltalake::protocol::{DeltaOperation, OutputMode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::{CHECKPOINT_INTERVAL, Table};
+use super::{CHECKPOINT_INTERVAL, Table, blocking, read_log, table_root};
 use crate::commit::manifest::{self, FileEntry, Manifest};
 use crate::lake::Lake;
 
@@ -120,9 +119,7 @@ impl TableState {
 
     /// The manifest the table holds, by its `txn` (0: none), as of the snapshot.
     async fn read_held(&self) -> Result<u64, DeltaTableError> {
-        let (snapshot, engine, app_id) = (self.snapshot.clone(), self.log_store.engine(None), self.table.app_id());
-        let v = blocking(move || snapshot.get_app_id_version(&app_id, engine.as_ref())).await?;
-        Ok(v.map_or(0, |v| v.max(0) as u64))
+        super::held_manifest(&self.log_store, self.snapshot.clone(), self.table).await
     }
 
     /// The manifest the table holds: as last seen, or read from its log.
@@ -363,38 +360,6 @@ fn commit_info(batch: &[&Manifest], run: &str) -> HashMap<String, Value> {
 async fn write_commit(log_store: &LogStoreRef, version: u64, data: CommitData) -> Result<(), DeltaTableError> {
     let bytes = data.get_bytes()?;
     log_store.write_commit_entry(version, CommitOrBytes::LogBytes(bytes), uuid::Uuid::new_v4()).await.map_err(DeltaTableError::from)
-}
-
-/// The log of the table behind `log_store`, read anew or onward from `from`: version,
-/// protocol, metadata, properties; active files are not read. Fails if this kernel may not
-/// write to the table (a protocol or feature it does not support).
-async fn read_log(log_store: &LogStoreRef, from: Option<SnapshotRef>) -> Result<SnapshotRef, DeltaTableError> {
-    let engine = log_store.engine(None);
-    let root = table_root(log_store);
-    blocking(move || {
-        let snapshot = match from {
-            Some(from) => Snapshot::builder_from(from),
-            None => Snapshot::builder_for(root),
-        }
-        .build(engine.as_ref())?;
-        snapshot.clone().transaction(Box::new(FileSystemCommitter::new()), engine.as_ref())?;
-        Ok(snapshot)
-    })
-    .await
-}
-
-/// The table's root URL with the trailing slash the kernel joins paths to.
-fn table_root(log_store: &LogStoreRef) -> url::Url {
-    let mut url = log_store.root_url().clone();
-    if !url.path().ends_with('/') {
-        url.set_path(&format!("{}/", url.path()));
-    }
-    url
-}
-
-/// Runs a blocking kernel call (it reads the log synchronously) off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, delta_kernel::Error> + Send + 'static) -> Result<T, DeltaTableError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| DeltaTableError::Generic(format!("a Delta log task failed: {e}")))?.map_err(DeltaTableError::from)
 }
 
 /// Writes a checkpoint at `version` and deletes log entries older than the table's log
