@@ -6,7 +6,8 @@
 //! default, split the same way, so prefetch and fetch sizes match), read every record from the
 //! beginning up to the high watermark each partition had at start. Nothing is parsed: it counts
 //! records and key + value bytes. That is the upper bound for any consumer of these topics on
-//! this machine, citystream included.
+//! this machine, citystream included. It reads in batches through librdkafka's batch API
+//! ([`citystream::kafka::batch`]), as citystream's reader does.
 //!
 //! Run: `cargo bench --bench raw_consume -- --brokers HOST:PORT --topic-prefix P --threads T`
 //! (`--kafka-option KEY=VALUE`, repeatable, applies a librdkafka setting on top, as `run` does;
@@ -19,9 +20,11 @@
 //! two threads and checks the counts, so the benchmark cannot rot unnoticed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use citystream::contract::Stream;
+use citystream::kafka::batch::BatchQueue;
 use citystream::kafka::settings::{KafkaClientSettings, KafkaOption};
 use citystream::kafka::{DEFAULT_PREFETCH, KafkaOptions, Watermarks};
 use citystream::ownership::{PartitionId, owned};
@@ -31,9 +34,12 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+
+/// Messages taken from librdkafka per batch (citystream's reader takes its poll budget split
+/// over its partitions; a few hundred either way).
+const BATCH: usize = 1024;
 
 /// What the threads read, summed.
 #[derive(Debug, Default, Clone, Copy)]
@@ -60,28 +66,28 @@ fn read(opts: &KafkaOptions, parts: &[PartitionId], threads: usize, marks: &Hash
     if left.is_empty() {
         return Ok(counts);
     }
-    let consumer: BaseConsumer = opts.reader_config(threads, parts.len()).set("client.id", client_id).create()?;
+    let consumer: Arc<BaseConsumer> = Arc::new(opts.reader_config(threads, parts.len()).set("client.id", client_id).create()?);
     consumer.assign(&tpl)?;
+    let mut queue = BatchQueue::consumer(&consumer).ok_or_else(|| KafkaError::Subscription("no consumer queue".into()))?;
     let deadline = Instant::now() + Duration::from_secs(3600);
-    while !left.is_empty() {
+    let mut failed = None;
+    while !left.is_empty() && failed.is_none() {
         assert!(Instant::now() < deadline, "raw consumer: not done after an hour; partitions left: {left:?}");
-        match consumer.poll(Duration::from_millis(100)) {
-            None => {}
-            Some(Ok(m)) => {
+        queue.consume(BATCH, Duration::from_millis(100), |m| match m.error() {
+            None => {
                 counts.records += 1;
-                counts.value_bytes += m.payload_len() as u64;
-                counts.key_bytes += m.key().map_or(0, |k| k.len() as u64);
+                counts.value_bytes += m.payload().len() as u64;
+                counts.key_bytes += m.key().len() as u64;
                 let key = (m.topic().to_owned(), m.partition());
                 if left.get(&key).is_some_and(|&end| m.offset() + 1 >= end) {
                     left.remove(&key);
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::OperationTimedOut) => {}
-            Some(Err(e)) => return Err(e),
-        }
+            Some(RDKafkaErrorCode::PartitionEOF | RDKafkaErrorCode::OperationTimedOut) => {}
+            Some(code) => failed = Some(KafkaError::MessageConsumption(code)),
+        });
     }
-    Ok(counts)
+    failed.map_or(Ok(counts), Err)
 }
 
 /// Reads every partition of the five topics with `threads` consumers; returns counts, seconds, partitions.

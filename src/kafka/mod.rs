@@ -13,6 +13,7 @@
 //! consumer-group offset commits ([`crate::commit::offsets`]) use this module; the CLI only turns
 //! flags into its settings.
 
+pub mod batch;
 pub mod probe;
 pub mod settings;
 

@@ -3,9 +3,9 @@
 //! decided by [`crate::ownership`], and offsets are committed to the group only for
 //! monitoring, after the manifest that makes them true is durable.
 //!
-//! Each partition gets its own queue (librdkafka's `split_partition_queue`), polled in turn,
-//! so that a busy partition cannot starve the others and an end-of-partition event can be
-//! attributed to its topic.
+//! Each partition gets its own queue (as librdkafka's `split_partition_queue`), read in turn in
+//! batches ([`crate::kafka::batch`]), so that a busy partition cannot starve the others and an
+//! end-of-partition event can be attributed to its topic.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset as KafkaOffset, TopicPartitionList};
 
 use super::watch::{ClientStates, EndWatcher};
 use super::{Event, Progress, Reader, SourceError};
+use crate::kafka::batch::BatchQueue;
 use crate::kafka::{KafkaOptions, log_client_error, throttle};
 use crate::ownership::{Offset, PartitionId};
 
@@ -49,7 +50,7 @@ struct ReadPartition {
     topic: String,
     /// Its own queue on the current client (see the module doc); `None` once paused and the
     /// client re-created without it.
-    queue: Option<PartitionQueue<ReaderContext>>,
+    queue: Option<BatchQueue<ReaderContext>>,
     /// Held back by the source (see [`Reader::hold`]).
     held: bool,
     /// Finished: not assigned again when the client is re-created.
@@ -130,7 +131,7 @@ impl KafkaReader {
         client_id: &str,
         states: &Arc<ClientStates>,
         starts: &[(PartitionId, KafkaOffset)],
-    ) -> Result<(Arc<BaseConsumer<ReaderContext>>, Vec<PartitionQueue<ReaderContext>>), SourceError> {
+    ) -> Result<(Arc<BaseConsumer<ReaderContext>>, Vec<BatchQueue<ReaderContext>>), SourceError> {
         let consumer: Arc<BaseConsumer<ReaderContext>> = Arc::new(
             config.clone().set("client.id", client_id).set("statistics.interval.ms", STATISTICS_EVERY_MS).create_with_context(ReaderContext(states.clone()))?,
         );
@@ -142,8 +143,7 @@ impl KafkaReader {
         let mut queues = Vec::new();
         for (id, _) in starts {
             let topic = opts.topic(id.stream);
-            let q = consumer
-                .split_partition_queue(&topic, id.partition)
+            let q = BatchQueue::partition(&consumer, &topic, id.partition)
                 .ok_or_else(|| SourceError::Kafka(KafkaError::Subscription(format!("no queue for {topic}/{}", id.partition))))?;
             queues.push(q);
         }
@@ -191,31 +191,32 @@ impl Reader for KafkaReader {
             if part.held || part.paused {
                 continue;
             }
-            let Some(queue) = part.queue.as_ref() else { continue };
+            let Some(queue) = part.queue.as_mut() else { continue };
+            let id = part.id;
             let mut taken = 0;
             let mut last = None;
-            while taken < per_queue {
-                match queue.poll(Duration::ZERO) {
-                    None => break,
-                    Some(Ok(m)) => {
-                        f(Event::Record { id: part.id, offset: Offset(m.offset()), payload: m.payload().unwrap_or_default() });
-                        last = Some(m.offset());
-                        taken += 1;
-                    }
-                    Some(Err(KafkaError::PartitionEOF(_))) => {
-                        f(Event::Caught { id: part.id });
-                        taken += 1;
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        // Fetch errors are transient: librdkafka retries; we report and go on.
-                        self.troubled_since.get_or_insert_with(Instant::now);
-                        if let Some(suppressed) = throttle(&e) {
-                            tracing::warn!(partition = %part.id, error = %e, suppressed, "kafka fetch error (librdkafka retries by itself)");
-                        }
-                        break;
+            let mut troubled = false;
+            queue.consume(per_queue, Duration::ZERO, |m| match m.error() {
+                None => {
+                    f(Event::Record { id, offset: Offset(m.offset()), payload: m.payload() });
+                    last = Some(m.offset());
+                    taken += 1;
+                }
+                Some(RDKafkaErrorCode::PartitionEOF) => {
+                    f(Event::Caught { id });
+                    taken += 1;
+                }
+                Some(code) => {
+                    // Fetch errors are transient: librdkafka retries; we report and go on.
+                    troubled = true;
+                    let e = KafkaError::MessageConsumption(code);
+                    if let Some(suppressed) = throttle(&e) {
+                        tracing::warn!(partition = %id, error = %e, detail = m.error_text(), suppressed, "kafka fetch error (librdkafka retries by itself)");
                     }
                 }
+            });
+            if troubled {
+                self.troubled_since.get_or_insert_with(Instant::now);
             }
             if let Some(offset) = last {
                 part.next = offset + 1;
