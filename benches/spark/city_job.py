@@ -5,8 +5,14 @@ earliest) → CAST(value AS STRING) → from_json with the original job's Struct
 data.* → withWatermark("timestamp", "2 minutes") → Parquet sink with a checkpoint location,
 outputMode append. Differences from the original, all for measuring: a local master
 (`local[2]` by default, the machine's two cores) instead of a standalone cluster, a local
-output directory instead of S3 via s3a, trigger(availableNow=True) so that each query reads
+output directory (or, with an s3a:// output, the S3 server of scripts/services.sh through
+hadoop-aws, as the original writes to S3), trigger(availableNow=True) so that each query reads
 what is in the topics and stops, and field names as the producer sends them (see below).
+
+For an s3a:// output the endpoint, region and credentials come from the environment
+(AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: the AWS SDK's
+environment credentials provider reads the keys; they are never put in Spark's configuration),
+path-style addressing; the checkpoints go to the same bucket, as in the original.
 
 Usage (benches/e2e.sh runs it; the Kafka jars come from --jars):
   python city_job.py --brokers HOST:PORT --topic-prefix P --output DIR --jars a.jar,b.jar
@@ -85,21 +91,35 @@ def main():
     ap = argparse.ArgumentParser(description="The original Spark job's shape, for benchmarks")
     ap.add_argument("--brokers", required=True)
     ap.add_argument("--topic-prefix", default="")
-    ap.add_argument("--output", required=True, help="local directory: <output>/data/<topic>, <output>/checkpoints/<topic>")
+    ap.add_argument("--output", required=True,
+                    help="local directory or s3a://bucket/prefix: <output>/data/<topic>, <output>/checkpoints/<topic>")
     ap.add_argument("--jars", required=True, help="comma-separated jars of the Kafka source")
     ap.add_argument("--master", default="local[2]")
     a = ap.parse_args()
 
+    s3 = a.output.startswith("s3a://")
     t0 = time.monotonic()
-    spark = (
+    builder = (
         SparkSession.builder.appName("SmartCityStreaming")
         .master(a.master)
         .config("spark.jars", a.jars)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
     )
+    if s3:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        if not endpoint:
+            raise SystemExit("city_job.py: an s3a:// output needs AWS_ENDPOINT_URL (and the AWS_* credentials) in the environment")
+        builder = (
+            builder.config("spark.hadoop.fs.s3a.endpoint", endpoint)
+            .config("spark.hadoop.fs.s3a.endpoint.region", os.environ.get("AWS_REGION", "us-east-1"))
+            .config("spark.hadoop.fs.s3a.path.style.access", "true")
+            .config("spark.hadoop.fs.s3a.connection.ssl.enabled", str(endpoint.startswith("https://")).lower())
+            .config("spark.hadoop.fs.s3a.aws.credentials.provider",
+                    "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider")
+        )
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     t_session = time.monotonic()
 
@@ -126,7 +146,7 @@ def main():
             .start()
         )
 
-    out = os.path.abspath(a.output)
+    out = a.output.rstrip("/") if s3 else os.path.abspath(a.output)
     queries = [stream_writer(read_kafka_topic(t, s), f"{out}/checkpoints/{t}", f"{out}/data/{t}") for t, s in SCHEMAS.items()]
     for q in queries:
         q.awaitTermination()
@@ -137,6 +157,7 @@ def main():
     print("\n" + json.dumps({
         "spark_version": spark.version,
         "master": a.master,
+        "output": "s3a" if s3 else "local",
         "session_start_s": t_session - t0,
         "query_s": t_done - t_session,
         "rows": rows,
