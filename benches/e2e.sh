@@ -147,6 +147,8 @@ REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$REPO"
 # shellcheck source=scripts/lib/maven.sh
 source scripts/lib/maven.sh
+# shellcheck source=scripts/lib/pyvenv.sh
+source scripts/lib/pyvenv.sh
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 CACHE=${CITYSTREAM_CACHE:-${HOME:-/root}/.cache/citystream}
 SPARK_VERSION=$(sed -n 's/^pyspark==//p' benches/spark/requirements.txt)
@@ -234,19 +236,10 @@ log "Kafka at $CITYSTREAM_BROKERS"
 ((S3)) && log "S3 at $AWS_ENDPOINT_URL, bucket $CITYSTREAM_S3_BUCKET"
 
 # ---------------------------------------------------------------- bench venv (report, Spark)
-bench_venv_setup() {
-    local stamp=$BENCH_VENV/.requirements.sha256 want
-    want=$(sha256sum <benches/spark/requirements.txt | cut -d' ' -f1)
-    if [[ ! -x $BENCH_VENV/bin/python || ! -f $stamp || $(<"$stamp") != "$want" ]]; then
-        log "installing $(grep -v '^#' benches/spark/requirements.txt | tr '\n' ' ')into $BENCH_VENV (first run only, ≈ 600 MB)"
-        python3 -m venv "$BENCH_VENV"
-        "$BENCH_VENV/bin/pip" install -q --disable-pip-version-check -r benches/spark/requirements.txt >&2
-        printf '%s' "$want" >"$stamp"
-    fi
-}
 REPORT_PY=python3
 if ((MODELS_ONLY == 0)); then
-    bench_venv_setup
+    pyvenv_sync "$BENCH_VENV" benches/spark/requirements.txt "$(grep -v '^#' benches/spark/requirements.txt | tr '\n' ' ')(≈ 600 MB)" ||
+        die "pip could not install benches/spark/requirements.txt into $BENCH_VENV"
     REPORT_PY=$BENCH_VENV/bin/python
 fi
 

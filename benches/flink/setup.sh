@@ -2,8 +2,9 @@
 # benches/e2e.sh; it defines functions only.
 #
 #   flink_setup
-#       Reads TARGET, CACHE and WORK, and calls log, die and maven_fetch / jars_not_in
-#       (scripts/lib/maven.sh), all of which the caller defines. Run from the repository root.
+#       Reads TARGET, CACHE and WORK, and calls log, die, maven_fetch / jars_not_in
+#       (scripts/lib/maven.sh) and pyvenv_sync (scripts/lib/pyvenv.sh), all of which the caller
+#       defines. Run from the repository root.
 #       - installs benches/flink/requirements.txt (apache-flink from PyPI: Flink itself, with a
 #         local mini-cluster; pyarrow) into $TARGET/flink-venv, again when the file's sha256
 #         changes (stamp: $TARGET/flink-venv/.requirements.sha256);
@@ -30,16 +31,10 @@ FLINK_HADOOP_VERSION=3.4.2
 
 flink_setup() {
     local venv=$TARGET/flink-venv
-    local stamp=$venv/.requirements.sha256 want
     FLINK_VERSION=$(sed -n 's/^apache-flink==//p' benches/flink/requirements.txt)
     [[ -n $FLINK_VERSION ]] || die "benches/flink/requirements.txt pins no apache-flink==VERSION"
-    want=$(sha256sum <benches/flink/requirements.txt | cut -d' ' -f1)
-    if [[ ! -x $venv/bin/python || ! -f $stamp || $(<"$stamp") != "$want" ]]; then
-        log "installing apache-flink $FLINK_VERSION into $venv (first run only, ≈ 850 MB)"
-        python3 -m venv "$venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check -r benches/flink/requirements.txt >&2
-        printf '%s' "$want" >"$stamp"
-    fi
+    pyvenv_sync "$venv" benches/flink/requirements.txt "apache-flink $FLINK_VERSION (≈ 850 MB)" ||
+        die "pip could not install benches/flink/requirements.txt into $venv"
     FLINK_PYTHON=$venv/bin/python
 
     local jars_dir=$CACHE/flink-$FLINK_VERSION-jars
