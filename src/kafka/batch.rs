@@ -6,6 +6,11 @@
 //!
 //! The messages are borrowed for the length of a callback and destroyed right after it (also
 //! when the callback panics), so no message outlives its batch.
+//!
+//! One difference from `poll`: librdkafka moves a partition's position (`Consumer::position`)
+//! to offset + 1 of *every* message of a batch, an end-of-partition event included, so after
+//! the event the position is one past the end. The reader corrects for it
+//! (`KafkaReader::progress`).
 
 use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
