@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use citystream::kafka::{DEFAULT_PREFETCH, KafkaOptions};
@@ -79,5 +79,43 @@ fn a_recreated_client_reads_on_from_the_next_offset_exactly_once_and_knows_when_
         assert!(started.elapsed() < Duration::from_secs(30), "no client statistics: {}", reader.describe(partitions[0]));
         reader.poll(10, &mut |_| {}).unwrap();
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A reader assigned at the end of every partition gets only end-of-partition events, and its
+/// position is that end: librdkafka's batch API moves a client's position one past such an
+/// event (it counts the event as a message), which the reader must not pass on.
+#[test]
+fn a_reader_that_starts_at_the_end_reports_the_end_as_its_position() {
+    let prefix = format!("{}.", unique("reader-end"));
+    simulate(&prefix, &["--vehicles", "2", "--events", "300", "--partitions", "2", "--key", "id", "--seed", "3"]);
+    let opts = KafkaOptions {
+        brokers: brokers(),
+        topic_prefix: prefix.clone(),
+        group: prefix.clone(),
+        timeout: Duration::from_secs(10),
+        client: Default::default(),
+        prefetch: DEFAULT_PREFETCH,
+    };
+    let partitions = opts.discover().unwrap();
+    let marks = opts.watermarks(&partitions).unwrap();
+    let owned: Vec<(PartitionId, Option<Offset>)> = partitions.iter().map(|p| (*p, Some(marks[p].high))).collect();
+    let mut reader = KafkaReader::new(&opts, &owned, "reader-end-test", 1).unwrap();
+    let mut caught = BTreeSet::new();
+    let started = Instant::now();
+    while caught.len() < partitions.len() {
+        assert!(started.elapsed() < Duration::from_secs(30), "end-of-partition events from {} of {} partitions", caught.len(), partitions.len());
+        reader
+            .poll(100, &mut |e| match e {
+                Event::Caught { id } => {
+                    caught.insert(id);
+                }
+                Event::Record { id, offset, .. } => panic!("{id}: a record at {offset:?}, at or past the end {:?}", marks[&id].high),
+            })
+            .expect("reading from Kafka");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for p in reader.progress() {
+        assert_eq!(p.position, marks[&p.id].high, "{}: the position after its end-of-partition event", p.id);
     }
 }
