@@ -13,6 +13,18 @@ use citystream::source::kafka::KafkaReader;
 use citystream::source::{Event, Reader};
 use common::*;
 
+/// The options of a reader of the topics of `prefix` (its own consumer group).
+fn options(prefix: &str) -> KafkaOptions {
+    KafkaOptions {
+        brokers: brokers(),
+        topic_prefix: prefix.to_owned(),
+        group: prefix.to_owned(),
+        timeout: Duration::from_secs(10),
+        client: Default::default(),
+        prefetch: DEFAULT_PREFETCH,
+    }
+}
+
 /// Polls `reader` until `done` holds, collecting record offsets per partition; fails after 60 s.
 fn read_until(reader: &mut KafkaReader, seen: &mut BTreeMap<PartitionId, Vec<i64>>, done: impl Fn(&BTreeMap<PartitionId, Vec<i64>>) -> bool) {
     let started = Instant::now();
@@ -35,14 +47,7 @@ fn read_until(reader: &mut KafkaReader, seen: &mut BTreeMap<PartitionId, Vec<i64
 fn a_recreated_client_reads_on_from_the_next_offset_exactly_once_and_knows_when_it_is_caught_up() {
     let prefix = format!("{}.", unique("reader"));
     simulate(&prefix, &["--vehicles", "5", "--events", "4000", "--partitions", "2", "--key", "id", "--seed", "7"]);
-    let opts = KafkaOptions {
-        brokers: brokers(),
-        topic_prefix: prefix.clone(),
-        group: prefix.clone(),
-        timeout: Duration::from_secs(10),
-        client: Default::default(),
-        prefetch: DEFAULT_PREFETCH,
-    };
+    let opts = options(&prefix);
     let partitions = opts.discover().unwrap();
     assert_eq!(partitions.len(), 10);
     let marks = opts.watermarks(&partitions).unwrap();
@@ -89,14 +94,7 @@ fn a_recreated_client_reads_on_from_the_next_offset_exactly_once_and_knows_when_
 fn a_reader_that_starts_at_the_end_reports_the_end_as_its_position() {
     let prefix = format!("{}.", unique("reader-end"));
     simulate(&prefix, &["--vehicles", "2", "--events", "300", "--partitions", "2", "--key", "id", "--seed", "3"]);
-    let opts = KafkaOptions {
-        brokers: brokers(),
-        topic_prefix: prefix.clone(),
-        group: prefix.clone(),
-        timeout: Duration::from_secs(10),
-        client: Default::default(),
-        prefetch: DEFAULT_PREFETCH,
-    };
+    let opts = options(&prefix);
     let partitions = opts.discover().unwrap();
     let marks = opts.watermarks(&partitions).unwrap();
     let owned: Vec<(PartitionId, Option<Offset>)> = partitions.iter().map(|p| (*p, Some(marks[p].high))).collect();
