@@ -8,9 +8,9 @@
 //! when the callback panics), so no message outlives its batch.
 //!
 //! One difference from `poll`: librdkafka moves a partition's position (`Consumer::position`)
-//! to offset + 1 of *every* message of a batch, an end-of-partition event included, so after
-//! the event the position is one past the end. The reader corrects for it
-//! (`KafkaReader::progress`).
+//! to offset + 1 of *every* message of a batch (`rd_kafka_q_serve_rkmessages`), an
+//! end-of-partition event included, so after the event the position is one past the end. A
+//! partition's queue remembers that event and [`BatchQueue::position`] corrects for it.
 
 use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
@@ -28,6 +28,8 @@ pub struct BatchQueue<C: ConsumerContext + 'static> {
     /// destroyed before its client.
     _consumer: Arc<BaseConsumer<C>>,
     batch: Vec<*mut rdsys::rd_kafka_message_t>,
+    /// The offset of the last end-of-partition event with no record after it.
+    eof_at: Option<i64>,
 }
 
 // SAFETY: librdkafka's queue handles and messages may be used from any thread; the messages in
@@ -44,14 +46,25 @@ impl<C: ConsumerContext + 'static> BatchQueue<C> {
         let queue = NonNull::new(unsafe { rdsys::rd_kafka_queue_get_partition(consumer.client().native_ptr(), topic.as_ptr(), partition) })?;
         // SAFETY: `queue` is a valid queue; forwarding to NULL stops forwarding to the consumer queue.
         unsafe { rdsys::rd_kafka_queue_forward(queue.as_ptr(), std::ptr::null_mut()) };
-        Some(BatchQueue { queue, _consumer: consumer.clone(), batch: Vec::new() })
+        Some(BatchQueue { queue, _consumer: consumer.clone(), batch: Vec::new(), eof_at: None })
     }
 
     /// The consumer's own queue: every assigned partition not split off.
     pub fn consumer(consumer: &Arc<BaseConsumer<C>>) -> Option<Self> {
         // SAFETY: the client pointer is valid while `consumer` lives.
         let queue = NonNull::new(unsafe { rdsys::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) })?;
-        Some(BatchQueue { queue, _consumer: consumer.clone(), batch: Vec::new() })
+        Some(BatchQueue { queue, _consumer: consumer.clone(), batch: Vec::new(), eof_at: None })
+    }
+
+    /// The partition's position given the client's (`Consumer::position`), for a queue of one
+    /// partition ([`BatchQueue::partition`]): past an end-of-partition event with no record
+    /// after it, the event's offset, not librdkafka's one past it. (A transaction marker after
+    /// the event brings another event, further on.)
+    pub fn position(&self, client: i64) -> i64 {
+        match self.eof_at {
+            Some(end) if client > end => end,
+            _ => client,
+        }
     }
 
     /// Takes up to `max` messages, waiting up to `timeout` for the first (zero: not at all), and
@@ -70,7 +83,13 @@ impl<C: ConsumerContext + 'static> BatchQueue<C> {
         let batch = Destroy(&mut self.batch);
         for &m in batch.0.iter() {
             // SAFETY: every pointer is a live message until `Destroy` runs.
-            f(BatchMessage(unsafe { &*m }));
+            let m = BatchMessage(unsafe { &*m });
+            match m.error() {
+                None => self.eof_at = None,
+                Some(RDKafkaErrorCode::PartitionEOF) => self.eof_at = Some(m.offset()),
+                Some(_) => {}
+            }
+            f(m);
         }
         n
     }

@@ -57,10 +57,6 @@ struct ReadPartition {
     paused: bool,
     /// One past the last record delivered (where a re-created client starts).
     next: i64,
-    /// The offset of an end-of-partition event with no record delivered after it. librdkafka's
-    /// batch API moves the client's position past such an event (to its offset + 1, one past
-    /// the end); [`Reader::progress`] takes the event's offset instead.
-    eof_at: Option<i64>,
     /// When the last record or end-of-partition event was delivered.
     delivered_at: Instant,
 }
@@ -109,7 +105,6 @@ impl KafkaReader {
                 held: false,
                 paused: false,
                 next: start.map_or(0, Offset::get),
-                eof_at: None,
                 delivered_at: now,
             })
             .collect();
@@ -201,17 +196,14 @@ impl Reader for KafkaReader {
             let mut taken = 0;
             let mut last = None;
             let mut troubled = false;
-            let eof_at = &mut part.eof_at;
             queue.consume(per_queue, Duration::ZERO, |m| match m.error() {
                 None => {
                     f(Event::Record { id, offset: Offset(m.offset()), payload: m.payload() });
                     last = Some(m.offset());
-                    *eof_at = None;
                     taken += 1;
                 }
                 Some(RDKafkaErrorCode::PartitionEOF) => {
                     f(Event::Caught { id });
-                    *eof_at = Some(m.offset());
                     taken += 1;
                 }
                 Some(code) => {
@@ -279,13 +271,9 @@ impl Reader for KafkaReader {
             .iter()
             .filter(|p| !p.paused)
             .map(|p| {
-                let client = positions.get(&(p.topic.clone(), p.id.partition)).map(|&o| match p.eof_at {
-                    // Past the end: librdkafka's batch API counts the end-of-partition event as
-                    // a message (`rd_kafka_q_serve_rkmessages`: offset + 1); the position is the
-                    // end. (A transaction marker after it brings another event, further on.)
-                    Some(end) if o > end => end,
-                    _ => o,
-                });
+                // Corrected for librdkafka's batch API, which counts an end-of-partition event
+                // as a message and so moves the position one past the end.
+                let client = positions.get(&(p.topic.clone(), p.id.partition)).map(|&o| p.queue.as_ref().map_or(o, |q| q.position(o)));
                 let position = client.map_or(p.next, |o| o.max(p.next));
                 let end = self.ends.end(p.id);
                 Progress { id: p.id, position: Offset(position), end: end.map(|e| e.offset), fresh: end.is_some_and(|e| e.asked_at > p.delivered_at) }
@@ -305,7 +293,6 @@ impl Reader for KafkaReader {
         for p in &mut self.parts {
             old_queues.extend(std::mem::replace(&mut p.queue, if p.paused { None } else { queues.next() }));
             p.delivered_at = now;
-            p.eof_at = None;
         }
         // The old client is closed on a thread of its own: closing a client that is stuck may
         // wait for requests that never complete, and must not hold up the worker.
